@@ -1,0 +1,5 @@
+import sys
+
+from dicom_inlet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,288 @@
+"""The pacsanini-compatible Storage SCP: configuration, lifecycle and callback dispatch.
+
+The Rust core (``dicom_inlet._core``) does all network and disk work without the GIL; this
+module only starts it, stops it, and feeds stored instances to the user's callbacks on one
+Python thread, in arrival order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import FrameType, TracebackType
+from typing import Any
+
+import pydicom
+from pydicom import Dataset
+
+from dicom_inlet import _core
+from dicom_inlet.models import DicomNode, StorageSortKey
+from dicom_inlet.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+
+__all__ = ["Callback", "StoreSCPServer", "run_server"]
+
+logger = logging.getLogger("dicom_inlet")
+
+#: A callback receives each stored instance as a pydicom Dataset.
+Callback = Callable[[Dataset], Any]
+
+# Values larger than this are read from the stored file only when a callback touches them.
+_DEFER_SIZE = 64 * 1024
+
+
+class StoreSCPServer:
+    """A DICOM Storage SCP that writes every received instance under ``data_dir``.
+
+    Each instance is stored as a DICOM Part 10 file (the data set exactly as received,
+    preceded by file meta information) in the layout chosen by ``sort_by``, then every
+    callback is called with it as a ``pydicom.Dataset``.
+
+    Args:
+        node: This node: a :class:`DicomNode` or a dict with ``aetitle``, ``port`` and
+            optionally ``ip`` (the address to bind; default all interfaces).
+        data_dir: Storage root, created if missing; ``""`` means the current directory.
+        sort_by: The directory layout (:class:`StorageSortKey`).
+        callbacks: Called with each stored instance, after its file is complete on disk,
+            on a dispatcher thread in arrival order. A raising callback is logged on the
+            ``dicom_inlet`` logger and the others still run.
+        require_called_aet: Reject associations whose Called AE Title is not ours
+            (A-ASSOCIATE-RJ, reason 7 "called AE title not recognized").
+        require_calling_aet: If not empty, the only Calling AE Titles accepted
+            (others get A-ASSOCIATE-RJ, reason 3 "calling AE title not recognized").
+        maximum_associations: Associations served at once; the next one is rejected as
+            transient "local limit exceeded".
+        maximum_pdu_size: The largest P-DATA-TF PDU we accept, advertised to peers.
+        acse_timeout: Seconds a new connection may take to request an association.
+        network_timeout: Seconds an association may stay silent before it is aborted.
+        sop_classes: SOP Class UIDs to accept; default Verification plus every storage
+            SOP class of the current standard.
+        transfer_syntaxes: Transfer Syntax UIDs to accept, in order of preference; default
+            all supported ones, taking the first the peer proposes (no conversion needed).
+        durable: fsync each file and its directory before answering success.
+        callback_queue_size: Stored instances waiting for callbacks before associations
+            wait for the callbacks to catch up (back-pressure; nothing is dropped).
+        shutdown_timeout: Seconds :meth:`shutdown` lets open associations finish before
+            aborting them.
+    """
+
+    def __init__(
+        self,
+        node: DicomNode | Mapping[str, Any],
+        data_dir: str | os.PathLike[str] = "",
+        sort_by: StorageSortKey | str = StorageSortKey.PATIENT,
+        callbacks: Iterable[Callback] | None = None,
+        *,
+        require_called_aet: bool = False,
+        require_calling_aet: Sequence[str] = (),
+        maximum_associations: int = 64,
+        maximum_pdu_size: int = 262_144,
+        acse_timeout: float | None = 30.0,
+        network_timeout: float | None = 60.0,
+        sop_classes: Iterable[str] | None = None,
+        transfer_syntaxes: Sequence[str] | None = None,
+        durable: bool = False,
+        callback_queue_size: int = 64,
+        shutdown_timeout: float = 10.0,
+    ) -> None:
+        self.node = DicomNode.coerce(node)
+        self.data_dir = os.path.abspath(os.fspath(data_dir) or os.getcwd())
+        self.sort_by = StorageSortKey(sort_by.upper() if isinstance(sort_by, str) else sort_by)
+        self.callbacks: list[Callback] = list(callbacks or [])
+        for callback in self.callbacks:
+            if not callable(callback):
+                raise TypeError(f"callbacks must be callable, got {callback!r}")
+        if maximum_associations < 1:
+            raise ValueError("maximum_associations must be at least 1")
+        if not 0 <= maximum_pdu_size < 2**32:
+            raise ValueError("maximum_pdu_size must fit in 32 bits (0 means no limit)")
+        self.require_called_aet = require_called_aet
+        self.require_calling_aet = [str(t).strip() for t in require_calling_aet]
+        self.maximum_associations = maximum_associations
+        self.maximum_pdu_size = maximum_pdu_size
+        self.acse_timeout = acse_timeout
+        self.network_timeout = network_timeout
+        default_classes = STORAGE_SOP_CLASSES | {VERIFICATION_SOP_CLASS}
+        self.sop_classes = frozenset(default_classes if sop_classes is None else sop_classes)
+        self.transfer_syntaxes = None if transfer_syntaxes is None else list(transfer_syntaxes)
+        self.durable = durable
+        self.callback_queue_size = callback_queue_size
+        self.shutdown_timeout = shutdown_timeout
+        #: The running core server while serving; None before :meth:`run` and after shutdown.
+        self.scp: _core.Server | None = None
+        self._lock = threading.Lock()
+        self._dispatcher: threading.Thread | None = None
+        self._bound_port = self.node.port
+        self._stop = threading.Event()
+        # Set whenever no server runs, so a concurrent shutdown() can wait for the first one.
+        self._stopped = threading.Event()
+        self._stopped.set()
+
+    @property
+    def port(self) -> int:
+        """The TCP port: the bound one while serving (useful with ``port=0``)."""
+        scp = self.scp
+        return scp.port if scp is not None else self._bound_port
+
+    def run(self, block: bool = False) -> None:
+        """Start serving.
+
+        Args:
+            block: False (the default) returns once the server listens; True serves until
+                :meth:`shutdown` is called from another thread, or SIGINT/SIGTERM.
+
+        Raises:
+            RuntimeError: The server is already running.
+            OSError: The port cannot be bound or ``data_dir`` cannot be used.
+        """
+        with self._lock:
+            if self.scp is not None:
+                raise RuntimeError("this StoreSCPServer is already running")
+            self._stop.clear()
+            self._stopped.clear()
+            self.scp = _core.Server(
+                host=self.node.ip or "0.0.0.0",
+                port=self.node.port,
+                ae_title=self.node.aetitle,
+                data_dir=self.data_dir,
+                sort_by=self.sort_by.value,
+                sop_classes=sorted(self.sop_classes),
+                transfer_syntaxes=self.transfer_syntaxes,
+                require_called_ae=self.require_called_aet,
+                allowed_calling_aes=self.require_calling_aet,
+                max_associations=self.maximum_associations,
+                max_pdu=self.maximum_pdu_size,
+                acse_timeout=self.acse_timeout,
+                network_timeout=self.network_timeout,
+                durable=self.durable,
+                emit_stored=bool(self.callbacks),
+                event_queue=self.callback_queue_size,
+            )
+            self._bound_port = self.scp.port
+            self._dispatcher = threading.Thread(
+                target=self._dispatch, args=(self.scp,), name="dicom-inlet-callbacks", daemon=True
+            )
+            self._dispatcher.start()
+        logger.info(
+            "listening on %s:%d as %s, storing in %s (sort by %s)",
+            self.scp.host,
+            self._bound_port,
+            self.node.aetitle,
+            self.data_dir,
+            self.sort_by.value.lower(),
+        )
+        if block:
+            self._serve_until_stopped()
+
+    def _serve_until_stopped(self) -> None:
+        restore: list[tuple[int, Any]] = []
+        if threading.current_thread() is threading.main_thread():
+
+            def request_stop(signum: int, frame: FrameType | None) -> None:
+                self._stop.set()
+
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                restore.append((signum, signal.signal(signum, request_stop)))
+        try:
+            self._stop.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for signum, handler in restore:
+                signal.signal(signum, handler)
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop serving; idempotent.
+
+        Stops accepting associations, lets open ones finish (up to ``shutdown_timeout``
+        seconds, then aborts them), and returns once the callbacks of every stored instance
+        have run.
+        """
+        with self._lock:
+            scp, self.scp = self.scp, None
+            dispatcher, self._dispatcher = self._dispatcher, None
+        self._stop.set()
+        if scp is None:
+            # Another thread is shutting down; wait for it unless we are its callback thread.
+            if threading.current_thread().name != "dicom-inlet-callbacks":
+                self._stopped.wait()
+            return
+        scp.shutdown(self.shutdown_timeout)
+        if dispatcher is not None and dispatcher is not threading.current_thread():
+            dispatcher.join()
+        self._stopped.set()
+
+    def _dispatch(self, scp: _core.Server) -> None:
+        while (event := scp.next_event()) is not None:
+            if isinstance(event, _core.StoredInstance):
+                self._run_callbacks(event)
+            else:
+                _log_association(event)
+
+    def _run_callbacks(self, stored: _core.StoredInstance) -> None:
+        try:
+            dataset = pydicom.dcmread(os.fspath(stored.path), defer_size=_DEFER_SIZE)
+        except Exception:
+            logger.exception("cannot read back stored instance %s", stored.path)
+            return
+        for callback in self.callbacks:
+            try:
+                callback(dataset)
+            except Exception:
+                name = getattr(callback, "__name__", repr(callback))
+                logger.exception("callback %s failed for %s", name, stored.path)
+
+    def __enter__(self) -> StoreSCPServer:
+        self.run(block=False)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        state = "running" if self.scp is not None else "stopped"
+        return (
+            f"StoreSCPServer(aetitle={self.node.aetitle!r}, port={self.port}, "
+            f"data_dir={self.data_dir!r}, sort_by={self.sort_by.name}, {state})"
+        )
+
+
+def _log_association(record: _core.AssociationRecord) -> None:
+    detail = f": {record.detail}" if record.detail else ""
+    logger.info(
+        "association %s:%d %s -> %s: %d instances, %d failed, %.1f MB in %.2f s (%s%s)",
+        record.peer_host,
+        record.peer_port,
+        record.calling_ae or "?",
+        record.called_ae or "?",
+        record.instances,
+        record.failures,
+        record.bytes / 1e6,
+        record.duration,
+        record.outcome,
+        detail,
+    )
+
+
+def run_server(
+    node: DicomNode | Mapping[str, Any],
+    data_dir: str | os.PathLike[str] = "",
+    sort_by: StorageSortKey | str = StorageSortKey.PATIENT,
+    callbacks: Iterable[Callback] | None = None,
+    block: bool = False,
+) -> StoreSCPServer:
+    """Create a :class:`StoreSCPServer`, start it and return it (pacsanini's helper).
+
+    With ``block=True`` this returns only after the server has been shut down.
+    """
+    server = StoreSCPServer(node, data_dir=data_dir, sort_by=sort_by, callbacks=callbacks)
+    server.run(block=block)
+    return server

@@ -1,0 +1,324 @@
+//! Acceptor side of association negotiation (PS3.8 §7.1, §9.3.2–9.3.4): which associations
+//! are accepted, which presentation contexts, with which transfer syntax.
+
+use std::collections::HashSet;
+
+use crate::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::pdu::{
+    self, AssociateAc, AssociateRj, AssociateRq, PresentationContextAc, UserInfo,
+    APPLICATION_CONTEXT,
+};
+use crate::transfer_syntax;
+
+pub const VERIFICATION_SOP_CLASS: &str = "1.2.840.10008.1.1";
+
+/// A-ASSOCIATE-RJ result/source/reason codes (PS3.8 §9.3.4).
+pub mod reject {
+    pub const PERMANENT: u8 = 1;
+    pub const TRANSIENT: u8 = 2;
+    pub const SOURCE_USER: u8 = 1;
+    pub const SOURCE_ACSE: u8 = 2;
+    pub const SOURCE_PRESENTATION: u8 = 3;
+    pub const NO_REASON: u8 = 1;
+    pub const APPLICATION_CONTEXT_NOT_SUPPORTED: u8 = 2;
+    pub const CALLING_AE_NOT_RECOGNIZED: u8 = 3;
+    pub const CALLED_AE_NOT_RECOGNIZED: u8 = 7;
+    pub const PROTOCOL_VERSION_NOT_SUPPORTED: u8 = 2;
+    pub const LOCAL_LIMIT_EXCEEDED: u8 = 2;
+}
+
+/// Presentation context results in an A-ASSOCIATE-AC (PS3.8 §9.3.3.2).
+pub mod context_result {
+    pub const ACCEPTANCE: u8 = 0;
+    pub const PROVIDER_REJECTION: u8 = 2;
+    pub const ABSTRACT_SYNTAX_NOT_SUPPORTED: u8 = 3;
+    pub const TRANSFER_SYNTAXES_NOT_SUPPORTED: u8 = 4;
+}
+
+/// What this node accepts.
+#[derive(Debug, Clone)]
+pub struct AcceptorPolicy {
+    pub ae_title: String,
+    pub require_called_ae: bool,
+    /// Calling AE titles allowed in; empty allows any.
+    pub allowed_calling_aes: Vec<String>,
+    pub sop_classes: HashSet<String>,
+    /// A user's preference order; `None` accepts the first supported syntax in the peer's order,
+    /// usually its files' own encoding, so nothing needs converting.
+    pub transfer_syntaxes: Option<Vec<String>>,
+    /// Largest P-DATA-TF PDU we accept, advertised in our A-ASSOCIATE-AC.
+    pub max_pdu: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedContext {
+    pub abstract_syntax: String,
+    pub transfer_syntax: String,
+}
+
+/// An established association: the peer and the presentation contexts it may use.
+#[derive(Debug, Clone)]
+pub struct Association {
+    pub calling_ae: String,
+    pub called_ae: String,
+    /// Largest PDU the peer receives; 0 means no limit (PS3.8 §D.1).
+    pub peer_max_pdu: u32,
+    contexts: Vec<Option<AcceptedContext>>,
+}
+
+impl Association {
+    pub fn context(&self, id: u8) -> Option<&AcceptedContext> {
+        self.contexts.get(usize::from(id)).and_then(Option::as_ref)
+    }
+}
+
+/// The answer to an A-ASSOCIATE-RQ: the association and its A-ASSOCIATE-AC, or a rejection.
+pub type Negotiation = Result<(Association, AssociateAc), AssociateRj>;
+
+fn rejection(result: u8, source: u8, reason: u8) -> Negotiation {
+    Err(AssociateRj {
+        result,
+        source,
+        reason,
+    })
+}
+
+/// The A-ASSOCIATE-RJ for a node at its association limit.
+pub fn busy() -> AssociateRj {
+    AssociateRj {
+        result: reject::TRANSIENT,
+        source: reject::SOURCE_PRESENTATION,
+        reason: reject::LOCAL_LIMIT_EXCEEDED,
+    }
+}
+
+impl AcceptorPolicy {
+    fn choose_transfer_syntax<'a>(&'a self, proposed: &'a [String]) -> Option<&'a str> {
+        match &self.transfer_syntaxes {
+            Some(preferred) => preferred
+                .iter()
+                .find(|ts| proposed.contains(ts))
+                .map(String::as_str),
+            None => proposed
+                .iter()
+                .map(String::as_str)
+                .find(|ts| transfer_syntax::is_supported(ts)),
+        }
+    }
+
+    /// Decide on an A-ASSOCIATE-RQ.
+    pub fn negotiate(&self, rq: &AssociateRq) -> Negotiation {
+        use reject::*;
+        // Bit 0 of the protocol version is version 1, the only one defined (PS3.8 §9.3.2).
+        if rq.protocol_version & 1 == 0 {
+            return rejection(PERMANENT, SOURCE_ACSE, PROTOCOL_VERSION_NOT_SUPPORTED);
+        }
+        if rq.application_context != APPLICATION_CONTEXT {
+            return rejection(PERMANENT, SOURCE_USER, APPLICATION_CONTEXT_NOT_SUPPORTED);
+        }
+        let Some(called_ae) = pdu::ae_title(&rq.called_ae) else {
+            return rejection(PERMANENT, SOURCE_USER, CALLED_AE_NOT_RECOGNIZED);
+        };
+        if self.require_called_ae && called_ae != self.ae_title {
+            return rejection(PERMANENT, SOURCE_USER, CALLED_AE_NOT_RECOGNIZED);
+        }
+        let Some(calling_ae) = pdu::ae_title(&rq.calling_ae) else {
+            return rejection(PERMANENT, SOURCE_USER, CALLING_AE_NOT_RECOGNIZED);
+        };
+        if !self.allowed_calling_aes.is_empty()
+            && !self.allowed_calling_aes.iter().any(|a| a == calling_ae)
+        {
+            return rejection(PERMANENT, SOURCE_USER, CALLING_AE_NOT_RECOGNIZED);
+        }
+        if rq.presentation_contexts.is_empty() {
+            return rejection(PERMANENT, SOURCE_USER, NO_REASON);
+        }
+
+        let mut contexts = vec![None; 256];
+        let mut answers = Vec::with_capacity(rq.presentation_contexts.len());
+        for pc in &rq.presentation_contexts {
+            let id = usize::from(pc.id);
+            let (result, ts) = if pc.id % 2 == 0 || answers_have(&answers, pc.id) {
+                // Context ids are odd and unique (PS3.8 §9.3.2.2).
+                (context_result::PROVIDER_REJECTION, "")
+            } else if !self.sop_classes.contains(&pc.abstract_syntax) {
+                (context_result::ABSTRACT_SYNTAX_NOT_SUPPORTED, "")
+            } else if let Some(ts) = self.choose_transfer_syntax(&pc.transfer_syntaxes) {
+                contexts[id] = Some(AcceptedContext {
+                    abstract_syntax: pc.abstract_syntax.clone(),
+                    transfer_syntax: ts.to_owned(),
+                });
+                (context_result::ACCEPTANCE, ts)
+            } else {
+                (context_result::TRANSFER_SYNTAXES_NOT_SUPPORTED, "")
+            };
+            answers.push(PresentationContextAc {
+                id: pc.id,
+                result,
+                transfer_syntax: ts.to_owned(),
+            });
+        }
+
+        let ac = AssociateAc {
+            protocol_version: 1,
+            called_ae: rq.called_ae,
+            calling_ae: rq.calling_ae,
+            application_context: APPLICATION_CONTEXT.to_owned(),
+            presentation_contexts: answers,
+            user_info: UserInfo {
+                max_length: Some(self.max_pdu),
+                implementation_class_uid: Some(IMPLEMENTATION_CLASS_UID.to_owned()),
+                implementation_version_name: Some(IMPLEMENTATION_VERSION_NAME.to_owned()),
+                ..UserInfo::default()
+            },
+        };
+        let association = Association {
+            calling_ae: calling_ae.to_owned(),
+            called_ae: called_ae.to_owned(),
+            peer_max_pdu: rq.user_info.max_length.unwrap_or(0),
+            contexts,
+        };
+        Ok((association, ac))
+    }
+}
+
+fn answers_have(answers: &[PresentationContextAc], id: u8) -> bool {
+    answers.iter().any(|a| a.id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pdu::{ae_field, PresentationContextRq};
+
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+
+    fn policy() -> AcceptorPolicy {
+        AcceptorPolicy {
+            ae_title: "INLET".into(),
+            require_called_ae: false,
+            allowed_calling_aes: vec![],
+            sop_classes: [VERIFICATION_SOP_CLASS, CT]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            transfer_syntaxes: None,
+            max_pdu: 262_144,
+        }
+    }
+
+    fn context(id: u8, abstract_syntax: &str, ts: &[&str]) -> PresentationContextRq {
+        PresentationContextRq {
+            id,
+            abstract_syntax: abstract_syntax.into(),
+            transfer_syntaxes: ts.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn request(contexts: Vec<PresentationContextRq>) -> AssociateRq {
+        AssociateRq {
+            protocol_version: 1,
+            called_ae: ae_field("INLET"),
+            calling_ae: ae_field("SCU"),
+            application_context: APPLICATION_CONTEXT.into(),
+            presentation_contexts: contexts,
+            user_info: UserInfo {
+                max_length: Some(16384),
+                ..UserInfo::default()
+            },
+        }
+    }
+
+    fn accept(policy: &AcceptorPolicy, rq: &AssociateRq) -> (Association, AssociateAc) {
+        policy.negotiate(rq).expect("accepted")
+    }
+
+    fn rejected(policy: &AcceptorPolicy, rq: &AssociateRq) -> (u8, u8, u8) {
+        let rj = policy.negotiate(rq).expect_err("rejected");
+        (rj.result, rj.source, rj.reason)
+    }
+
+    #[test]
+    fn contexts_get_per_context_results() {
+        let rq = request(vec![
+            context(1, CT, &["1.2.840.10008.1.2.2", "1.2.840.10008.1.2"]),
+            context(3, "1.2.3.4.5.6", &["1.2.840.10008.1.2"]),
+            context(5, CT, &["1.2.9.9"]),
+            context(7, VERIFICATION_SOP_CLASS, &["1.2.840.10008.1.2"]),
+            context(8, CT, &["1.2.840.10008.1.2"]),
+            context(7, CT, &["1.2.840.10008.1.2"]),
+        ]);
+        let (association, ac) = accept(&policy(), &rq);
+        let results: Vec<_> = ac
+            .presentation_contexts
+            .iter()
+            .map(|c| (c.id, c.result))
+            .collect();
+        assert_eq!(results, [(1, 0), (3, 3), (5, 4), (7, 0), (8, 2), (7, 2)]);
+        // The peer's first proposal wins: its files' own encoding, nothing converted.
+        assert_eq!(
+            ac.presentation_contexts[0].transfer_syntax,
+            "1.2.840.10008.1.2.2"
+        );
+        assert_eq!(association.context(1).unwrap().abstract_syntax, CT);
+        assert!(association.context(3).is_none());
+        assert_eq!(
+            association.context(7).unwrap().abstract_syntax,
+            VERIFICATION_SOP_CLASS
+        );
+        assert_eq!(association.peer_max_pdu, 16384);
+        assert_eq!(association.calling_ae, "SCU");
+        assert_eq!(ac.user_info.max_length, Some(262_144));
+    }
+
+    #[test]
+    fn user_preference_overrides_peer_order() {
+        let mut policy = policy();
+        policy.transfer_syntaxes = Some(vec![
+            "1.2.840.10008.1.2".into(),
+            "1.2.840.10008.1.2.1".into(),
+        ]);
+        let rq = request(vec![
+            context(1, CT, &["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]),
+            context(3, CT, &["1.2.840.10008.1.2.2"]),
+        ]);
+        let (_, ac) = accept(&policy, &rq);
+        assert_eq!(
+            ac.presentation_contexts[0].transfer_syntax,
+            "1.2.840.10008.1.2"
+        );
+        assert_eq!(
+            ac.presentation_contexts[1].result,
+            context_result::TRANSFER_SYNTAXES_NOT_SUPPORTED
+        );
+    }
+
+    #[test]
+    fn association_rejections() {
+        let ok = request(vec![context(1, CT, &["1.2.840.10008.1.2"])]);
+        let mut rq = ok.clone();
+        rq.protocol_version = 2;
+        assert_eq!(rejected(&policy(), &rq), (1, 2, 2));
+        let mut rq = ok.clone();
+        rq.application_context = "1.2.3".into();
+        assert_eq!(rejected(&policy(), &rq), (1, 1, 2));
+        let mut rq = ok.clone();
+        rq.called_ae = [b' '; 16];
+        assert_eq!(rejected(&policy(), &rq), (1, 1, 7));
+        let mut strict = policy();
+        strict.require_called_ae = true;
+        let mut rq = ok.clone();
+        rq.called_ae = ae_field("OTHER");
+        assert_eq!(rejected(&strict, &rq), (1, 1, 7));
+        accept(&strict, &ok);
+        let mut listed = policy();
+        listed.allowed_calling_aes = vec!["MODALITY".into()];
+        assert_eq!(rejected(&listed, &ok), (1, 1, 3));
+        let mut rq = ok.clone();
+        rq.calling_ae = ae_field("MODALITY");
+        accept(&listed, &rq);
+        assert_eq!(rejected(&policy(), &request(vec![])), (1, 1, 1));
+        let busy = busy();
+        assert_eq!((busy.result, busy.source, busy.reason), (2, 3, 2));
+    }
+}

@@ -1,0 +1,279 @@
+//! The listener: one OS thread per association, an association limit, graceful shutdown, and
+//! the bounded channel that carries events to the Python side.
+
+use std::collections::HashMap;
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
+};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::association::AcceptorPolicy;
+use crate::connection;
+use crate::error::{Error, Result};
+use crate::layout::SortKey;
+use crate::store::Storage;
+
+/// Connections beyond the association limit that still get a proper A-ASSOCIATE-RJ;
+/// past that they are closed at once so a flood cannot spawn unbounded threads.
+const REJECT_SLACK: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub policy: AcceptorPolicy,
+    pub data_dir: PathBuf,
+    pub sort_key: SortKey,
+    pub durable: bool,
+    pub max_associations: usize,
+    /// ARTIM: how long a new connection may take to send its A-ASSOCIATE-RQ.
+    pub acse_timeout: Option<Duration>,
+    /// How long an association may stay silent before we abort it.
+    pub network_timeout: Option<Duration>,
+    /// Send a `Stored` event per instance (only when someone consumes them).
+    pub emit_stored: bool,
+    pub event_queue: usize,
+}
+
+/// One instance written under `data_dir`.
+#[derive(Debug, Clone)]
+pub struct StoredInstance {
+    pub path: PathBuf,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub transfer_syntax_uid: String,
+    pub calling_ae: String,
+    pub called_ae: String,
+    pub peer: SocketAddr,
+    /// Data set bytes received (file meta excluded).
+    pub bytes: u64,
+}
+
+/// How an association ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Released,
+    Rejected,
+    AbortedByPeer,
+    /// We aborted: a protocol error, a timeout, or shutdown.
+    Aborted,
+    /// The connection dropped without release or abort.
+    Closed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Released => "released",
+            Outcome::Rejected => "rejected",
+            Outcome::AbortedByPeer => "aborted by peer",
+            Outcome::Aborted => "aborted",
+            Outcome::Closed => "connection closed",
+        }
+    }
+}
+
+/// Summary of one association, reported when it ends.
+#[derive(Debug, Clone)]
+pub struct AssociationRecord {
+    pub peer: SocketAddr,
+    pub calling_ae: String,
+    pub called_ae: String,
+    pub instances: u64,
+    pub failures: u64,
+    pub bytes: u64,
+    pub duration: Duration,
+    pub outcome: Outcome,
+    /// Why we rejected or aborted, when we did.
+    pub detail: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Stored(StoredInstance),
+    AssociationEnded(AssociationRecord),
+}
+
+/// State shared by the listener and the association threads.
+pub(crate) struct Shared {
+    pub config: ServerConfig,
+    pub storage: Storage,
+    pub shutting_down: AtomicBool,
+    /// Open connections, so shutdown can wake them.
+    active: Mutex<HashMap<u64, TcpStream>>,
+    drained: Condvar,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking association thread must not take the whole server down with it.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub struct Server {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Server {
+    /// Bind, open the storage, and start accepting associations.
+    pub fn start(config: ServerConfig) -> Result<(Server, Receiver<Event>)> {
+        if config.max_associations == 0 {
+            return Err(Error::InvalidConfig(
+                "max_associations must be at least 1".into(),
+            ));
+        }
+        let storage = Storage::open(&config.data_dir, config.durable).map_err(Error::io(
+            format!("cannot use data_dir {}", config.data_dir.display()),
+        ))?;
+        let address = (config.host.as_str(), config.port);
+        let listener = address
+            .to_socket_addrs()
+            .and_then(|mut addrs| {
+                addrs
+                    .next()
+                    .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+            })
+            .and_then(TcpListener::bind)
+            .map_err(Error::io(format!(
+                "cannot listen on {}:{}",
+                config.host, config.port
+            )))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(Error::io("cannot read the bound address"))?;
+        let (events, receiver) = sync_channel(config.event_queue.max(1));
+        let shared = Arc::new(Shared {
+            config,
+            storage,
+            shutting_down: AtomicBool::new(false),
+            active: Mutex::new(HashMap::new()),
+            drained: Condvar::new(),
+            workers: Mutex::new(Vec::new()),
+        });
+        let accept_shared = Arc::clone(&shared);
+        let handle = thread::Builder::new()
+            .name("dicom-inlet-listener".into())
+            .spawn(move || accept_loop(&listener, &accept_shared, &events))
+            .map_err(Error::io("cannot start the listener thread"))?;
+        Ok((
+            Server {
+                shared,
+                local_addr,
+                listener: Mutex::new(Some(handle)),
+            },
+            receiver,
+        ))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn storage_root(&self) -> &std::path::Path {
+        self.shared.storage.root()
+    }
+
+    /// Stop accepting, let open associations finish for up to `grace`, abort the rest, and
+    /// return once every association thread has ended. Idempotent.
+    pub fn shutdown(&self, grace: Duration) {
+        let Some(listener) = lock(&self.listener).take() else {
+            return;
+        };
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        // accept() has no timeout: a connection of our own wakes it to see the flag.
+        let _ = TcpStream::connect_timeout(&wake_address(self.local_addr), Duration::from_secs(1));
+        let _ = listener.join();
+
+        let deadline = Instant::now() + grace;
+        let mut active = lock(&self.shared.active);
+        while !active.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            active = self
+                .shared
+                .drained
+                .wait_timeout(active, left)
+                .map_or_else(|p| p.into_inner().0, |r| r.0);
+        }
+        for stream in active.values() {
+            // The association thread sees end-of-stream, notices the shutdown and aborts.
+            let _ = stream.shutdown(Shutdown::Read);
+        }
+        drop(active);
+        let workers = std::mem::take(&mut *lock(&self.shared.workers));
+        for worker in workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown(Duration::ZERO);
+    }
+}
+
+fn wake_address(bound: SocketAddr) -> SocketAddr {
+    let ip = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bound.port())
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, events: &SyncSender<Event>) {
+    let next_id = AtomicU64::new(0);
+    for stream in listener.incoming() {
+        if shared.shutting_down.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let over_limit = {
+            let mut active = lock(&shared.active);
+            let open = active.len();
+            if open >= shared.config.max_associations + REJECT_SLACK {
+                continue;
+            }
+            let over = open >= shared.config.max_associations;
+            if !over {
+                if let Ok(clone) = stream.try_clone() {
+                    active.insert(id, clone);
+                }
+            }
+            over
+        };
+        let worker_shared = Arc::clone(shared);
+        let worker_events = events.clone();
+        let spawned = thread::Builder::new()
+            .name("dicom-inlet-association".into())
+            .spawn(move || {
+                connection::serve(stream, &worker_shared, &worker_events, over_limit);
+                let mut active = lock(&worker_shared.active);
+                active.remove(&id);
+                if active.is_empty() {
+                    worker_shared.drained.notify_all();
+                }
+            });
+        let mut workers = lock(&shared.workers);
+        workers.retain(|w| !w.is_finished());
+        match spawned {
+            Ok(handle) => workers.push(handle),
+            Err(_) => {
+                lock(&shared.active).remove(&id);
+            }
+        }
+    }
+}
