@@ -38,8 +38,10 @@ fn seconds(value: Option<f64>) -> Result<Option<Duration>, Error> {
 /// A running Storage SCP.
 #[pyclass(frozen, module = "dicom_inlet._core")]
 struct Server {
-    inner: server::Server,
+    // Declared first so it drops first: association threads blocked on a full queue then fail
+    // their send instead of deadlocking the server's drop (e.g. at interpreter exit).
     events: Mutex<Receiver<Event>>,
+    inner: server::Server,
 }
 
 #[pymethods]

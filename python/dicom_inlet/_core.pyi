@@ -1,6 +1,7 @@
 """Types of the native module ``dicom_inlet._core`` (Rust, PyO3)."""
 
 from os import PathLike
+from pathlib import Path
 
 TRANSFER_SYNTAXES: list[str]
 IMPLEMENTATION_CLASS_UID: str
@@ -10,7 +11,7 @@ class StoredInstance:
     """An instance written under data_dir."""
 
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
     @property
     def sop_class_uid(self) -> str: ...
     @property
@@ -80,7 +81,7 @@ class Server:
     @property
     def host(self) -> str: ...
     @property
-    def data_dir(self) -> str: ...
+    def data_dir(self) -> Path: ...
     def next_event(self) -> StoredInstance | AssociationRecord | None:
         """Wait for the next event; None once shut down and drained."""
     def shutdown(self, timeout: float) -> None:

@@ -201,18 +201,21 @@ class StoreSCPServer:
         seconds, then aborts them), and returns once the callbacks of every stored instance
         have run.
         """
+        if threading.current_thread() is self._dispatcher:
+            # From a callback: waiting here would stop the very thread that drains the queue.
+            threading.Thread(target=self.shutdown, name="dicom-inlet-shutdown").start()
+            return
         with self._lock:
             scp, self.scp = self.scp, None
-            dispatcher, self._dispatcher = self._dispatcher, None
+            dispatcher = self._dispatcher
         self._stop.set()
         if scp is None:
-            # Another thread is shutting down; wait for it unless we are its callback thread.
-            if threading.current_thread().name != "dicom-inlet-callbacks":
-                self._stopped.wait()
+            self._stopped.wait()
             return
         scp.shutdown(self.shutdown_timeout)
-        if dispatcher is not None and dispatcher is not threading.current_thread():
+        if dispatcher is not None:
             dispatcher.join()
+        self._dispatcher = None
         self._stopped.set()
 
     def _dispatch(self, scp: _core.Server) -> None:
@@ -255,17 +258,24 @@ class StoreSCPServer:
         )
 
 
+def _size(count: int) -> str:
+    if count < 1000:
+        return f"{count} bytes"
+    exponent = min(3, (len(str(count)) - 1) // 3)
+    return f"{count / 1000**exponent:.1f} {('kB', 'MB', 'GB')[exponent - 1]}"
+
+
 def _log_association(record: _core.AssociationRecord) -> None:
     detail = f": {record.detail}" if record.detail else ""
     logger.info(
-        "association %s:%d %s -> %s: %d instances, %d failed, %.1f MB in %.2f s (%s%s)",
+        "association %s:%d %s -> %s: %d instances, %d failed, %s in %.2f s (%s%s)",
         record.peer_host,
         record.peer_port,
         record.calling_ae or "?",
         record.called_ae or "?",
         record.instances,
         record.failures,
-        record.bytes / 1e6,
+        _size(record.bytes),
         record.duration,
         record.outcome,
         detail,
