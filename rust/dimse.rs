@@ -152,86 +152,88 @@ fn put_element(out: &mut Vec<u8>, tag: u32, value: &[u8], pad: u8) {
     }
 }
 
-impl Response<'_> {
-    /// Append the encoded command set, group length first, elements in ascending tag order.
+/// Append a command set: (0000,0000) CommandGroupLength, then what `elements` writes.
+fn encode_group(out: &mut Vec<u8>, elements: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    put_element(out, 0, &[0; 4], 0);
+    let body = out.len();
+    elements(out);
+    let group_length = (out.len() - body) as u32;
+    out[start + 8..start + 12].copy_from_slice(&group_length.to_le_bytes());
+}
+
+fn put_uid(out: &mut Vec<u8>, tag: u32, uid: Option<&str>) {
+    if let Some(uid) = uid {
+        put_element(out, tag, uid.as_bytes(), 0);
+    }
+}
+
+fn put_us(out: &mut Vec<u8>, tag: u32, value: u16) {
+    put_element(out, tag, &value.to_le_bytes(), 0);
+}
+
+impl Command {
+    /// Append the encoded request command set, as an SCU sends it (elements in tag order).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        put_element(out, 0, &[0; 4], 0);
-        let body = out.len();
-        if let Some(uid) = self.affected_sop_class_uid {
-            put_element(out, TAG_AFFECTED_SOP_CLASS_UID, uid.as_bytes(), 0);
-        }
-        put_element(out, TAG_COMMAND_FIELD, &self.command_field.to_le_bytes(), 0);
-        put_element(
-            out,
-            TAG_MESSAGE_ID_BEING_RESPONDED_TO,
-            &self.message_id_being_responded_to.to_le_bytes(),
-            0,
-        );
-        put_element(
-            out,
-            TAG_COMMAND_DATA_SET_TYPE,
-            &NO_DATA_SET.to_le_bytes(),
-            0,
-        );
-        put_element(out, TAG_STATUS, &self.status.to_le_bytes(), 0);
-        if let Some(comment) = self.error_comment {
-            // ErrorComment is LO: at most 64 characters.
-            let end = comment
-                .char_indices()
-                .nth(64)
-                .map_or(comment.len(), |(i, _)| i);
-            put_element(out, TAG_ERROR_COMMENT, &comment.as_bytes()[..end], b' ');
-        }
-        if let Some(uid) = self.affected_sop_instance_uid {
-            put_element(out, TAG_AFFECTED_SOP_INSTANCE_UID, uid.as_bytes(), 0);
-        }
-        let group_length = (out.len() - body) as u32;
-        out[start + 8..start + 12].copy_from_slice(&group_length.to_le_bytes());
+        encode_group(out, |out| {
+            put_uid(
+                out,
+                TAG_AFFECTED_SOP_CLASS_UID,
+                self.affected_sop_class_uid.as_deref(),
+            );
+            put_us(out, TAG_COMMAND_FIELD, self.command_field);
+            put_us(out, TAG_MESSAGE_ID, self.message_id.unwrap_or(0));
+            // Any value but 0x0101 announces a data set; 0x0000 is what peers send.
+            put_us(
+                out,
+                TAG_COMMAND_DATA_SET_TYPE,
+                if self.has_data_set { 0 } else { NO_DATA_SET },
+            );
+            if let Some(status) = self.status {
+                put_us(out, TAG_STATUS, status);
+            }
+            put_uid(
+                out,
+                TAG_AFFECTED_SOP_INSTANCE_UID,
+                self.affected_sop_instance_uid.as_deref(),
+            );
+        });
+    }
+}
+
+impl Response<'_> {
+    /// Append the encoded response command set (elements in tag order).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        encode_group(out, |out| {
+            put_uid(out, TAG_AFFECTED_SOP_CLASS_UID, self.affected_sop_class_uid);
+            put_us(out, TAG_COMMAND_FIELD, self.command_field);
+            put_us(
+                out,
+                TAG_MESSAGE_ID_BEING_RESPONDED_TO,
+                self.message_id_being_responded_to,
+            );
+            put_us(out, TAG_COMMAND_DATA_SET_TYPE, NO_DATA_SET);
+            put_us(out, TAG_STATUS, self.status);
+            if let Some(comment) = self.error_comment {
+                // ErrorComment is LO: at most 64 characters.
+                let end = comment
+                    .char_indices()
+                    .nth(64)
+                    .map_or(comment.len(), |(i, _)| i);
+                put_element(out, TAG_ERROR_COMMENT, &comment.as_bytes()[..end], b' ');
+            }
+            put_uid(
+                out,
+                TAG_AFFECTED_SOP_INSTANCE_UID,
+                self.affected_sop_instance_uid,
+            );
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Encode a request command set as an SCU would.
-    fn encode_request(out: &mut Vec<u8>, command: &Command) {
-        let start = out.len();
-        put_element(out, 0, &[0; 4], 0);
-        let body = out.len();
-        if let Some(uid) = &command.affected_sop_class_uid {
-            put_element(out, TAG_AFFECTED_SOP_CLASS_UID, uid.as_bytes(), 0);
-        }
-        put_element(
-            out,
-            TAG_COMMAND_FIELD,
-            &command.command_field.to_le_bytes(),
-            0,
-        );
-        put_element(
-            out,
-            TAG_MESSAGE_ID,
-            &command.message_id.unwrap_or(0).to_le_bytes(),
-            0,
-        );
-        let data_set_type: u16 = if command.has_data_set {
-            0x0000
-        } else {
-            NO_DATA_SET
-        };
-        put_element(
-            out,
-            TAG_COMMAND_DATA_SET_TYPE,
-            &data_set_type.to_le_bytes(),
-            0,
-        );
-        if let Some(uid) = &command.affected_sop_instance_uid {
-            put_element(out, TAG_AFFECTED_SOP_INSTANCE_UID, uid.as_bytes(), 0);
-        }
-        let group_length = (out.len() - body) as u32;
-        out[start + 8..start + 12].copy_from_slice(&group_length.to_le_bytes());
-    }
 
     fn store_rq() -> Command {
         Command {
@@ -247,7 +249,7 @@ mod tests {
     #[test]
     fn request_round_trip() {
         let mut out = Vec::new();
-        encode_request(&mut out, &store_rq());
+        store_rq().encode(&mut out);
         assert_eq!(Command::parse(&out).unwrap(), store_rq());
         let echo = Command {
             command_field: C_ECHO_RQ,
@@ -256,7 +258,7 @@ mod tests {
             ..Command::default()
         };
         out.clear();
-        encode_request(&mut out, &echo);
+        echo.encode(&mut out);
         assert_eq!(Command::parse(&out).unwrap(), echo);
     }
 
@@ -301,7 +303,7 @@ mod tests {
     #[test]
     fn malformed_command_sets_are_rejected() {
         let mut out = Vec::new();
-        encode_request(&mut out, &store_rq());
+        store_rq().encode(&mut out);
         for cut in 1..out.len() {
             // A prefix may end on an element boundary and still hold the required elements.
             let _ = Command::parse(&out[..cut]);

@@ -616,3 +616,6 @@ fn write_fragment(sink: &mut Sink, data: &[u8]) {
         comment: failure.1,
     };
 }
+
+#[cfg(test)]
+mod tests;

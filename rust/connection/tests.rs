@@ -1,0 +1,329 @@
+//! The association path end to end over a real loopback socket, driven by a minimal SCU built
+//! from the codecs: reassembly shapes, responses, aborts, and what ends up on disk.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use crate::association::{AcceptorPolicy, VERIFICATION_SOP_CLASS};
+use crate::dimse::{self, Command};
+use crate::layout::SortKey;
+use crate::pdu::{self, ae_field, AssociateRq, PresentationContextRq, UserInfo};
+use crate::server::{Event, Server, ServerConfig};
+use crate::store::INCOMING_DIR;
+
+const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+const MAX_PDU: u32 = 16_384;
+
+fn start(name: &str) -> (Server, Receiver<Event>, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("dicom-inlet-conn-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let config = ServerConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        policy: AcceptorPolicy {
+            ae_title: "INLET".into(),
+            require_called_ae: false,
+            allowed_calling_aes: vec![],
+            sop_classes: [CT, VERIFICATION_SOP_CLASS]
+                .into_iter()
+                .map(String::from)
+                .collect::<HashSet<_>>(),
+            transfer_syntaxes: None,
+            max_pdu: MAX_PDU,
+        },
+        data_dir: dir.clone(),
+        sort_key: SortKey::Series,
+        durable: false,
+        max_associations: 4,
+        acse_timeout: Some(Duration::from_secs(10)),
+        network_timeout: Some(Duration::from_secs(10)),
+        emit_stored: true,
+        event_queue: 16,
+    };
+    let (server, events) = Server::start(config).unwrap();
+    (server, events, dir)
+}
+
+/// An explicit VR little endian element with a short (16-bit) length.
+fn element(out: &mut Vec<u8>, group: u16, elem: u16, vr: &[u8; 2], value: &[u8]) {
+    out.extend_from_slice(&group.to_le_bytes());
+    out.extend_from_slice(&elem.to_le_bytes());
+    out.extend_from_slice(vr);
+    out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+    out.extend_from_slice(value);
+}
+
+fn data_set(sop_instance: &str, pixels: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    element(
+        &mut out,
+        0x0008,
+        0x0016,
+        b"UI",
+        b"1.2.840.10008.5.1.4.1.1.2\0",
+    );
+    element(&mut out, 0x0008, 0x0018, b"UI", sop_instance.as_bytes());
+    element(&mut out, 0x0010, 0x0020, b"LO", b"PID1");
+    element(&mut out, 0x0020, 0x000D, b"UI", b"1.2.3");
+    element(&mut out, 0x0020, 0x000E, b"UI", b"1.2.3.4\0");
+    out.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0]);
+    out.extend_from_slice(&(pixels as u32).to_le_bytes());
+    out.extend((0..pixels).map(|i| i as u8));
+    out
+}
+
+fn store_command(sop_instance: &str, message_id: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    Command {
+        command_field: dimse::C_STORE_RQ,
+        message_id: Some(message_id),
+        affected_sop_class_uid: Some(CT.into()),
+        affected_sop_instance_uid: Some(sop_instance.into()),
+        has_data_set: true,
+        status: None,
+    }
+    .encode(&mut out);
+    out
+}
+
+struct Peer {
+    stream: TcpStream,
+}
+
+impl Peer {
+    fn associate(server: &Server) -> Peer {
+        let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut out = Vec::new();
+        AssociateRq {
+            protocol_version: 1,
+            called_ae: ae_field("INLET"),
+            calling_ae: ae_field("RUST_SCU"),
+            application_context: pdu::APPLICATION_CONTEXT.into(),
+            presentation_contexts: vec![
+                PresentationContextRq {
+                    id: 1,
+                    abstract_syntax: CT.into(),
+                    transfer_syntaxes: vec![EXPLICIT_LE.into()],
+                },
+                PresentationContextRq {
+                    id: 3,
+                    abstract_syntax: VERIFICATION_SOP_CLASS.into(),
+                    transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+                },
+            ],
+            user_info: UserInfo {
+                max_length: Some(0),
+                ..UserInfo::default()
+            },
+        }
+        .encode(&mut out);
+        stream.write_all(&out).unwrap();
+        let mut peer = Peer { stream };
+        let (pdu_type, body) = peer.read_pdu();
+        assert_eq!(pdu_type, pdu::ASSOCIATE_AC);
+        match pdu::Pdu::parse(pdu_type, &body).unwrap() {
+            pdu::Pdu::AssociateAc(ac) => {
+                assert_eq!(ac.user_info.max_length, Some(MAX_PDU));
+                assert!(ac.presentation_contexts.iter().all(|c| c.result == 0));
+            }
+            _ => unreachable!(),
+        }
+        peer
+    }
+
+    fn read_pdu(&mut self) -> (u8, Vec<u8>) {
+        let mut header = [0u8; pdu::HEADER_LEN];
+        self.stream.read_exact(&mut header).unwrap();
+        let (pdu_type, length) = pdu::parse_header(&header);
+        let mut body = vec![0; length as usize];
+        self.stream.read_exact(&mut body).unwrap();
+        (pdu_type, body)
+    }
+
+    /// Send one P-DATA-TF holding the given PDVs: (context, is_command, is_last, bytes).
+    fn send_pdvs(&mut self, pdvs: &[(u8, bool, bool, &[u8])]) {
+        let mut body = Vec::new();
+        for (context, is_command, is_last, data) in pdvs {
+            body.extend_from_slice(&(data.len() as u32 + 2).to_be_bytes());
+            body.push(*context);
+            body.push(u8::from(*is_command) | (u8::from(*is_last) << 1));
+            body.extend_from_slice(data);
+        }
+        let mut pdu = vec![pdu::P_DATA_TF, 0];
+        pdu.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        pdu.extend_from_slice(&body);
+        self.stream.write_all(&pdu).unwrap();
+    }
+
+    fn response(&mut self) -> Command {
+        let (pdu_type, body) = self.read_pdu();
+        assert_eq!(pdu_type, pdu::P_DATA_TF);
+        let pdv = pdu::pdvs(&body).next().unwrap().unwrap();
+        assert!(pdv.is_command && pdv.is_last);
+        Command::parse(pdv.data).unwrap()
+    }
+
+    fn release(mut self) {
+        let mut out = Vec::new();
+        pdu::encode_release_rq(&mut out);
+        self.stream.write_all(&out).unwrap();
+        assert_eq!(self.read_pdu().0, pdu::RELEASE_RP);
+    }
+}
+
+fn stored_file(root: &Path, sop_instance: &str) -> Vec<u8> {
+    fs::read(root.join("1.2.3.4").join(format!("{sop_instance}.dcm"))).unwrap()
+}
+
+fn incoming_is_empty(root: &Path) -> bool {
+    fs::read_dir(root.join(INCOMING_DIR))
+        .unwrap()
+        .next()
+        .is_none()
+}
+
+#[test]
+fn command_and_data_in_one_pdu_then_data_split_over_many() {
+    let (server, events, root) = start("shapes");
+    let mut peer = Peer::associate(&server);
+    let data = data_set("1.2.3.4.5", 5000);
+    // The command and the first data fragment share a PDU; the rest comes 7 bytes at a time,
+    // several PDVs per PDU.
+    let command = store_command("1.2.3.4.5", 7);
+    peer.send_pdvs(&[(1, true, true, &command), (1, false, false, &data[..10])]);
+    let rest: Vec<&[u8]> = data[10..].chunks(7).collect();
+    for pair in rest.chunks(2) {
+        let last_pdu = std::ptr::eq(pair.last().unwrap(), rest.last().unwrap());
+        let pdvs: Vec<_> = pair
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (1, false, last_pdu && i + 1 == pair.len(), *c))
+            .collect();
+        peer.send_pdvs(&pdvs);
+    }
+    let response = peer.response();
+    assert_eq!(response.command_field, 0x8001);
+    assert_eq!(response.status, Some(0));
+    assert_eq!(
+        response.affected_sop_instance_uid.as_deref(),
+        Some("1.2.3.4.5")
+    );
+    let file = stored_file(&root, "1.2.3.4.5");
+    assert!(
+        file.ends_with(&data),
+        "data set bytes differ from what was sent"
+    );
+    assert_eq!(&file[128..132], b"DICM");
+    assert!(incoming_is_empty(&root));
+    peer.release();
+    server.shutdown(Duration::from_secs(5));
+    let events: Vec<Event> = events.iter().collect();
+    assert!(
+        matches!(&events[0], Event::Stored(s) if s.bytes == data.len() as u64 && s.calling_ae == "RUST_SCU")
+    );
+    assert!(matches!(&events[1], Event::AssociationEnded(r) if r.instances == 1));
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn command_split_over_pdus_and_echo() {
+    let (server, _events, root) = start("echo");
+    let mut peer = Peer::associate(&server);
+    let mut echo = Vec::new();
+    Command {
+        command_field: dimse::C_ECHO_RQ,
+        message_id: Some(42),
+        affected_sop_class_uid: Some(VERIFICATION_SOP_CLASS.into()),
+        ..Command::default()
+    }
+    .encode(&mut echo);
+    let (head, tail) = echo.split_at(5);
+    peer.send_pdvs(&[(3, true, false, head)]);
+    peer.send_pdvs(&[(3, true, true, tail)]);
+    let response = peer.response();
+    assert_eq!((response.command_field, response.status), (0x8030, Some(0)));
+    assert_eq!(
+        response.message_id, None,
+        "responses carry MessageIDBeingRespondedTo"
+    );
+    peer.release();
+    server.shutdown(Duration::from_secs(5));
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn oversized_pdu_is_aborted_and_partial_instance_removed() {
+    let (server, _events, root) = start("oversized");
+    let mut peer = Peer::associate(&server);
+    let data = data_set("1.2.3.4.6", 100);
+    peer.send_pdvs(&[
+        (1, true, true, &store_command("1.2.3.4.6", 1)),
+        (1, false, false, &data[..50]),
+    ]);
+    // Announce a PDU one byte over our maximum: aborted before its body is read.
+    let mut header = vec![pdu::P_DATA_TF, 0];
+    header.extend_from_slice(&(MAX_PDU + 1).to_be_bytes());
+    peer.stream.write_all(&header).unwrap();
+    let (pdu_type, body) = peer.read_pdu();
+    assert_eq!(pdu_type, pdu::ABORT);
+    assert_eq!(
+        body,
+        [0, 0, 2, 6],
+        "provider abort, invalid parameter value"
+    );
+    server.shutdown(Duration::from_secs(5));
+    assert!(incoming_is_empty(&root));
+    assert!(!root.join("1.2.3.4").exists());
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn data_set_not_matching_the_command_is_refused_without_a_file() {
+    let (server, _events, root) = start("mismatch");
+    let mut peer = Peer::associate(&server);
+    let data = data_set("9.9.9", 10);
+    peer.send_pdvs(&[
+        (1, true, true, &store_command("1.2.3.4.7", 3)),
+        (1, false, true, &data),
+    ]);
+    let response = peer.response();
+    assert_eq!(response.status, Some(0xA900));
+    peer.release();
+    server.shutdown(Duration::from_secs(5));
+    assert!(incoming_is_empty(&root));
+    assert!(!root.join("1.2.3.4").exists());
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn peer_abort_mid_instance_leaves_nothing() {
+    let (server, events, root) = start("peer-abort");
+    let mut peer = Peer::associate(&server);
+    let data = data_set("1.2.3.4.8", 1000);
+    peer.send_pdvs(&[
+        (1, true, true, &store_command("1.2.3.4.8", 1)),
+        (1, false, false, &data[..500]),
+    ]);
+    let mut out = Vec::new();
+    pdu::Abort {
+        source: 0,
+        reason: 0,
+    }
+    .encode(&mut out);
+    peer.stream.write_all(&out).unwrap();
+    // The association's end event arrives only after its thread has cleaned up.
+    let ended = events.recv().unwrap();
+    assert!(matches!(ended, Event::AssociationEnded(r) if r.instances == 0));
+    assert!(incoming_is_empty(&root));
+    server.shutdown(Duration::from_secs(5));
+    fs::remove_dir_all(&root).unwrap();
+}
