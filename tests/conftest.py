@@ -11,6 +11,8 @@ import array
 import contextlib
 import copy
 import os
+import socket
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -21,6 +23,8 @@ import pydicom.config
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
@@ -43,11 +47,6 @@ MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 SECONDARY_CAPTURE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.7")
 VERIFICATION = UID("1.2.840.10008.1.1")
 
-UNCOMPRESSED_SYNTAXES = [
-    ImplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-]
 ALL_TEST_SYNTAXES = [
     ImplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -60,8 +59,6 @@ ALL_TEST_SYNTAXES = [
 TIMEOUT = 30.0
 
 ELF_MAGIC = b"\x7fELF"
-
-_REMOVE = object()
 
 
 # --------------------------------------------------------------------------------------
@@ -213,8 +210,8 @@ def write_file(
     ds = copy.deepcopy(ds)
     ts = UID(transfer_syntax)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = media_sop_class_uid or ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = media_sop_instance_uid or ds.SOPInstanceUID
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ts
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "INLET_TESTS"
@@ -236,6 +233,17 @@ def write_file(
         little_endian=ts.is_little_endian,
         enforce_file_format=True,
     )
+    if media_sop_class_uid or media_sop_instance_uid:
+        # dcmwrite syncs the file meta UIDs with the data set: rewrite the meta group.
+        body = dataset_bytes(path)
+        meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+        if media_sop_class_uid:
+            meta.MediaStorageSOPClassUID = media_sop_class_uid
+        if media_sop_instance_uid:
+            meta.MediaStorageSOPInstanceUID = media_sop_instance_uid
+        buffer = DicomBytesIO()
+        write_file_meta_info(buffer, meta, enforce_standard=True)
+        path.write_bytes(b"\x00" * 128 + b"DICM" + buffer.getvalue() + body)
     return path
 
 
@@ -248,11 +256,6 @@ def dataset_bytes(path: str | os.PathLike[str]) -> bytes:
     assert data[138:140] == b"\x04\x00", f"{path}: (0002,0000) length is not 4"
     group_length = int.from_bytes(data[140:144], "little")
     return data[144 + group_length :]
-
-
-def read_meta_and_dataset(path: str | os.PathLike[str]) -> Dataset:
-    """dcmread ``path`` fully (deferred reads disabled)."""
-    return pydicom.dcmread(os.fspath(path), force=False)
 
 
 def stored_files(data_dir: str | os.PathLike[str]) -> list[Path]:
@@ -325,8 +328,8 @@ def swap16(data: bytes) -> bytes:
 
 def assert_same_content(stored: Dataset, sent: Dataset) -> None:
     """Decoded data sets are equal (PixelData compared as 16-bit values)."""
-    stored_tags = [t for t in stored if t.group != 0x0002]
-    sent_tags = [t for t in sent if t.group != 0x0002]
+    stored_tags = [e.tag for e in stored if e.tag.group != 0x0002]
+    sent_tags = [e.tag for e in sent if e.tag.group != 0x0002]
     assert stored_tags == sent_tags
     for tag in sent_tags:
         if tag == 0x7FE00010:
@@ -439,6 +442,67 @@ def echo(port: int, *, called_aet: str = "ANY-SCP", ae_title: str = SCU_AET) -> 
         if assoc.is_established:
             assoc.release()
         ae.shutdown()
+
+
+def _ae_field(title: str) -> bytes:
+    return title.encode("ascii").ljust(16, b" ")
+
+
+def _item(item_type: int, value: bytes) -> bytes:
+    return bytes([item_type, 0]) + struct.pack(">H", len(value)) + value
+
+
+def raw_associate(
+    port: int,
+    *,
+    called_aet: str,
+    calling_aet: str = SCU_AET,
+    abstract_syntax: str = VERIFICATION,
+    transfer_syntaxes: Sequence[str] = (ImplicitVRLittleEndian,),
+) -> bytes:
+    """Send a hand-built A-ASSOCIATE-RQ (PS3.8 9.3.2) and return the first response PDU.
+
+    Used to check A-ASSOCIATE-RJ result/source/reason exactly: pynetdicom's requestor
+    can miss an RJ that arrives and is followed by a close very quickly (it then reports
+    an abort). An accepted association is aborted again with an A-ABORT.
+    """
+    context = bytes([1, 0, 0, 0]) + _item(0x30, abstract_syntax.encode())
+    for syntax in transfer_syntaxes:
+        context += _item(0x40, syntax.encode())
+    user_info = _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.826.0.1.3680043.10.1")
+    body = (
+        struct.pack(">HH", 1, 0)
+        + _ae_field(called_aet)
+        + _ae_field(calling_aet)
+        + bytes(32)
+        + _item(0x10, b"1.2.840.10008.3.1.1.1")
+        + _item(0x20, context)
+        + _item(0x50, user_info)
+    )
+    with socket.create_connection((HOST, port), timeout=TIMEOUT) as sock:
+        sock.sendall(bytes([0x01, 0]) + struct.pack(">I", len(body)) + body)
+        header = _recv_exactly(sock, 6)
+        pdu = header + _recv_exactly(sock, struct.unpack(">I", header[2:])[0])
+        if pdu[0] == 0x02:
+            sock.sendall(bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0]))
+    return pdu
+
+
+def _recv_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        assert chunk, f"connection closed after {len(data)} of {count} bytes"
+        data += chunk
+    return data
+
+
+def rejection(port: int, *, called_aet: str, calling_aet: str = SCU_AET) -> tuple[int, int, int]:
+    """(result, source, reason) of the A-ASSOCIATE-RJ the SCP answers with."""
+    pdu = raw_associate(port, called_aet=called_aet, calling_aet=calling_aet)
+    assert pdu[0] == 0x03, f"expected A-ASSOCIATE-RJ, got PDU type {pdu[0]:#04x}"
+    assert len(pdu) == 10
+    return pdu[7], pdu[8], pdu[9]
 
 
 def statuses(results: Iterable[Dataset]) -> list[int | None]:

@@ -20,7 +20,6 @@ from conftest import (
     CT_IMAGE_STORAGE,
     HOST,
     SCP_AET,
-    SCU_AET,
     SECONDARY_CAPTURE_STORAGE,
     TIMEOUT,
     assert_file_meta,
@@ -31,13 +30,14 @@ from conftest import (
     incoming_entries,
     make_dataset,
     patient_layout,
+    raw_associate,
+    rejection,
     send,
     statuses,
     stored_files,
     wait_until,
     write_file,
 )
-from dicom_inlet import DicomNode, StorageSortKey, StoreSCPServer, run_server
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     ExplicitVRBigEndian,
@@ -45,6 +45,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
 )
+
+from dicom_inlet import DicomNode, StorageSortKey, StoreSCPServer, run_server
 
 
 def local_node(aetitle: str = SCP_AET) -> dict[str, Any]:
@@ -297,22 +299,10 @@ def test_run_server_returns_started_server(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-def _rejection(port: int, *, called_aet: str, ae_title: str = SCU_AET) -> tuple[int, int, int]:
-    with associate(
-        port,
-        [(CT_IMAGE_STORAGE, [ExplicitVRLittleEndian])],
-        called_aet=called_aet,
-        ae_title=ae_title,
-        require_established=False,
-    ) as assoc:
-        assert assoc.is_rejected
-        rj = assoc.acceptor.primitive
-        return rj.result, rj.result_source, rj.diagnostic
-
-
 def test_require_called_aet(server_factory):
     server = server_factory(aetitle="STRICT_SCP", require_called_aet=True)
-    assert _rejection(server.port, called_aet="SOMEONE_ELSE") == (1, 1, 7)
+    assert rejection(server.port, called_aet="SOMEONE_ELSE") == (1, 1, 7)
+    assert raw_associate(server.port, called_aet="STRICT_SCP")[0] == 0x02
     assert echo(server.port, called_aet="STRICT_SCP") == 0x0000
 
 
@@ -322,7 +312,8 @@ def test_called_aet_not_checked_by_default(server):
 
 def test_require_calling_aet(server_factory):
     server = server_factory(require_calling_aet=("ALLOWED_A", "ALLOWED_B"))
-    assert _rejection(server.port, called_aet="ANY", ae_title="INTRUDER") == (1, 1, 3)
+    assert rejection(server.port, called_aet="ANY", calling_aet="INTRUDER") == (1, 1, 3)
+    assert raw_associate(server.port, called_aet="ANY", calling_aet="ALLOWED_A")[0] == 0x02
     assert echo(server.port, ae_title="ALLOWED_B") == 0x0000
     assert echo(server.port, ae_title="ALLOWED_A") == 0x0000
 
@@ -560,7 +551,7 @@ def _send_one(port: int, tmp_path: Path, name: str) -> Dataset:
 def test_guide_context_manager(tmp_path):
     from dicom_inlet.net import StoreSCPServer
 
-    my_node_info = {"aetitle": "my_aetitle", "port": 0}
+    my_node_info = {"aetitle": "my_aetitle", "port": 0, "ip": "127.0.0.1"}
     dicom_dir = str(tmp_path / "dicom")
 
     with StoreSCPServer(my_node_info, data_dir=dicom_dir) as server:
@@ -572,7 +563,7 @@ def test_guide_context_manager(tmp_path):
 def test_guide_print_callback(tmp_path, capsys):
     from dicom_inlet.net import StoreSCPServer
 
-    my_node_info = {"aetitle": "my_aetitle", "port": 0}
+    my_node_info = {"aetitle": "my_aetitle", "port": 0, "ip": "127.0.0.1"}
     dicom_dir = str(tmp_path / "dicom")
     printed = threading.Event()
 
@@ -590,7 +581,7 @@ def test_guide_partial_callback_with_dcm2dict(tmp_path):
     from dicom_inlet.convert import dcm2dict
     from dicom_inlet.net import StoreSCPServer
 
-    my_node_info = {"aetitle": "my_aetitle", "port": 0}
+    my_node_info = {"aetitle": "my_aetitle", "port": 0, "ip": "127.0.0.1"}
     dicom_dir = str(tmp_path / "dicom")
     uploads: queue.Queue = queue.Queue()
 
@@ -624,7 +615,7 @@ def test_guide_partial_callback_with_dcm2dict(tmp_path):
 def test_guide_blocking_server_stopped_by_shutdown(tmp_path):
     from dicom_inlet.net import StoreSCPServer
 
-    my_node_info = {"aetitle": "my_aetitle", "port": 0}
+    my_node_info = {"aetitle": "my_aetitle", "port": 0, "ip": "127.0.0.1"}
     dicom_dir = str(tmp_path / "dicom")
 
     server = StoreSCPServer(my_node_info, data_dir=dicom_dir)

@@ -124,7 +124,7 @@ def test_cli_serve_stores_and_stops_on_sigint(serve, tmp_path):
     assert HOST in summary
     assert SCU_AET in summary
     assert "TEST" in summary
-    assert "byte" in summary.lower() or re.search(r"\d+(\.\d+)?\s*[KMG]i?B", summary)
+    assert "byte" in summary.lower() or re.search(r"\d+(\.\d+)?\s*[kKMG]i?B", summary)
 
     assert server.interrupt() == 0, server.text()
     assert "Traceback" not in server.text()

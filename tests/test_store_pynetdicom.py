@@ -36,7 +36,7 @@ UNKNOWN_SOP_CLASS = "1.2.3.4.5.6"
 UNKNOWN_TRANSFER_SYNTAX = "1.2.3.4.5.6.7.99"
 
 
-@pytest.mark.parametrize("transfer_syntax", ALL_TEST_SYNTAXES, ids=lambda ts: ts.name)
+@pytest.mark.parametrize("transfer_syntax", ALL_TEST_SYNTAXES, ids=lambda ts: ts.keyword)
 def test_store_each_transfer_syntax_bit_preserving(server, data_dir, tmp_path, transfer_syntax):
     ds = make_dataset()
     src = write_file(ds, tmp_path / "src" / "in.dcm", transfer_syntax)

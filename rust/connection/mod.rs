@@ -2,10 +2,10 @@
 //! stream C-STORE data sets to the spool, publish them and respond (PS3.8 §9, PS3.7 §9.1).
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::association::{self, AcceptedContext, Association};
 use crate::dimse::{self, status, Command, Response};
@@ -18,6 +18,8 @@ use crate::store::Spool;
 
 /// Bound on PDUs other than P-DATA (an A-ASSOCIATE-RQ with hundreds of contexts fits easily).
 const MAX_CONTROL_PDU: u32 = 1 << 20;
+/// Longest wait for the peer to close after our A-ASSOCIATE-RJ or A-ABORT.
+const ARTIM_LINGER: Duration = Duration::from_secs(5);
 /// Bound on a reassembled command set; real ones are a few hundred bytes.
 const MAX_COMMAND_SET: usize = 64 * 1024;
 
@@ -158,7 +160,7 @@ impl Connection<'_> {
             association::busy().encode(&mut self.out);
             self.record.outcome = Outcome::Rejected;
             self.record.detail = Some("association limit reached".into());
-            return self.flush();
+            return self.flush_and_close();
         }
         let association = match config.policy.negotiate(&rq) {
             Ok((association, ac)) => {
@@ -172,7 +174,7 @@ impl Connection<'_> {
                     "result {}, source {}, reason {}",
                     rj.result, rj.source, rj.reason
                 ));
-                return self.flush();
+                return self.flush_and_close();
             }
         };
         drop(rq);
@@ -547,6 +549,30 @@ impl Connection<'_> {
         Ok(result?)
     }
 
+    /// Send a final A-ASSOCIATE-RJ or A-ABORT and let the peer close first, as the ARTIM
+    /// timer does (PS3.8 §9.1.6): closing with unread input would reset the connection, and a
+    /// reset can discard our last PDU before the peer reads it.
+    fn flush_and_close(&mut self) -> Result<(), Stop> {
+        self.flush()?;
+        self.stream.shutdown(Shutdown::Write)?;
+        let artim = self
+            .shared
+            .config
+            .acse_timeout
+            .unwrap_or(ARTIM_LINGER)
+            .min(ARTIM_LINGER);
+        self.stream.set_read_timeout(Some(artim))?;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < MAX_CONTROL_PDU as usize {
+            match self.stream.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+        Ok(())
+    }
+
     /// Record how the association ended and send an A-ABORT where one is due.
     fn finish(&mut self, result: Result<(), Stop>) {
         let shutting_down = self.shared.shutting_down.load(Ordering::SeqCst);
@@ -589,7 +615,7 @@ impl Connection<'_> {
         self.record.outcome = Outcome::Aborted;
         self.record.detail = Some(why);
         Abort { source, reason }.encode(&mut self.out);
-        let _ = self.flush();
+        let _ = self.flush_and_close();
     }
 }
 
