@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 from concurrent.futures import ThreadPoolExecutor
 
 import pydicom
@@ -9,8 +11,10 @@ import pytest
 from conftest import (
     ALL_TEST_SYNTAXES,
     CT_IMAGE_STORAGE,
+    HOST,
     MR_IMAGE_STORAGE,
     SECONDARY_CAPTURE_STORAGE,
+    TIMEOUT,
     assert_file_meta,
     associate,
     dataset_bytes,
@@ -147,6 +151,29 @@ def test_concurrent_associations(server, data_dir, tmp_path):
             expected.append(patient_layout(ds))
             assert dataset_bytes(data_dir / patient_layout(ds)) == dataset_bytes(path)
     assert stored_files(data_dir) == sorted(expected)
+    assert incoming_entries(data_dir) == []
+
+
+def test_stalled_peers_block_nobody_and_are_aborted_at_shutdown(server_factory, data_dir, tmp_path):
+    server = server_factory(shutdown_timeout=0.5)
+    # One peer connects and says nothing; another stops half-way through its A-ASSOCIATE-RQ.
+    silent = socket.create_connection((HOST, server.port), timeout=TIMEOUT)
+    halfway = socket.create_connection((HOST, server.port), timeout=TIMEOUT)
+    halfway.sendall(bytes([0x01, 0]) + struct.pack(">I", 200) + bytes(50))
+    try:
+        ds = make_dataset()
+        src = write_file(ds, tmp_path / "src" / "a.dcm")
+        assert statuses(send(server.port, [src])) == [0x0000]
+        assert dataset_bytes(data_dir / patient_layout(ds)) == dataset_bytes(src)
+
+        server.shutdown()
+        # Past the shutdown timeout, open connections get an A-ABORT (PS3.8 9.3.8) and a close.
+        for sock in (silent, halfway):
+            received = sock.recv(64)
+            assert received[:1] == b"\x07", received
+    finally:
+        silent.close()
+        halfway.close()
     assert incoming_entries(data_dir) == []
 
 

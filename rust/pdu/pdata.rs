@@ -110,13 +110,6 @@ pub fn pdata_header(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::arithmetic_side_effects
-)]
 pub(super) mod tests {
     use super::*;
     use crate::pdu::tests::parse;
