@@ -7,6 +7,8 @@ pub const C_ECHO_RQ: u16 = 0x0030;
 pub const C_CANCEL_RQ: u16 = 0x0FFF;
 /// A response's command field is its request's with bit 15 set (PS3.7 §E.1).
 pub const RESPONSE_BIT: u16 = 0x8000;
+/// Bound on a reassembled command set; real ones are a few hundred bytes.
+pub const MAX_COMMAND_SET: usize = 64 * 1024;
 /// CommandDataSetType value meaning "no data set follows".
 const NO_DATA_SET: u16 = 0x0101;
 
@@ -24,6 +26,7 @@ const TAG_AFFECTED_SOP_CLASS_UID: u32 = 0x0000_0002;
 const TAG_COMMAND_FIELD: u32 = 0x0000_0100;
 const TAG_MESSAGE_ID: u32 = 0x0000_0110;
 const TAG_MESSAGE_ID_BEING_RESPONDED_TO: u32 = 0x0000_0120;
+const TAG_PRIORITY: u32 = 0x0000_0700;
 const TAG_COMMAND_DATA_SET_TYPE: u32 = 0x0000_0800;
 const TAG_STATUS: u32 = 0x0000_0900;
 const TAG_ERROR_COMMENT: u32 = 0x0000_0902;
@@ -69,13 +72,18 @@ impl fmt::Display for DimseError {
 
 impl std::error::Error for DimseError {}
 
-fn uid_value(value: &[u8]) -> String {
-    // UI values are padded to even length with NUL; some peers pad with a space.
+/// A value without its padding: UI values are padded to even length with NUL, text values
+/// with a space (and some peers pad UIDs with a space too).
+fn trim_padding(value: &[u8]) -> &[u8] {
     let end = value
         .iter()
         .rposition(|&b| b != 0 && b != b' ')
         .map_or(0, |i| i + 1);
-    String::from_utf8_lossy(&value[..end]).into_owned()
+    &value[..end]
+}
+
+fn uid_value(value: &[u8]) -> String {
+    String::from_utf8_lossy(trim_padding(value)).into_owned()
 }
 
 fn us_value(value: &[u8], name: &'static str) -> Result<u16, DimseError> {
@@ -85,13 +93,14 @@ fn us_value(value: &[u8], name: &'static str) -> Result<u16, DimseError> {
     }
 }
 
-impl Command {
-    /// Parse a complete command set; unknown group 0000 elements are skipped.
-    pub fn parse(mut bytes: &[u8]) -> Result<Command, DimseError> {
-        let mut command = Command::default();
-        let mut command_field = None;
-        let mut data_set_type = None;
-        while !bytes.is_empty() {
+/// The elements of a command set as (tag, value), each length checked against the bytes
+/// present; an element outside group 0000 ends the walk with an error.
+fn elements(mut bytes: &[u8]) -> impl Iterator<Item = Result<(u32, &[u8]), DimseError>> {
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        let element = (|| {
             let header: &[u8; 8] = bytes
                 .get(..8)
                 .and_then(|h| h.try_into().ok())
@@ -106,6 +115,24 @@ impl Command {
             let value = bytes
                 .get(8..8usize.saturating_add(length))
                 .ok_or(DimseError::Truncated)?;
+            bytes = &bytes[8 + length..];
+            Ok((tag, value))
+        })();
+        if element.is_err() {
+            bytes = &[];
+        }
+        Some(element)
+    })
+}
+
+impl Command {
+    /// Parse a complete command set; unknown group 0000 elements are skipped.
+    pub fn parse(bytes: &[u8]) -> Result<Command, DimseError> {
+        let mut command = Command::default();
+        let mut command_field = None;
+        let mut data_set_type = None;
+        for element in elements(bytes) {
+            let (tag, value) = element?;
             match tag {
                 TAG_AFFECTED_SOP_CLASS_UID => {
                     command.affected_sop_class_uid = Some(uid_value(value))
@@ -121,7 +148,6 @@ impl Command {
                 TAG_STATUS => command.status = Some(us_value(value, "Status")?),
                 _ => {}
             }
-            bytes = &bytes[8 + length..];
         }
         command.command_field = command_field.ok_or(DimseError::BadElement("CommandField"))?;
         command.has_data_set =
@@ -183,6 +209,10 @@ impl Command {
             );
             put_us(out, TAG_COMMAND_FIELD, self.command_field);
             put_us(out, TAG_MESSAGE_ID, self.message_id.unwrap_or(0));
+            if self.command_field == C_STORE_RQ {
+                // Priority is mandatory in a C-STORE-RQ (PS3.7 §9.3.1.1); 0 is MEDIUM.
+                put_us(out, TAG_PRIORITY, 0);
+            }
             // Any value but 0x0101 announces a data set; 0x0000 is what peers send.
             put_us(
                 out,
@@ -198,6 +228,55 @@ impl Command {
                 self.affected_sop_instance_uid.as_deref(),
             );
         });
+    }
+}
+
+/// A text value without its padding, if it is valid UTF-8.
+fn text_value(value: &[u8]) -> Option<&str> {
+    std::str::from_utf8(trim_padding(value)).ok()
+}
+
+impl<'a> Response<'a> {
+    /// Parse a response command set that announces no data set (C-STORE-RSP, C-ECHO-RSP),
+    /// borrowing its text values; unknown group 0000 elements are skipped.
+    pub fn parse(bytes: &'a [u8]) -> Result<Response<'a>, DimseError> {
+        let (mut command_field, mut responded_to, mut status, mut data_set_type) =
+            (None, None, None, None);
+        let mut response = Response {
+            command_field: 0,
+            message_id_being_responded_to: 0,
+            affected_sop_class_uid: None,
+            affected_sop_instance_uid: None,
+            status: 0,
+            error_comment: None,
+        };
+        for element in elements(bytes) {
+            let (tag, value) = element?;
+            match tag {
+                TAG_AFFECTED_SOP_CLASS_UID => response.affected_sop_class_uid = text_value(value),
+                TAG_AFFECTED_SOP_INSTANCE_UID => {
+                    response.affected_sop_instance_uid = text_value(value)
+                }
+                TAG_COMMAND_FIELD => command_field = Some(us_value(value, "CommandField")?),
+                TAG_MESSAGE_ID_BEING_RESPONDED_TO => {
+                    responded_to = Some(us_value(value, "MessageIDBeingRespondedTo")?)
+                }
+                TAG_COMMAND_DATA_SET_TYPE => {
+                    data_set_type = Some(us_value(value, "CommandDataSetType")?)
+                }
+                TAG_STATUS => status = Some(us_value(value, "Status")?),
+                TAG_ERROR_COMMENT => response.error_comment = text_value(value),
+                _ => {}
+            }
+        }
+        response.command_field = command_field.ok_or(DimseError::BadElement("CommandField"))?;
+        response.message_id_being_responded_to =
+            responded_to.ok_or(DimseError::BadElement("MessageIDBeingRespondedTo"))?;
+        response.status = status.ok_or(DimseError::BadElement("Status"))?;
+        if data_set_type != Some(NO_DATA_SET) {
+            return Err(DimseError::BadElement("CommandDataSetType"));
+        }
+        Ok(response)
     }
 }
 
@@ -282,6 +361,47 @@ mod tests {
         assert_eq!(parsed.status, Some(0xC000));
         assert_eq!(parsed.affected_sop_instance_uid.as_deref(), Some("1.2.3"));
         assert!(!parsed.has_data_set);
+    }
+
+    #[test]
+    fn response_round_trip_and_store_priority() {
+        let sent = Response {
+            command_field: C_STORE_RQ | RESPONSE_BIT,
+            message_id_being_responded_to: 9,
+            affected_sop_class_uid: Some("1.2.840.10008.5.1.4.1.1.2"),
+            affected_sop_instance_uid: Some("1.2.345"),
+            status: status::CANNOT_UNDERSTAND,
+            error_comment: Some("odd"),
+        };
+        let mut out = Vec::new();
+        sent.encode(&mut out);
+        assert_eq!(Response::parse(&out), Ok(sent));
+        // A C-STORE-RQ carries Priority MEDIUM (0000,0700) = 0; a C-ECHO-RQ none.
+        out.clear();
+        store_rq().encode(&mut out);
+        let priority = [0x00, 0x00, 0x00, 0x07, 2, 0, 0, 0, 0, 0];
+        assert!(out.windows(10).any(|w| w == priority));
+        // Requests are not responses: no MessageIDBeingRespondedTo, no Status.
+        assert_eq!(
+            Response::parse(&out),
+            Err(DimseError::BadElement("MessageIDBeingRespondedTo"))
+        );
+    }
+
+    #[test]
+    fn response_announcing_a_data_set_is_refused() {
+        let mut out = Vec::new();
+        encode_group(&mut out, |out| {
+            put_us(out, TAG_COMMAND_FIELD, 0x8001);
+            put_us(out, TAG_MESSAGE_ID_BEING_RESPONDED_TO, 1);
+            put_us(out, TAG_COMMAND_DATA_SET_TYPE, 0);
+            put_us(out, TAG_STATUS, 0);
+        });
+        assert_eq!(
+            Response::parse(&out),
+            Err(DimseError::BadElement("CommandDataSetType"))
+        );
+        assert_eq!(Response::parse(&out[..7]), Err(DimseError::Truncated));
     }
 
     #[test]

@@ -7,9 +7,13 @@ pub mod connection;
 pub mod dimse;
 pub mod error;
 pub mod file_meta;
+// The fuzz targets' bodies; `fuzzing` is the cfg cargo-fuzz sets.
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
 pub mod layout;
 pub mod pdu;
 pub mod scan;
+pub mod scu;
 pub mod server;
 pub mod store;
 pub mod transfer_syntax;

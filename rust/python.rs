@@ -6,7 +6,8 @@ use std::sync::mpsc::Receiver;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyConnectionError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::association::AcceptorPolicy;
@@ -16,11 +17,48 @@ use crate::layout::SortKey;
 use crate::server::{self, Event, ServerConfig};
 use crate::transfer_syntax;
 
+create_exception!(
+    dicom_inlet,
+    AssociationError,
+    PyConnectionError,
+    "An association with a peer could not be used."
+);
+create_exception!(
+    dicom_inlet,
+    AssociationRejected,
+    AssociationError,
+    "The peer refused the association (A-ASSOCIATE-RJ); `result`, `source` and `reason` hold \
+     its codes (PS3.8 Table 9-21), the message says them in words."
+);
+create_exception!(
+    dicom_inlet,
+    AssociationAborted,
+    AssociationError,
+    "The association ended early: A-ABORT, protocol error, timeout or lost connection."
+);
+
 impl From<Error> for PyErr {
     fn from(error: Error) -> PyErr {
+        let message = error.to_string();
         match error {
-            Error::Io { .. } => PyOSError::new_err(error.to_string()),
+            Error::Io { .. } => PyOSError::new_err(message),
             Error::InvalidConfig(message) => PyValueError::new_err(message),
+            Error::ConnectionFailed { .. } => PyConnectionError::new_err(message),
+            Error::AssociationRejected {
+                result,
+                source,
+                reason,
+            } => Python::attach(|py| {
+                let err = AssociationRejected::new_err(message);
+                let value = err.value(py);
+                for (name, code) in [("result", result), ("source", source), ("reason", reason)] {
+                    // Setting an attribute on a fresh exception instance cannot fail.
+                    let _ = value.setattr(name, code);
+                }
+                err
+            }),
+            Error::AssociationAborted(_) => AssociationAborted::new_err(message),
+            Error::NoPresentationContext(_) => AssociationError::new_err(message),
         }
     }
 }
@@ -28,7 +66,8 @@ impl From<Error> for PyErr {
 fn seconds(value: Option<f64>) -> Result<Option<Duration>, Error> {
     match value {
         None => Ok(None),
-        Some(s) if s > 0.0 && s.is_finite() => Ok(Some(Duration::from_secs_f64(s))),
+        // Past Duration's range (about 5e11 years) is as good as no timeout.
+        Some(s) if s > 0.0 => Ok(Duration::try_from_secs_f64(s).ok()),
         Some(s) => Err(Error::InvalidConfig(format!(
             "timeouts must be positive seconds, got {s}"
         ))),
@@ -50,7 +89,8 @@ impl Server {
     #[pyo3(signature = (*, host, port, ae_title, data_dir, sort_by, sop_classes,
         transfer_syntaxes=None, require_called_ae=false, allowed_calling_aes=Vec::new(),
         max_associations=64, max_pdu=262_144, acse_timeout=None, network_timeout=None,
-        durable=false, emit_stored=false, event_queue=64))]
+        dimse_timeout=None, max_instance_size=None, durable=false, emit_stored=false,
+        event_queue=64))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -67,6 +107,8 @@ impl Server {
         max_pdu: u32,
         acse_timeout: Option<f64>,
         network_timeout: Option<f64>,
+        dimse_timeout: Option<f64>,
+        max_instance_size: Option<u64>,
         durable: bool,
         emit_stored: bool,
         event_queue: usize,
@@ -99,6 +141,8 @@ impl Server {
             max_associations,
             acse_timeout: seconds(acse_timeout)?,
             network_timeout: seconds(network_timeout)?,
+            dimse_timeout: seconds(dimse_timeout)?,
+            max_instance_size,
             emit_stored,
             event_queue,
         };
@@ -125,6 +169,17 @@ impl Server {
     #[getter]
     fn data_dir(&self) -> PathBuf {
         self.inner.storage_root().to_path_buf()
+    }
+
+    /// Associations open now, and instances stored, refused and bytes received so far.
+    fn stats(&self) -> ServerStats {
+        let s = self.inner.stats();
+        ServerStats {
+            associations: s.associations,
+            instances: s.instances,
+            failures: s.failures,
+            bytes: s.bytes,
+        }
     }
 
     /// Wait for the next event; None once the server has shut down and every event was taken.
@@ -212,13 +267,282 @@ impl From<server::AssociationRecord> for AssociationRecord {
     }
 }
 
+/// A server's activity: associations open now, and running totals since it started.
+#[pyclass(frozen, get_all, module = "dicom_inlet._core")]
+struct ServerStats {
+    associations: usize,
+    instances: u64,
+    failures: u64,
+    bytes: u64,
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Server>()?;
     m.add_class::<StoredInstance>()?;
     m.add_class::<AssociationRecord>()?;
+    m.add_class::<ServerStats>()?;
     m.add("TRANSFER_SYNTAXES", transfer_syntax::SUPPORTED.to_vec())?;
     m.add("IMPLEMENTATION_CLASS_UID", IMPLEMENTATION_CLASS_UID)?;
     m.add("IMPLEMENTATION_VERSION_NAME", IMPLEMENTATION_VERSION_NAME)?;
+    storage_scu::register(m)?;
+    bench::register(m)?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The storage SCU: C-ECHO and C-STORE, with the GIL released for all network and disk work.
+mod storage_scu {
+    use std::ops::ControlFlow;
+    use std::path::PathBuf;
+
+    use pyo3::prelude::*;
+
+    use super::{seconds, AssociationAborted, AssociationError, AssociationRejected};
+    use crate::error::Error;
+    use crate::scu::{self, InstanceResult, ScuConfig};
+
+    /// What became of one instance sent with C-STORE.
+    #[pyclass(frozen, get_all, module = "dicom_inlet._core")]
+    struct SentInstance {
+        path: PathBuf,
+        sop_class_uid: Option<String>,
+        sop_instance_uid: Option<String>,
+        transfer_syntax_uid: Option<String>,
+        status: Option<u16>,
+        error_comment: Option<String>,
+        bytes: u64,
+    }
+
+    impl From<InstanceResult> for SentInstance {
+        fn from(r: InstanceResult) -> Self {
+            SentInstance {
+                path: r.path,
+                sop_class_uid: r.sop_class_uid,
+                sop_instance_uid: r.sop_instance_uid,
+                transfer_syntax_uid: r.transfer_syntax_uid,
+                status: r.status,
+                error_comment: r.error_comment,
+                bytes: r.bytes,
+            }
+        }
+    }
+
+    fn config(
+        host: String,
+        port: u16,
+        called_ae: String,
+        calling_ae: String,
+        max_pdu: u32,
+        timeout: Option<f64>,
+        async_window: u16,
+    ) -> Result<ScuConfig, Error> {
+        Ok(ScuConfig {
+            host,
+            port,
+            called_ae,
+            calling_ae,
+            max_pdu,
+            timeout: seconds(timeout)?,
+            async_window,
+        })
+    }
+
+    /// C-ECHO the peer; returns the status it answers.
+    #[pyfunction]
+    #[pyo3(signature = (host, port, *, called_ae, calling_ae, timeout=None))]
+    fn echo(
+        py: Python<'_>,
+        host: String,
+        port: u16,
+        called_ae: String,
+        calling_ae: String,
+        timeout: Option<f64>,
+    ) -> PyResult<u16> {
+        let config = config(host, port, called_ae, calling_ae, 262_144, timeout, 1)?;
+        Ok(py.detach(|| scu::echo(&config))?)
+    }
+
+    /// C-STORE Part 10 files; one result per path, in order. `progress` is called with each
+    /// result as it completes; an exception from it (or a signal such as Ctrl-C) stops the
+    /// sending and is raised once the open associations are released.
+    #[pyfunction]
+    #[pyo3(signature = (host, port, paths, *, called_ae, calling_ae, associations=1,
+        max_pdu=262_144, timeout=None, async_window=1, progress=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        py: Python<'_>,
+        host: String,
+        port: u16,
+        paths: Vec<PathBuf>,
+        called_ae: String,
+        calling_ae: String,
+        associations: usize,
+        max_pdu: u32,
+        timeout: Option<f64>,
+        async_window: u16,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Vec<SentInstance>> {
+        let config = config(
+            host,
+            port,
+            called_ae,
+            calling_ae,
+            max_pdu,
+            timeout,
+            async_window,
+        )?;
+        let mut failure = None;
+        let results = py.detach(|| {
+            scu::send(&config, &paths, associations, &mut |result| {
+                Python::attach(|py| {
+                    let called = py.check_signals().and_then(|()| match (&progress, result) {
+                        (Some(progress), Some(result)) => progress
+                            .call1(py, (SentInstance::from(result.clone()),))
+                            .map(drop),
+                        _ => Ok(()),
+                    });
+                    called.map_or_else(
+                        |e| {
+                            failure = Some(e);
+                            ControlFlow::Break(())
+                        },
+                        ControlFlow::Continue,
+                    )
+                })
+            })
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(results.into_iter().map(SentInstance::from).collect())
+    }
+
+    pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        let py = m.py();
+        m.add_class::<SentInstance>()?;
+        m.add_function(wrap_pyfunction!(echo, m)?)?;
+        m.add_function(wrap_pyfunction!(send, m)?)?;
+        m.add("AssociationError", py.get_type::<AssociationError>())?;
+        m.add("AssociationRejected", py.get_type::<AssociationRejected>())?;
+        m.add("AssociationAborted", py.get_type::<AssociationAborted>())?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark entry points for benches/test_bench_core.py: thin wrappers over the core functions
+// the receive path runs, so each can be timed alone. Not API (leading underscore).
+mod bench {
+    use std::path::PathBuf;
+
+    use pyo3::prelude::*;
+
+    use crate::error::Error;
+    use crate::file_meta::FileMeta;
+    use crate::layout::{self, SortKey};
+    use crate::pdu;
+    use crate::scan::{Encoding, Scanner, SortAttributes};
+    use crate::store::Storage;
+
+    fn bad_input(what: impl std::fmt::Display) -> Error {
+        Error::InvalidConfig(format!("benchmark input: {what}"))
+    }
+
+    /// Parse one P-DATA-TF PDU (header included) into its PDVs; returns the fragment bytes.
+    #[pyfunction]
+    fn _bench_parse_pdata(pdu: &[u8]) -> PyResult<usize> {
+        let (header, body) = pdu
+            .split_first_chunk::<{ pdu::HEADER_LEN }>()
+            .ok_or_else(|| bad_input("shorter than a PDU header"))?;
+        let (pdu_type, length) = pdu::parse_header(header);
+        if pdu_type != pdu::P_DATA_TF || length as usize != body.len() {
+            return Err(bad_input("not one complete P-DATA-TF PDU").into());
+        }
+        let mut fragments = 0;
+        for pdv in pdu::pdvs(body) {
+            fragments += pdv.map_err(bad_input)?.data.len();
+        }
+        Ok(fragments)
+    }
+
+    fn scan(data_set: &[u8], transfer_syntax: &str) -> Result<SortAttributes, Error> {
+        let mut scanner = Scanner::new(Encoding::for_transfer_syntax(transfer_syntax));
+        scanner.feed(data_set).map_err(bad_input)?;
+        scanner.finish().map_err(bad_input)
+    }
+
+    /// Scan a data set for its filing attributes: (SOP Class UID, SOP Instance UID,
+    /// Patient ID, Study Instance UID, Series Instance UID), each None when absent.
+    #[pyfunction]
+    #[allow(clippy::type_complexity)]
+    fn _bench_scan(
+        data_set: &[u8],
+        transfer_syntax: &str,
+    ) -> PyResult<(
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    )> {
+        let attrs = scan(data_set, transfer_syntax)?;
+        let text = |v: Option<Vec<u8>>| v.map(|v| String::from_utf8_lossy(&v).into_owned());
+        Ok((
+            text(attrs.sop_class_uid),
+            text(attrs.sop_instance_uid),
+            text(attrs.patient_id),
+            text(attrs.study_instance_uid),
+            text(attrs.series_instance_uid),
+        ))
+    }
+
+    /// Store an Explicit VR Little Endian data set `count` times as the receive path does:
+    /// scan, spool under `data_dir/.incoming`, publish to its PATIENT layout path (each time
+    /// replacing the previous copy). Returns the final path.
+    #[pyfunction]
+    #[pyo3(signature = (data_dir, data_set, count=1))]
+    fn _bench_store(
+        py: Python<'_>,
+        data_dir: PathBuf,
+        data_set: &[u8],
+        count: usize,
+    ) -> PyResult<PathBuf> {
+        const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+        py.detach(|| {
+            let storage = Storage::open(&data_dir, false).map_err(Error::io("open data_dir"))?;
+            let mut path = PathBuf::new();
+            for _ in 0..count {
+                let attrs = scan(data_set, EXPLICIT_LE)?;
+                let uid = |v: &Option<Vec<u8>>| {
+                    String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned()
+                };
+                let (sop_class, sop_instance) =
+                    (uid(&attrs.sop_class_uid), uid(&attrs.sop_instance_uid));
+                let meta = FileMeta {
+                    sop_class_uid: &sop_class,
+                    sop_instance_uid: &sop_instance,
+                    transfer_syntax_uid: EXPLICIT_LE,
+                    source_ae_title: "BENCH",
+                };
+                let mut spool = storage.spool(&meta).map_err(Error::io("spool"))?;
+                spool.write(data_set).map_err(Error::io("write"))?;
+                let relative =
+                    layout::relative_path(SortKey::Patient, &attrs, sop_instance.as_bytes())
+                        .map_err(bad_input)?;
+                path = storage
+                    .publish(spool, &relative)
+                    .map_err(Error::io("publish"))?;
+            }
+            Ok::<_, Error>(path)
+        })
+        .map_err(PyErr::from)
+    }
+
+    pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add_function(wrap_pyfunction!(_bench_parse_pdata, m)?)?;
+        m.add_function(wrap_pyfunction!(_bench_scan, m)?)?;
+        m.add_function(wrap_pyfunction!(_bench_store, m)?)?;
+        Ok(())
+    }
 }

@@ -20,7 +20,10 @@ use crate::store::Storage;
 
 /// Connections beyond the association limit that still get a proper A-ASSOCIATE-RJ;
 /// past that they are closed at once so a flood cannot spawn unbounded threads.
-const REJECT_SLACK: usize = 16;
+pub(crate) const REJECT_SLACK: usize = 16;
+/// Pause after a failed accept (e.g. out of file descriptors), which would otherwise fail
+/// again at once and spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -31,10 +34,16 @@ pub struct ServerConfig {
     pub sort_key: SortKey,
     pub durable: bool,
     pub max_associations: usize,
-    /// ARTIM: how long a new connection may take to send its A-ASSOCIATE-RQ.
+    /// ARTIM: how long a new connection may take to send its whole A-ASSOCIATE-RQ; past it the
+    /// connection is closed. Also bounds the wait for the peer to close after an RJ or A-ABORT.
     pub acse_timeout: Option<Duration>,
-    /// How long an association may stay silent before we abort it.
+    /// How long an association may stay idle between messages before we abort it.
     pub network_timeout: Option<Duration>,
+    /// Inside a message (command or data set under way), how long each PDU may take to start
+    /// and to arrive in full before we abort the association and drop its spool file.
+    pub dimse_timeout: Option<Duration>,
+    /// Largest data set accepted, in bytes; a larger one is drained and refused (0xA700).
+    pub max_instance_size: Option<u64>,
     /// Send a `Stored` event per instance (only when someone consumes them).
     pub emit_stored: bool,
     pub event_queue: usize,
@@ -99,13 +108,52 @@ pub enum Event {
     AssociationEnded(AssociationRecord),
 }
 
+/// Every open connection, so shutdown can wake them, and how many of them are only being
+/// rejected (over the association limit).
+#[derive(Default)]
+struct Open {
+    streams: HashMap<u64, TcpStream>,
+    rejecting: usize,
+}
+
+/// Running totals since the start, for a live status display: counted as each instance
+/// completes, read without stopping anyone.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    instances: AtomicU64,
+    failures: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Stats {
+    /// One C-STORE answered: stored (`ok`) or refused, with the data set bytes received.
+    pub fn count_instance(&self, ok: bool, bytes: u64) {
+        let counter = if ok { &self.instances } else { &self.failures };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of the server's activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Associations being served now.
+    pub associations: usize,
+    /// Instances stored since the start.
+    pub instances: u64,
+    /// C-STORE requests refused since the start.
+    pub failures: u64,
+    /// Data set bytes received since the start.
+    pub bytes: u64,
+}
+
 /// State shared by the listener and the association threads.
 pub(crate) struct Shared {
     pub config: ServerConfig,
     pub storage: Storage,
     pub shutting_down: AtomicBool,
-    /// Open connections, so shutdown can wake them.
-    active: Mutex<HashMap<u64, TcpStream>>,
+    pub stats: Stats,
+    active: Mutex<Open>,
     drained: Condvar,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -155,9 +203,10 @@ impl Server {
             config,
             storage,
             shutting_down: AtomicBool::new(false),
-            active: Mutex::new(HashMap::new()),
+            active: Mutex::new(Open::default()),
             drained: Condvar::new(),
             workers: Mutex::new(Vec::new()),
+            stats: Stats::default(),
         });
         let accept_shared = Arc::clone(&shared);
         let handle = thread::Builder::new()
@@ -182,6 +231,18 @@ impl Server {
         self.shared.storage.root()
     }
 
+    /// Associations open now and the running totals.
+    pub fn stats(&self) -> StatsSnapshot {
+        let open = lock(&self.shared.active);
+        let stats = &self.shared.stats;
+        StatsSnapshot {
+            associations: open.streams.len() - open.rejecting,
+            instances: stats.instances.load(Ordering::Relaxed),
+            failures: stats.failures.load(Ordering::Relaxed),
+            bytes: stats.bytes.load(Ordering::Relaxed),
+        }
+    }
+
     /// Stop accepting, let open associations finish for up to `grace`, abort the rest, and
     /// return once every association thread has ended. Idempotent.
     pub fn shutdown(&self, grace: Duration) {
@@ -195,7 +256,7 @@ impl Server {
 
         let deadline = Instant::now() + grace;
         let mut active = lock(&self.shared.active);
-        while !active.is_empty() {
+        while !active.streams.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -206,7 +267,7 @@ impl Server {
                 .wait_timeout(active, left)
                 .map_or_else(|p| p.into_inner().0, |r| r.0);
         }
-        for stream in active.values() {
+        for stream in active.streams.values() {
             // The association thread sees end-of-stream, notices the shutdown and aborts.
             let _ = stream.shutdown(Shutdown::Read);
         }
@@ -239,20 +300,27 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, events: &SyncSender
         if shared.shutting_down.load(Ordering::SeqCst) {
             break;
         }
-        let Ok(stream) = stream else { continue };
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
-        let over_limit = {
-            let mut active = lock(&shared.active);
-            let open = active.len();
-            if open >= shared.config.max_associations + REJECT_SLACK {
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(_) => {
+                thread::sleep(ACCEPT_BACKOFF);
                 continue;
             }
-            let over = open >= shared.config.max_associations;
-            if !over {
-                if let Ok(clone) = stream.try_clone() {
-                    active.insert(id, clone);
-                }
+        };
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let over_limit = {
+            let mut open = lock(&shared.active);
+            let serving = open.streams.len() - open.rejecting;
+            let over = serving >= shared.config.max_associations;
+            if over && open.rejecting >= REJECT_SLACK {
+                continue;
             }
+            // Without a handle for shutdown to wake it, the connection is not served.
+            let Ok(clone) = stream.try_clone() else {
+                continue;
+            };
+            open.streams.insert(id, clone);
+            open.rejecting += usize::from(over);
             over
         };
         let worker_shared = Arc::clone(shared);
@@ -261,19 +329,23 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, events: &SyncSender
             .name("dicom-inlet-association".into())
             .spawn(move || {
                 connection::serve(stream, &worker_shared, &worker_events, over_limit);
-                let mut active = lock(&worker_shared.active);
-                active.remove(&id);
-                if active.is_empty() {
-                    worker_shared.drained.notify_all();
-                }
+                close(&worker_shared, id, over_limit);
             });
         let mut workers = lock(&shared.workers);
         workers.retain(|w| !w.is_finished());
         match spawned {
             Ok(handle) => workers.push(handle),
-            Err(_) => {
-                lock(&shared.active).remove(&id);
-            }
+            Err(_) => close(shared, id, over_limit),
         }
+    }
+}
+
+/// Forget a finished connection.
+fn close(shared: &Shared, id: u64, over_limit: bool) {
+    let mut open = lock(&shared.active);
+    open.streams.remove(&id);
+    open.rejecting -= usize::from(over_limit);
+    if open.streams.is_empty() {
+        shared.drained.notify_all();
     }
 }

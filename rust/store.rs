@@ -87,14 +87,36 @@ impl Storage {
         }
         drop(file);
         let dir = target.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir)?;
+        self.create_dirs(dir)?;
         fs::rename(&spool.path, &target)?;
         spool.path = PathBuf::new();
         if self.durable {
-            File::open(dir)?.sync_all()?;
+            sync_dir(dir)?;
         }
         Ok(target)
     }
+
+    /// Create `dir` and its missing parents under the root. With durability on, each new
+    /// directory's entry is fsynced in its parent too: syncing only the file's own directory
+    /// would leave a freshly created one unreachable after a power loss.
+    fn create_dirs(&self, dir: &Path) -> io::Result<()> {
+        if !self.durable {
+            return fs::create_dir_all(dir);
+        }
+        let missing: Vec<&Path> = dir
+            .ancestors()
+            .take_while(|d| *d != self.root && !d.is_dir())
+            .collect();
+        fs::create_dir_all(dir)?;
+        for created in missing.iter().rev() {
+            sync_dir(created.parent().unwrap_or(&self.root))?;
+        }
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// A data set being received. Dropped without publishing, it deletes its file.

@@ -6,17 +6,40 @@ Typical use, as with pacsanini::
 
     with StoreSCPServer({"aetitle": "INLET", "port": 11112}, data_dir="dicom") as server:
         ...
+
+and the sending side, a storage SCU::
+
+    from dicom_inlet import echo, send
+
+    echo("pacs.example", 104, called_aet="PACS")
+    result = send("pacs.example", 104, ["study/"], called_aet="PACS")
 """
 
 from dicom_inlet._core import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_inlet.models import DicomNode, StorageSortKey
+from dicom_inlet.scu import (
+    AssociationAborted,
+    AssociationError,
+    AssociationRejected,
+    InstanceResult,
+    SendResult,
+    echo,
+    send,
+)
 from dicom_inlet.server import StoreSCPServer, run_server
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
+    "AssociationAborted",
+    "AssociationError",
+    "AssociationRejected",
     "DicomNode",
+    "InstanceResult",
+    "SendResult",
     "StorageSortKey",
     "StoreSCPServer",
+    "echo",
     "run_server",
+    "send",
 ]

@@ -1,5 +1,6 @@
 """Types of the native module ``dicom_inlet._core`` (Rust, PyO3)."""
 
+from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 
@@ -53,6 +54,18 @@ class AssociationRecord:
     @property
     def detail(self) -> str | None: ...
 
+class ServerStats:
+    """A server's activity: associations open now, and running totals since it started."""
+
+    @property
+    def associations(self) -> int: ...
+    @property
+    def instances(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+
 class Server:
     """A running Storage SCP; listening as soon as it is constructed."""
 
@@ -72,6 +85,8 @@ class Server:
         max_pdu: int = 262144,
         acse_timeout: float | None = None,
         network_timeout: float | None = None,
+        dimse_timeout: float | None = None,
+        max_instance_size: int | None = None,
         durable: bool = False,
         emit_stored: bool = False,
         event_queue: int = 64,
@@ -82,7 +97,73 @@ class Server:
     def host(self) -> str: ...
     @property
     def data_dir(self) -> Path: ...
+    def stats(self) -> ServerStats:
+        """Associations open now, and instances stored, refused and bytes received so far."""
     def next_event(self) -> StoredInstance | AssociationRecord | None:
         """Wait for the next event; None once shut down and drained."""
     def shutdown(self, timeout: float) -> None:
         """Stop accepting, let open associations finish for ``timeout`` s, abort the rest."""
+
+# The storage SCU.
+class AssociationError(ConnectionError):
+    """An association with a peer could not be used."""
+
+class AssociationRejected(AssociationError):
+    """The peer refused the association (A-ASSOCIATE-RJ); codes of PS3.8 Table 9-21."""
+
+    result: int
+    source: int
+    reason: int
+
+class AssociationAborted(AssociationError):
+    """The association ended early: A-ABORT, protocol error, timeout or lost connection."""
+
+class SentInstance:
+    """What became of one instance sent with C-STORE."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def sop_class_uid(self) -> str | None: ...
+    @property
+    def sop_instance_uid(self) -> str | None: ...
+    @property
+    def transfer_syntax_uid(self) -> str | None: ...
+    @property
+    def status(self) -> int | None: ...
+    @property
+    def error_comment(self) -> str | None: ...
+    @property
+    def bytes(self) -> int: ...
+
+def echo(
+    host: str, port: int, *, called_ae: str, calling_ae: str, timeout: float | None = None
+) -> int:
+    """C-ECHO the peer; returns the status it answers."""
+
+def send(
+    host: str,
+    port: int,
+    paths: Sequence[str | PathLike[str]],
+    *,
+    called_ae: str,
+    calling_ae: str,
+    associations: int = 1,
+    max_pdu: int = 262144,
+    timeout: float | None = None,
+    async_window: int = 1,
+    progress: Callable[[SentInstance], object] | None = None,
+) -> list[SentInstance]:
+    """C-STORE Part 10 files; one result per path, in order."""
+
+# Benchmark entry points (benches/test_bench_core.py); not API.
+def _bench_parse_pdata(pdu: bytes) -> int:
+    """Parse one P-DATA-TF PDU (header included); return its PDV fragment bytes."""
+
+def _bench_scan(
+    data_set: bytes, transfer_syntax: str
+) -> tuple[str | None, str | None, str | None, str | None, str | None]:
+    """Scan a data set: (SOP Class, SOP Instance, Patient ID, Study, Series UIDs)."""
+
+def _bench_store(data_dir: str | PathLike[str], data_set: bytes, count: int = 1) -> Path:
+    """Scan, spool and publish an Explicit VR LE data set ``count`` times; the final path."""

@@ -1,41 +1,84 @@
-"""The ``dicom-inlet`` command line."""
+"""The ``dicom-inlet`` command line: ``serve`` (Storage SCP), ``send`` (storage SCU), ``echo``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
+from dicom_inlet import console
 from dicom_inlet.models import DEFAULT_AE_TITLE, DicomNode, StorageSortKey
+from dicom_inlet.scu import DEFAULT_CALLED_AET, echo, files_in, send, status_text
 from dicom_inlet.server import StoreSCPServer
 
 __all__ = ["main"]
 
 DEFAULT_PORT = 11112
+EXIT_FAILED_INSTANCES = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0 to 65535, got {port}")
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``dicom-inlet send: error: ...``, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _ConfigError(ValueError):
+    pass
+
+
+class _ConfigChecker(_Parser):
+    """The same options, checking a config file's values: errors raise, nothing exits."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ConfigError(message)
+
+
+def _port(lowest: int) -> Callable[[str], int]:
+    def port(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+        if not lowest <= value <= 65535:
+            raise argparse.ArgumentTypeError(f"port must be {lowest} to 65535, got {value}")
+        return value
+
     return port
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dicom-inlet",
-        description="A fast, safe DICOM Storage SCP (C-STORE and C-ECHO receiver).",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
+    def positive(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return positive
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def _add_serve(commands: Any) -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
-        help="receive instances (C-STORE) and store them as DICOM files",
+        help="receive instances (Storage SCP) and store them as DICOM files",
         description="Run a Storage SCP: accept associations, answer C-ECHO, store every "
-        "C-STORE instance as a Part 10 file under DATA_DIR. Ctrl-C stops it gracefully.",
+        "C-STORE instance as a Part 10 file under DATA_DIR (data set bytes as received). "
+        "Ctrl-C or SIGTERM stops it gracefully. On a terminal a status line shows the "
+        "associations open, instances and MB/s; otherwise one log line per association.",
     )
     serve.add_argument(
         "data_dir",
@@ -45,17 +88,23 @@ def _parser() -> argparse.ArgumentParser:
         help="storage root, created if missing (default: ./dicom-data)",
     )
     serve.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        metavar="FILE",
+        help="TOML file setting any of these options by their long name, - or _ alike "
+        '(data_dir = "/srv/dicom", port = 104, calling_aet = ["CT1", "MR2"], durable = '
+        "true, ...); the command line wins",
+    )
+    serve.add_argument(
         "--port",
         "-p",
-        type=_port,
+        type=_port(0),
         default=DEFAULT_PORT,
         help=f"TCP port to listen on; 0 picks a free one (default: {DEFAULT_PORT})",
     )
     serve.add_argument(
-        "--aet",
-        "-a",
-        default=DEFAULT_AE_TITLE,
-        help=f"our AE title (default: {DEFAULT_AE_TITLE})",
+        "--aet", "-a", default=DEFAULT_AE_TITLE, help=f"our AE title (default: {DEFAULT_AE_TITLE})"
     )
     serve.add_argument(
         "--host", default="0.0.0.0", help="address to bind (default: all interfaces)"
@@ -70,54 +119,307 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--require-called-aet",
         action="store_true",
-        help="reject associations whose called AE title is not ours",
+        help="reject associations whose Called AE Title is not ours (A-ASSOCIATE-RJ reason 7)",
     )
     serve.add_argument(
         "--calling-aet",
         action="append",
         default=[],
         metavar="AET",
-        help="accept only this calling AE title (repeat for several)",
+        help="accept only this Calling AE Title (repeat for several; others get "
+        "A-ASSOCIATE-RJ reason 3)",
     )
     serve.add_argument(
         "--max-associations",
-        type=int,
+        type=_positive(int),
         default=64,
-        help="associations served at once (default: 64)",
+        help="associations served at once; the next is rejected as transient, local limit "
+        "exceeded (default: 64)",
+    )
+    serve.add_argument(
+        "--max-pdu",
+        type=int,
+        default=262_144,
+        metavar="BYTES",
+        help="largest P-DATA-TF PDU we receive, announced to peers (default: 262144)",
+    )
+    serve.add_argument(
+        "--max-instance-size",
+        type=_positive(int),
+        metavar="BYTES",
+        help="refuse larger data sets with 0xA700 (default: no limit)",
+    )
+    for name, default, meaning in [
+        ("acse", 30.0, "a new connection has to send its A-ASSOCIATE-RQ (ARTIM)"),
+        ("network", 60.0, "an association may stay idle before A-ABORT"),
+        ("dimse", 30.0, "each PDU of a message under way may take before A-ABORT"),
+    ]:
+        serve.add_argument(
+            f"--{name}-timeout",
+            type=_positive(float),
+            default=default,
+            metavar="SECONDS",
+            help=f"seconds {meaning} (default: {default:g})",
+        )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=_positive(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds open associations get to finish at Ctrl-C before A-ABORT (default: 10)",
+    )
+    serve.add_argument(
+        "--transfer-syntax",
+        dest="transfer_syntaxes",
+        action="append",
+        metavar="UID",
+        help="accept this transfer syntax (repeat, in order of preference; default: all "
+        "supported, taking the first the peer proposes)",
+    )
+    serve.add_argument(
+        "--sop-class",
+        dest="sop_classes",
+        action="append",
+        metavar="UID",
+        help="accept this SOP class (repeat; default: Verification and every storage class)",
     )
     serve.add_argument(
         "--durable",
         action="store_true",
-        help="fsync every file and directory before answering success",
+        help="fsync every file and its directory before answering success",
     )
     serve.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")
-    return parser
+    serve.set_defaults(run=_serve)
+    return serve
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        server = StoreSCPServer(
-            DicomNode(aetitle=args.aet, port=args.port, ip=args.host),
-            data_dir=args.data_dir,
-            sort_by=args.sort_by,
-            require_called_aet=args.require_called_aet,
-            require_calling_aet=args.calling_aet,
-            maximum_associations=args.max_associations,
-            durable=args.durable,
-        )
+    server = StoreSCPServer(
+        DicomNode(aetitle=args.aet, port=args.port, ip=args.host),
+        data_dir=args.data_dir,
+        sort_by=args.sort_by,
+        require_called_aet=args.require_called_aet,
+        require_calling_aet=args.calling_aet,
+        maximum_associations=args.max_associations,
+        maximum_pdu_size=args.max_pdu,
+        acse_timeout=args.acse_timeout,
+        network_timeout=args.network_timeout,
+        dimse_timeout=args.dimse_timeout,
+        max_instance_size=args.max_instance_size,
+        sop_classes=args.sop_classes,
+        transfer_syntaxes=args.transfer_syntaxes,
+        durable=args.durable,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    with console.server_status(server, enabled=sys.stderr.isatty() and not args.quiet):
         server.run(block=True)
-    except (OSError, ValueError) as error:
-        print(f"dicom-inlet: error: {error}", file=sys.stderr)
-        return 2
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# send and echo
+
+
+def _add_peer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("host", metavar="HOST", help="the peer's host name or address")
+    parser.add_argument("port", metavar="PORT", type=_port(1), help="the peer's TCP port")
+    parser.add_argument(
+        "--aet",
+        "-aet",
+        default=DEFAULT_AE_TITLE,
+        help=f"our AE title, the Calling AE Title (default: {DEFAULT_AE_TITLE})",
+    )
+    parser.add_argument(
+        "--call",
+        "-aec",
+        default=DEFAULT_CALLED_AET,
+        metavar="AET",
+        help=f"the peer's AE title, the Called AE Title (default: {DEFAULT_CALLED_AET})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds to wait to connect and for each answer (default: 30)",
+    )
+
+
+def _add_send(commands: Any) -> None:
+    send_parser = commands.add_parser(
+        "send",
+        help="send DICOM files to a Storage SCP (C-STORE)",
+        description="Send Part 10 files with C-STORE, data sets exactly as stored (no "
+        "transcoding): one presentation context per SOP class and transfer syntax found. "
+        "Directories are searched recursively; files that are not DICOM are listed as "
+        "failed. Exit code 0 when the peer stored every instance (success or warning "
+        "status), 1 when any failed, 2 when nothing could be sent.",
+    )
+    _add_peer_arguments(send_parser)
+    send_parser.add_argument(
+        "paths", nargs="+", metavar="PATH", type=Path, help="DICOM files or directories"
+    )
+    send_parser.add_argument(
+        "--associations",
+        "-n",
+        type=_positive(int),
+        default=1,
+        metavar="N",
+        help="parallel associations sharing the files (default: 1)",
+    )
+    send_parser.add_argument(
+        "--async-window",
+        type=_positive(int),
+        default=1,
+        metavar="N",
+        help="C-STORE requests to keep outstanding per association, 1 to 64, as far as the "
+        "peer grants an asynchronous operations window (default: 1, none proposed)",
+    )
+    send_parser.add_argument(
+        "--max-pdu",
+        type=int,
+        default=262_144,
+        metavar="BYTES",
+        help="largest P-DATA-TF PDU we receive (default: 262144)",
+    )
+    send_parser.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress, only failures and the summary"
+    )
+    send_parser.set_defaults(run=_send)
+
+
+def _send(args: argparse.Namespace) -> int:
+    # Expanded here (send() would do it too) so the progress bar knows the total.
+    files = [file for path in args.paths for file in files_in(path)]
+    progress = console.SendProgress(len(files), bar=sys.stderr.isatty(), quiet=args.quiet)
+    result = send(
+        args.host,
+        args.port,
+        files,
+        called_aet=args.call,
+        calling_aet=args.aet,
+        associations=args.associations,
+        max_pdu=args.max_pdu,
+        timeout=args.timeout,
+        async_window=args.async_window,
+        progress=progress.update,
+    )
+    progress.close()
+    stored = result.instances - result.failed
+    rate = result.bytes / 1e6 / result.seconds if result.seconds > 0 else 0.0
+    print(
+        f"Stored {stored} of {result.instances} instances ({result.bytes / 1e6:.1f} MB) "
+        f"at {args.call}@{args.host}:{args.port} in {result.seconds:.2f} s ({rate:.1f} MB/s)."
+    )
+    if result.failed:
+        print(f"{result.failed} failed:")
+        for failure in result.failures:
+            print(f"  {console.describe(failure)}")
+        return EXIT_FAILED_INSTANCES
+    return 0
+
+
+def _add_echo(commands: Any) -> None:
+    echo_parser = commands.add_parser(
+        "echo",
+        help="verify a DICOM peer (C-ECHO)",
+        description="Associate with the peer, send a C-ECHO (Verification SOP Class) and "
+        "print its status. Exit code 0 on success, 1 on another status, 2 when no "
+        "association could be made (the A-ASSOCIATE-RJ reason is printed).",
+    )
+    _add_peer_arguments(echo_parser)
+    echo_parser.set_defaults(run=_echo)
+
+
+def _echo(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    status = echo(
+        args.host, args.port, called_aet=args.call, calling_aet=args.aet, timeout=args.timeout
+    )
+    elapsed = (time.monotonic() - started) * 1000
+    print(f"C-ECHO {args.call}@{args.host}:{args.port}: {status_text(status)} ({elapsed:.0f} ms)")
+    return 0 if status == 0 else EXIT_FAILED_INSTANCES
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _parser(kind: type[_Parser] = _Parser) -> tuple[_Parser, argparse.ArgumentParser]:
+    """The command line parser and its ``serve`` subparser."""
+    parser = kind(
+        prog="dicom-inlet",
+        description="A fast DICOM Storage SCP (receive with C-STORE, answer C-ECHO) and "
+        "storage SCU (send files, verify peers).",
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = _add_serve(commands)
+    _add_send(commands)
+    _add_echo(commands)
+    return parser, serve
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    with open(path, "rb") as file:
+        return tomllib.load(file)
+
+
+def _config_defaults(path: Path) -> dict[str, Any]:
+    """The serve options a TOML file sets, checked and converted by the option parser
+    itself: each key becomes its ``--long-option`` (``data_dir`` the positional)."""
+    argv: list[str] = []
+    for key, value in _read_toml(path).items():
+        flag = "--" + key.replace("_", "-")
+        if key in ("data_dir", "data-dir") and isinstance(value, str):
+            argv.append(value)
+            continue
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, bool) and item:
+                argv.append(flag)
+            elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
+                argv.extend([flag, str(item)])
+            elif not isinstance(item, bool):
+                raise _ConfigError(f"{key}: unsupported value {item!r}")
+    checker, _ = _parser(_ConfigChecker)
+    given = vars(checker.parse_args(["serve", *argv]))
+    defaults = vars(checker.parse_args(["serve"]))
+    given.pop("config")
+    return {dest: value for dest, value in given.items() if value != defaults[dest]}
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser, serve = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        # The file's values become the defaults, so the command line still wins.
+        try:
+            serve.set_defaults(**_config_defaults(args.config))
+        except (OSError, ValueError) as error:
+            serve.error(f"config file {args.config}: {error}")
+        args = parser.parse_args(argv)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    return _serve(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("\ndicom-inlet: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (OSError, ValueError) as error:
+        # User mistakes and unreachable or refusing peers: one line, no traceback.
+        # ConnectionError (and AssociationRejected, with its reason) is an OSError.
+        print(f"dicom-inlet {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE

@@ -55,8 +55,16 @@ class StoreSCPServer:
         maximum_associations: Associations served at once; the next one is rejected as
             transient "local limit exceeded".
         maximum_pdu_size: The largest P-DATA-TF PDU we accept, advertised to peers.
-        acse_timeout: Seconds a new connection may take to request an association.
-        network_timeout: Seconds an association may stay silent before it is aborted.
+        acse_timeout: Seconds a new connection has to send its whole A-ASSOCIATE-RQ (the
+            ARTIM timer); past it the connection is closed.
+        network_timeout: Seconds an association may stay idle between messages before it
+            is aborted (A-ABORT).
+        dimse_timeout: Seconds each PDU of a message under way (a command or data set being
+            received) may take to start and to arrive in full; past it the association is
+            aborted and the unfinished instance discarded.
+        max_instance_size: Largest data set accepted, in bytes (None: no limit). A larger
+            instance is received to its end without being stored and refused with status
+            0xA700 (out of resources) and an Error Comment; the association goes on.
         sop_classes: SOP Class UIDs to accept; default Verification plus every storage
             SOP class of the current standard.
         transfer_syntaxes: Transfer Syntax UIDs to accept, in order of preference; default
@@ -81,6 +89,8 @@ class StoreSCPServer:
         maximum_pdu_size: int = 262_144,
         acse_timeout: float | None = 30.0,
         network_timeout: float | None = 60.0,
+        dimse_timeout: float | None = 30.0,
+        max_instance_size: int | None = None,
         sop_classes: Iterable[str] | None = None,
         transfer_syntaxes: Sequence[str] | None = None,
         durable: bool = False,
@@ -104,6 +114,10 @@ class StoreSCPServer:
         self.maximum_pdu_size = maximum_pdu_size
         self.acse_timeout = acse_timeout
         self.network_timeout = network_timeout
+        self.dimse_timeout = dimse_timeout
+        if max_instance_size is not None and max_instance_size < 0:
+            raise ValueError("max_instance_size must be a number of bytes (None: no limit)")
+        self.max_instance_size = max_instance_size
         default_classes = STORAGE_SOP_CLASSES | {VERIFICATION_SOP_CLASS}
         self.sop_classes = frozenset(default_classes if sop_classes is None else sop_classes)
         self.transfer_syntaxes = None if transfer_syntaxes is None else list(transfer_syntaxes)
@@ -156,6 +170,8 @@ class StoreSCPServer:
                 max_pdu=self.maximum_pdu_size,
                 acse_timeout=self.acse_timeout,
                 network_timeout=self.network_timeout,
+                dimse_timeout=self.dimse_timeout,
+                max_instance_size=self.max_instance_size,
                 durable=self.durable,
                 emit_stored=bool(self.callbacks),
                 event_queue=self.callback_queue_size,

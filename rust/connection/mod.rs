@@ -8,37 +8,27 @@ use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use crate::association::{self, AcceptedContext, Association};
-use crate::dimse::{self, status, Command, Response};
-use crate::file_meta::FileMeta;
-use crate::layout;
-use crate::pdu::{self, Abort, Pdu};
-use crate::scan::{Encoding, Scanner};
-use crate::server::{AssociationRecord, Event, Outcome, Shared, StoredInstance};
-use crate::store::Spool;
+use crate::dimse::{self, status, Command, Response, MAX_COMMAND_SET};
+use crate::pdu::{self, abort, Abort, Pdu, MAX_CONTROL_PDU};
+use crate::server::{AssociationRecord, Event, Outcome, Shared};
 
-/// Bound on PDUs other than P-DATA (an A-ASSOCIATE-RQ with hundreds of contexts fits easily).
-const MAX_CONTROL_PDU: u32 = 1 << 20;
+use c_store::Sink;
+
+mod c_store;
+
 /// Longest wait for the peer to close after our A-ASSOCIATE-RJ or A-ABORT.
 const ARTIM_LINGER: Duration = Duration::from_secs(5);
-/// Bound on a reassembled command set; real ones are a few hundred bytes.
-const MAX_COMMAND_SET: usize = 64 * 1024;
-
-/// A-ABORT source and reasons (PS3.8 §9.3.8).
-mod abort {
-    pub const SOURCE_USER: u8 = 0;
-    pub const SOURCE_PROVIDER: u8 = 2;
-    pub const NOT_SPECIFIED: u8 = 0;
-    pub const UNRECOGNIZED_PDU: u8 = 1;
-    pub const UNEXPECTED_PDU: u8 = 2;
-    pub const UNEXPECTED_PARAMETER: u8 = 5;
-    pub const INVALID_PARAMETER: u8 = 6;
-}
 
 /// Why an association ends early.
 enum Stop {
     /// The socket failed or the peer went away.
     Io(io::Error),
     PeerAborted,
+    /// No complete A-ASSOCIATE-RQ within the ARTIM time: close without a PDU (PS3.8 §9.2.3,
+    /// action AA-2), as there is no association to abort.
+    ArtimExpired,
+    /// The peer went silent past a timeout; we send an A-ABORT.
+    TimedOut(&'static str),
     /// We send an A-ABORT with this source/reason.
     Abort {
         source: u8,
@@ -53,6 +43,32 @@ impl From<io::Error> for Stop {
     }
 }
 
+/// What a read is waiting for, which says how long it may take and what happens after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The A-ASSOCIATE-RQ, within `acse_timeout` of the connection (the ARTIM timer).
+    Artim,
+    /// The first PDU of the next message, within `network_timeout`.
+    Idle,
+    /// The rest of a started message or PDU, within `dimse_timeout` per PDU.
+    Dimse,
+}
+
+impl Wait {
+    fn expired(self) -> Stop {
+        match self {
+            Wait::Artim => Stop::ArtimExpired,
+            Wait::Idle => Stop::TimedOut("idle longer than network_timeout"),
+            Wait::Dimse => Stop::TimedOut("message stalled longer than dimse_timeout"),
+        }
+    }
+}
+
+/// `timeout` from now; None (wait forever) for no timeout or one past the clock's range.
+fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
 fn protocol_error(reason: u8, why: impl Into<String>) -> Stop {
     Stop::Abort {
         source: abort::SOURCE_PROVIDER,
@@ -61,21 +77,38 @@ fn protocol_error(reason: u8, why: impl Into<String>) -> Stop {
     }
 }
 
-/// A data set on its way to disk.
-struct Receiving {
-    spool: Spool,
-    scanner: Scanner,
-    bytes: u64,
+/// A-ABORT for a PDU that may not come now: reason 2 (unexpected) for a PDU type of PS3.8,
+/// reason 1 (unrecognized) for any other; its body is not read.
+fn unexpected_pdu(pdu_type: u8, why: &str) -> Stop {
+    if (pdu::ASSOCIATE_RQ..=pdu::ABORT).contains(&pdu_type) {
+        protocol_error(
+            abort::UNEXPECTED_PDU,
+            format!("unexpected PDU type {pdu_type:#04x}: {why}"),
+        )
+    } else {
+        protocol_error(
+            abort::UNRECOGNIZED_PDU,
+            format!("unknown PDU type {pdu_type:#04x}"),
+        )
+    }
 }
 
-/// Where the bytes of the current data set go.
-enum Sink {
-    Spool(Box<Receiving>),
-    /// Received and dropped; the request is answered with this status.
-    Discard {
-        status: u16,
-        comment: String,
-    },
+/// Check the framing and context of every PDV of a P-DATA-TF body before acting on any: a
+/// malformed PDU is refused whole, so no part of it is answered or stored.
+fn check_pdvs(association: &Association, body: &[u8]) -> Result<(), Stop> {
+    for pdv in pdu::pdvs(body) {
+        let pdv = pdv.map_err(|e| protocol_error(e.abort_reason(), e.to_string()))?;
+        if association.context(pdv.context_id).is_none() {
+            return Err(protocol_error(
+                abort::INVALID_PARAMETER,
+                format!(
+                    "PDV on presentation context {} that was not accepted",
+                    pdv.context_id
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// DIMSE message reassembly state (PS3.7 §9.1, PS3.8 annex E).
@@ -132,7 +165,9 @@ pub(crate) fn serve(
     let result = connection.run(over_limit);
     connection.finish(result);
     connection.record.duration = started.elapsed();
-    let _ = events.send(Event::AssociationEnded(connection.record));
+    // A summary for the log, not an instance: never wait for room, so a stuck callback cannot
+    // pin finished associations (and their slots) behind a full queue.
+    let _ = events.try_send(Event::AssociationEnded(connection.record));
 }
 
 impl Connection<'_> {
@@ -140,18 +175,22 @@ impl Connection<'_> {
         let config = &self.shared.config;
         // Without TCP_NODELAY each small C-STORE-RSP waits for the delayed ACK (~40 ms).
         self.stream.set_nodelay(true)?;
-        self.stream.set_read_timeout(config.acse_timeout)?;
         self.stream.set_write_timeout(config.network_timeout)?;
+        // The ARTIM timer runs from the connection to the whole A-ASSOCIATE-RQ (PS3.8 §9.1.5),
+        // so a peer dripping one byte at a time cannot hold the connection longer.
+        let artim = deadline(config.acse_timeout);
+        let (pdu_type, length) = self.read_header(artim, Wait::Artim)?;
+        match pdu_type {
+            pdu::ASSOCIATE_RQ => {}
+            // An A-ABORT before the association exists: just close (PS3.8 §9.2.3, AA-3).
+            pdu::ABORT => return Err(Stop::PeerAborted),
+            other => return Err(unexpected_pdu(other, "expected A-ASSOCIATE-RQ")),
+        }
         let mut buffer = Vec::new();
-        let pdu_type = self.read_pdu(&mut buffer, MAX_CONTROL_PDU)?;
+        self.read_body(&mut buffer, length, MAX_CONTROL_PDU, artim, Wait::Artim)?;
         let rq = match Pdu::parse(pdu_type, &buffer) {
             Ok(Pdu::AssociateRq(rq)) => rq,
-            Ok(_) => {
-                return Err(protocol_error(
-                    abort::UNEXPECTED_PDU,
-                    "expected A-ASSOCIATE-RQ",
-                ))
-            }
+            Ok(_) => unreachable!("the PDU type was checked"),
             Err(e) => return Err(protocol_error(e.abort_reason(), e.to_string())),
         };
         self.record.calling_ae = String::from_utf8_lossy(&rq.calling_ae).trim().to_owned();
@@ -179,7 +218,6 @@ impl Connection<'_> {
         };
         drop(rq);
         self.flush()?;
-        self.stream.set_read_timeout(config.network_timeout)?;
         self.serve_association(&association, &mut buffer)
     }
 
@@ -188,28 +226,45 @@ impl Connection<'_> {
         association: &Association,
         buffer: &mut Vec<u8>,
     ) -> Result<(), Stop> {
+        let config = &self.shared.config;
         let mut message = Message::Idle;
         loop {
-            let pdu_type = self.read_pdu(buffer, self.shared.config.policy.max_pdu)?;
+            // Between messages the peer may think; inside one, each PDU is due promptly.
+            let wait = match message {
+                Message::Idle => Wait::Idle,
+                _ => Wait::Dimse,
+            };
+            let timeout = match wait {
+                Wait::Idle => config.network_timeout,
+                _ => config.dimse_timeout,
+            };
+            let (pdu_type, length) = self.read_header(deadline(timeout), wait)?;
             match pdu_type {
                 pdu::P_DATA_TF => {
-                    for pdv in pdu::pdvs(buffer) {
-                        let pdv =
-                            pdv.map_err(|e| protocol_error(e.abort_reason(), e.to_string()))?;
-                        let Some(context) = association.context(pdv.context_id) else {
-                            return Err(protocol_error(
-                                abort::INVALID_PARAMETER,
-                                format!(
-                                    "PDV on presentation context {} that was not accepted",
-                                    pdv.context_id
-                                ),
-                            ));
-                        };
+                    // A max length of 0 means no limit on our side too; keep the control
+                    // bound then.
+                    let max = match config.policy.max_pdu {
+                        0 => MAX_CONTROL_PDU,
+                        max => max,
+                    };
+                    let due = deadline(config.dimse_timeout);
+                    self.read_body(buffer, length, max, due, Wait::Dimse)?;
+                    check_pdvs(association, buffer)?;
+                    let pdvs = pdu::pdvs(buffer).flatten();
+                    for (pdv, context) in
+                        pdvs.filter_map(|p| Some((p, association.context(p.context_id)?)))
+                    {
                         message = self.receive(association, context, message, pdv)?;
                     }
                 }
                 pdu::RELEASE_RQ => {
+                    let due = deadline(config.dimse_timeout);
+                    self.read_body(buffer, length, MAX_CONTROL_PDU, due, Wait::Dimse)?;
+                    if let Err(e) = Pdu::parse(pdu_type, buffer) {
+                        return Err(protocol_error(e.abort_reason(), e.to_string()));
+                    }
                     if !matches!(message, Message::Idle) {
+                        // The unfinished message is dropped with its spool file.
                         self.record.detail = Some("released during a message".into());
                     }
                     pdu::encode_release_rp(&mut self.out);
@@ -217,44 +272,74 @@ impl Connection<'_> {
                     self.record.outcome = Outcome::Released;
                     return Ok(());
                 }
+                // Its body (source and reason) changes nothing: the association is over.
                 pdu::ABORT => return Err(Stop::PeerAborted),
                 other => {
-                    return Err(protocol_error(
-                        abort::UNEXPECTED_PDU,
-                        format!("unexpected PDU type {other:#04x} on an established association"),
+                    return Err(unexpected_pdu(
+                        other,
+                        "only P-DATA-TF, A-RELEASE-RQ and A-ABORT may follow the association",
                     ))
                 }
             }
         }
     }
 
-    /// Read one PDU into `buffer` (its body only) and return its type. Lengths are checked
-    /// before a byte of the body is read.
-    fn read_pdu(&mut self, buffer: &mut Vec<u8>, max_pdata: u32) -> Result<u8, Stop> {
+    /// Read a PDU header by `due`: (type, body length).
+    fn read_header(&mut self, due: Option<Instant>, wait: Wait) -> Result<(u8, u32), Stop> {
         let mut header = [0u8; pdu::HEADER_LEN];
-        self.stream.read_exact(&mut header)?;
-        let (pdu_type, length) = pdu::parse_header(&header);
-        let limit = match pdu_type {
-            pdu::P_DATA_TF => max_pdata,
-            pdu::ASSOCIATE_RQ..=pdu::ABORT => MAX_CONTROL_PDU,
-            other => {
-                return Err(protocol_error(
-                    abort::UNRECOGNIZED_PDU,
-                    format!("unknown PDU type {other:#04x}"),
-                ))
-            }
-        };
-        // A max length of 0 means no limit on our side too; keep the control bound then.
-        let limit = if limit == 0 { MAX_CONTROL_PDU } else { limit };
-        if length > limit {
+        self.read_by(&mut header, due, wait)?;
+        Ok(pdu::parse_header(&header))
+    }
+
+    /// Read a PDU body of `length` bytes into `buffer` by `due`. The length is checked against
+    /// `max` before a byte of the body is read or allocated.
+    fn read_body(
+        &mut self,
+        buffer: &mut Vec<u8>,
+        length: u32,
+        max: u32,
+        due: Option<Instant>,
+        wait: Wait,
+    ) -> Result<(), Stop> {
+        if length > max {
             return Err(protocol_error(
                 abort::INVALID_PARAMETER,
-                format!("PDU of {length} bytes exceeds the maximum of {limit}"),
+                format!("PDU of {length} bytes exceeds the maximum of {max}"),
             ));
         }
         buffer.resize(length as usize, 0);
-        self.stream.read_exact(buffer)?;
-        Ok(pdu_type)
+        self.read_by(buffer, due, wait)
+    }
+
+    /// Fill `buf` from the socket by `due` (None: no time limit). Each read waits only for what
+    /// is left of the time, so a trickle of bytes cannot stretch the deadline.
+    fn read_by(&mut self, buf: &mut [u8], due: Option<Instant>, wait: Wait) -> Result<(), Stop> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let left = match due {
+                None => None,
+                Some(due) => match due.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Err(wait.expired()),
+                },
+            };
+            self.stream.set_read_timeout(left)?;
+            match self.stream.read(&mut buf[filled..]) {
+                Ok(0) => return Err(Stop::Io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(wait.expired())
+                }
+                Err(e) => return Err(Stop::Io(e)),
+            }
+        }
+        Ok(())
     }
 
     fn receive(
@@ -280,7 +365,7 @@ impl Connection<'_> {
                 },
                 false,
             ) if context_id == pdv.context_id => {
-                write_fragment(&mut sink, pdv.data);
+                sink.write(pdv.data, self.shared.config.max_instance_size);
                 if !pdv.is_last {
                     return Ok(Message::DataSet {
                         context_id,
@@ -322,6 +407,16 @@ impl Connection<'_> {
             protocol_error(abort::INVALID_PARAMETER, format!("bad command set: {e}"))
         })?;
         let context_id = pdv.context_id;
+        let is_request = command.command_field & dimse::RESPONSE_BIT == 0;
+        // A C-CANCEL-RQ names the request it cancels instead (PS3.7 §9.3.2.3).
+        if is_request && command.command_field != dimse::C_CANCEL_RQ && command.message_id.is_none()
+        {
+            // The response must name the request's MessageID (PS3.7 §9.3.1): none to name.
+            return Err(protocol_error(
+                abort::INVALID_PARAMETER,
+                "request command set without MessageID",
+            ));
+        }
         match command.command_field {
             dimse::C_STORE_RQ if command.has_data_set => {
                 let sink = self.begin_store(association, context, &command);
@@ -356,6 +451,7 @@ impl Connection<'_> {
             }
             dimse::C_STORE_RQ => {
                 self.record.failures += 1;
+                self.shared.stats.count_instance(false, 0);
                 let comment = "C-STORE-RQ without a data set";
                 self.respond(
                     association,
@@ -378,138 +474,6 @@ impl Connection<'_> {
                 Ok(Message::Idle)
             }
         }
-    }
-
-    fn begin_store(
-        &self,
-        association: &Association,
-        context: &AcceptedContext,
-        command: &Command,
-    ) -> Sink {
-        let discard = |status, comment: &str| Sink::Discard {
-            status,
-            comment: comment.to_owned(),
-        };
-        let (Some(sop_class), Some(sop_instance)) = (
-            &command.affected_sop_class_uid,
-            &command.affected_sop_instance_uid,
-        ) else {
-            return discard(
-                status::CANNOT_UNDERSTAND,
-                "C-STORE-RQ lacks Affected SOP Class/Instance UID",
-            );
-        };
-        if *sop_class != context.abstract_syntax {
-            return discard(
-                status::SOP_CLASS_NOT_SUPPORTED,
-                "Affected SOP Class UID differs from the presentation context",
-            );
-        }
-        let meta = FileMeta {
-            sop_class_uid: sop_class,
-            sop_instance_uid: sop_instance,
-            transfer_syntax_uid: &context.transfer_syntax,
-            source_ae_title: &association.calling_ae,
-        };
-        match self.shared.storage.spool(&meta) {
-            Ok(spool) => Sink::Spool(Box::new(Receiving {
-                spool,
-                scanner: Scanner::new(Encoding::for_transfer_syntax(&context.transfer_syntax)),
-                bytes: 0,
-            })),
-            Err(e) => Sink::Discard {
-                status: status::OUT_OF_RESOURCES,
-                comment: format!("cannot spool: {e}"),
-            },
-        }
-    }
-
-    fn complete_store(
-        &mut self,
-        association: &Association,
-        (context_id, context): (u8, &AcceptedContext),
-        command: &Command,
-        sink: Sink,
-    ) -> Result<(), Stop> {
-        let (status, comment, stored) = match sink {
-            Sink::Discard { status, comment } => (status, Some(comment), None),
-            Sink::Spool(receiving) => {
-                self.record.bytes += receiving.bytes;
-                match self.publish(association, context, command, *receiving) {
-                    Ok(stored) => (status::SUCCESS, None, Some(stored)),
-                    Err((status, comment)) => (status, Some(comment), None),
-                }
-            }
-        };
-        if status == status::SUCCESS {
-            self.record.instances += 1;
-        } else {
-            self.record.failures += 1;
-        }
-        self.respond(association, context_id, command, status, comment.as_deref())?;
-        if let Some(stored) = stored.filter(|_| self.shared.config.emit_stored) {
-            // A full queue makes this association wait: back-pressure, never loss.
-            let _ = self.events.send(Event::Stored(stored));
-        }
-        Ok(())
-    }
-
-    fn publish(
-        &self,
-        association: &Association,
-        context: &AcceptedContext,
-        command: &Command,
-        Receiving {
-            spool,
-            scanner,
-            bytes,
-        }: Receiving,
-    ) -> Result<StoredInstance, (u16, String)> {
-        let attrs = scanner.finish().map_err(|e| {
-            (
-                status::CANNOT_UNDERSTAND,
-                format!("cannot parse the data set: {e}"),
-            )
-        })?;
-        let sop_class = command
-            .affected_sop_class_uid
-            .as_deref()
-            .unwrap_or_default();
-        let sop_instance = command
-            .affected_sop_instance_uid
-            .as_deref()
-            .unwrap_or_default();
-        // The data set must describe the instance the command announced (PS3.4 §B.2.3).
-        for (found, announced, name) in [
-            (&attrs.sop_class_uid, sop_class, "SOPClassUID"),
-            (&attrs.sop_instance_uid, sop_instance, "SOPInstanceUID"),
-        ] {
-            if let Some(found) = found.as_deref().filter(|f| *f != announced.as_bytes()) {
-                let found = String::from_utf8_lossy(found);
-                return Err((
-                    status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                    format!("data set {name} {found} differs from the command's {announced}"),
-                ));
-            }
-        }
-        let relative =
-            layout::relative_path(self.shared.config.sort_key, &attrs, sop_instance.as_bytes())
-                .map_err(|missing| (status::CANNOT_UNDERSTAND, missing.to_string()))?;
-        let path = self
-            .shared
-            .storage
-            .publish(spool, &relative)
-            .map_err(|e| (status::OUT_OF_RESOURCES, format!("cannot store: {e}")))?;
-        Ok(StoredInstance {
-            path,
-            sop_class_uid: sop_class.to_owned(),
-            sop_instance_uid: sop_instance.to_owned(),
-            transfer_syntax_uid: context.transfer_syntax.clone(),
-            calling_ae: association.calling_ae.clone(),
-            called_ae: association.called_ae.clone(),
-            peer: self.peer,
-            bytes,
-        })
     }
 
     /// Send a response command set, fragmented to the peer's max PDU, in one write.
@@ -582,6 +546,12 @@ impl Connection<'_> {
                 self.record.outcome = Outcome::AbortedByPeer;
                 return;
             }
+            Err(Stop::ArtimExpired) => {
+                self.record.outcome = Outcome::Closed;
+                self.record.detail = Some("no A-ASSOCIATE-RQ within acse_timeout".into());
+                return;
+            }
+            Err(Stop::TimedOut(why)) => (abort::SOURCE_PROVIDER, abort::NOT_SPECIFIED, why.into()),
             Err(Stop::Abort {
                 source,
                 reason,
@@ -601,7 +571,7 @@ impl Connection<'_> {
                 (
                     abort::SOURCE_PROVIDER,
                     abort::NOT_SPECIFIED,
-                    "timed out waiting for the peer".into(),
+                    "timed out sending to the peer".into(),
                 )
             }
             Err(Stop::Io(e)) => {
@@ -617,30 +587,6 @@ impl Connection<'_> {
         Abort { source, reason }.encode(&mut self.out);
         let _ = self.flush_and_close();
     }
-}
-
-/// Append a data set fragment to the spool and the scanner; on failure switch to discarding
-/// (the spool file is removed when dropped) so the rest of the data set is drained.
-fn write_fragment(sink: &mut Sink, data: &[u8]) {
-    let Sink::Spool(receiving) = sink else {
-        return;
-    };
-    receiving.bytes += data.len() as u64;
-    let failure = match (receiving.spool.write(data), receiving.scanner.feed(data)) {
-        (Err(e), _) => (
-            status::OUT_OF_RESOURCES,
-            format!("cannot write the data set: {e}"),
-        ),
-        (Ok(()), Err(e)) => (
-            status::CANNOT_UNDERSTAND,
-            format!("cannot parse the data set: {e}"),
-        ),
-        (Ok(()), Ok(())) => return,
-    };
-    *sink = Sink::Discard {
-        status: failure.0,
-        comment: failure.1,
-    };
 }
 
 #[cfg(test)]

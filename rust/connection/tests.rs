@@ -21,9 +21,17 @@ const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const MAX_PDU: u32 = 16_384;
 
 fn start(name: &str) -> (Server, Receiver<Event>, PathBuf) {
+    start_with(name, |_| {})
+}
+
+/// A server on 127.0.0.1 storing into a fresh temp dir, `tweak` adjusting the test config.
+fn start_with(
+    name: &str,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> (Server, Receiver<Event>, PathBuf) {
     let dir = std::env::temp_dir().join(format!("dicom-inlet-conn-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         host: "127.0.0.1".into(),
         port: 0,
         policy: AcceptorPolicy {
@@ -43,9 +51,12 @@ fn start(name: &str) -> (Server, Receiver<Event>, PathBuf) {
         max_associations: 4,
         acse_timeout: Some(Duration::from_secs(10)),
         network_timeout: Some(Duration::from_secs(10)),
+        dimse_timeout: Some(Duration::from_secs(10)),
+        max_instance_size: None,
         emit_stored: true,
         event_queue: 16,
     };
+    tweak(&mut config);
     let (server, events) = Server::start(config).unwrap();
     (server, events, dir)
 }
@@ -324,6 +335,183 @@ fn peer_abort_mid_instance_leaves_nothing() {
     let ended = events.recv().unwrap();
     assert!(matches!(ended, Event::AssociationEnded(r) if r.instances == 0));
     assert!(incoming_is_empty(&root));
+    server.shutdown(Duration::from_secs(5));
+    fs::remove_dir_all(&root).unwrap();
+}
+
+/// Read until the server closes; what it sent before closing.
+fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    received
+}
+
+#[test]
+fn artim_expiry_closes_without_a_pdu() {
+    let (server, _events, root) = start_with("artim", |c| {
+        c.acse_timeout = Some(Duration::from_millis(200));
+    });
+    // One peer says nothing, one stops inside the A-ASSOCIATE-RQ header, one inside its body.
+    let partial: [&[u8]; 3] = [&[], &[pdu::ASSOCIATE_RQ, 0, 0], &[1, 0, 0, 0, 0, 80, 0, 1]];
+    for bytes in partial {
+        let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(bytes).unwrap();
+        // No association exists yet, so there is nothing to abort (PS3.8 §9.2.3, AA-2).
+        assert_eq!(read_to_close(&mut stream), b"", "after {bytes:?}");
+    }
+    server.shutdown(Duration::from_secs(5));
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn stalls_are_aborted_idle_after_network_timeout_mid_message_after_dimse_timeout() {
+    let (server, _events, root) = start_with("stall", |c| {
+        c.network_timeout = Some(Duration::from_millis(300));
+        c.dimse_timeout = Some(Duration::from_millis(300));
+    });
+    // Idle after the association.
+    let mut idle = Peer::associate(&server);
+    let (pdu_type, body) = idle.read_pdu();
+    assert_eq!((pdu_type, body), (pdu::ABORT, vec![0, 0, 2, 0]));
+    // Mid data set, and mid PDU.
+    let data = data_set("1.2.3.4.9", 2000);
+    for stall_in_pdu in [false, true] {
+        let mut peer = Peer::associate(&server);
+        peer.send_pdvs(&[
+            (1, true, true, &store_command("1.2.3.4.9", 1)),
+            (1, false, false, &data[..1000]),
+        ]);
+        if stall_in_pdu {
+            let mut header = vec![pdu::P_DATA_TF, 0];
+            header.extend_from_slice(&1006u32.to_be_bytes());
+            peer.stream.write_all(&header).unwrap();
+        }
+        assert_eq!(peer.read_pdu(), (pdu::ABORT, vec![0, 0, 2, 0]));
+        assert_eq!(read_to_close(&mut peer.stream), b"");
+        // The association's thread dropped the spool before it sent the A-ABORT.
+        assert!(incoming_is_empty(&root));
+    }
+    server.shutdown(Duration::from_secs(5));
+    assert!(!root.join("1.2.3.4").exists());
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn instance_size_cap_refuses_without_a_file_and_the_association_goes_on() {
+    let data = data_set("1.2.3.4.10", 3000);
+    let cap = data.len() as u64;
+    let (server, _events, root) = start_with("cap", |c| c.max_instance_size = Some(cap - 1));
+    let mut peer = Peer::associate(&server);
+    let command = store_command("1.2.3.4.10", 1);
+    peer.send_pdvs(&[(1, true, true, &command), (1, false, false, &data[..100])]);
+    peer.send_pdvs(&[(1, false, true, &data[100..])]);
+    let response = peer.response();
+    assert_eq!(response.status, Some(0xA700));
+    assert!(!root.join("1.2.3.4").exists());
+    assert!(incoming_is_empty(&root));
+    peer.release();
+    server.shutdown(Duration::from_secs(5));
+    fs::remove_dir_all(&root).unwrap();
+
+    // Exactly at the cap is accepted.
+    let (server, _events, root) = start_with("cap-exact", |c| c.max_instance_size = Some(cap));
+    let mut peer = Peer::associate(&server);
+    peer.send_pdvs(&[(1, true, true, &command), (1, false, true, &data)]);
+    assert_eq!(peer.response().status, Some(0));
+    assert!(stored_file(&root, "1.2.3.4.10").ends_with(&data));
+    peer.release();
+    server.shutdown(Duration::from_secs(5));
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn protocol_errors_after_the_association_get_precise_aborts() {
+    let (server, _events, root) = start("aborts");
+    let mut no_message_id = Vec::new();
+    Command {
+        command_field: dimse::C_ECHO_RQ,
+        affected_sop_class_uid: Some(VERIFICATION_SOP_CLASS.into()),
+        ..Command::default()
+    }
+    .encode(&mut no_message_id);
+    // Command::encode writes MessageID 0 when there is none: cut the element out.
+    let at = no_message_id
+        .windows(4)
+        .position(|w| w == [0, 0, 0x10, 0x01])
+        .unwrap();
+    no_message_id.drain(at..at + 10);
+    let group_length = (no_message_id.len() - 12) as u32;
+    no_message_id[8..12].copy_from_slice(&group_length.to_le_bytes());
+    let mut pdata = Vec::new();
+    pdu::encode_pdata(&mut pdata, 3, true, true, &no_message_id);
+
+    let mut second_rq = Vec::new();
+    AssociateRq {
+        protocol_version: 1,
+        called_ae: ae_field("INLET"),
+        calling_ae: ae_field("RUST_SCU"),
+        application_context: pdu::APPLICATION_CONTEXT.into(),
+        presentation_contexts: vec![],
+        user_info: UserInfo::default(),
+    }
+    .encode(&mut second_rq);
+    let cases: [(&[u8], [u8; 4]); 5] = [
+        (&pdata, [0, 0, 2, 6]),
+        // A-RELEASE-RQ must be 4 bytes (PS3.8 §9.3.6).
+        (&[5, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0], [0, 0, 2, 6]),
+        (&second_rq, [0, 0, 2, 2]),
+        (&[pdu::RELEASE_RP, 0, 0, 0, 0, 4, 0, 0, 0, 0], [0, 0, 2, 2]),
+        // Unknown type with a huge length: refused from the header, the body is never read.
+        (&[0x42, 0, 0xFF, 0xFF, 0xFF, 0xF0], [0, 0, 2, 1]),
+    ];
+    for (bytes, abort) in cases {
+        let mut peer = Peer::associate(&server);
+        peer.stream.write_all(bytes).unwrap();
+        assert_eq!(peer.read_pdu(), (pdu::ABORT, abort.to_vec()), "{bytes:?}");
+    }
+    server.shutdown(Duration::from_secs(5));
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn connections_over_the_limit_are_rejected_then_closed_at_once() {
+    let (server, _events, root) = start_with("flood", |c| c.max_associations = 1);
+    let held = Peer::associate(&server);
+    let connect = || {
+        let stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+    };
+    // These wait for their A-ASSOCIATE-RQ to answer it with an RJ, each on a thread.
+    let mut waiting: Vec<TcpStream> = (0..crate::server::REJECT_SLACK)
+        .map(|_| connect())
+        .collect();
+    // Past that bound, a connection is closed without a thread or a word.
+    let mut extra = connect();
+    assert_eq!(read_to_close(&mut extra), b"");
+    let mut rq = Vec::new();
+    AssociateRq {
+        protocol_version: 1,
+        called_ae: ae_field("INLET"),
+        calling_ae: ae_field("RUST_SCU"),
+        application_context: pdu::APPLICATION_CONTEXT.into(),
+        presentation_contexts: vec![],
+        user_info: UserInfo::default(),
+    }
+    .encode(&mut rq);
+    waiting[0].write_all(&rq).unwrap();
+    // Transient, presentation provider, local limit exceeded (PS3.8 §9.3.4).
+    assert_eq!(
+        read_to_close(&mut waiting[0]),
+        [3, 0, 0, 0, 0, 4, 0, 2, 3, 2]
+    );
+    held.release();
+    drop(waiting);
     server.shutdown(Duration::from_secs(5));
     fs::remove_dir_all(&root).unwrap();
 }

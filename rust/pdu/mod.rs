@@ -59,6 +59,21 @@ pub struct AssociateRj {
     pub reason: u8,
 }
 
+/// Bound on a PDU other than P-DATA-TF, whose bound is the negotiated maximum length: an
+/// A-ASSOCIATE-RQ or -AC with hundreds of presentation contexts fits easily.
+pub const MAX_CONTROL_PDU: u32 = 1 << 20;
+
+/// A-ABORT sources and reasons (PS3.8 §9.3.8).
+pub mod abort {
+    pub const SOURCE_USER: u8 = 0;
+    pub const SOURCE_PROVIDER: u8 = 2;
+    pub const NOT_SPECIFIED: u8 = 0;
+    pub const UNRECOGNIZED_PDU: u8 = 1;
+    pub const UNEXPECTED_PDU: u8 = 2;
+    pub const UNEXPECTED_PARAMETER: u8 = 5;
+    pub const INVALID_PARAMETER: u8 = 6;
+}
+
 /// A-ABORT (PS3.8 §9.3.8).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Abort {

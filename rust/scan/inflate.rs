@@ -30,14 +30,21 @@ impl Inflater {
         // Bytes after the end of the stream (the even-length pad byte of §A.5) are ignored.
         while !self.ended && !parser.done {
             let (in_before, out_before) = (self.stream.total_in(), self.stream.total_out());
-            let status = self
+            let result = self
                 .stream
-                .decompress(input, &mut self.chunk, FlushDecompress::None)
-                .map_err(|e| ScanError::Deflate(e.to_string()))?;
+                .decompress(input, &mut self.chunk, FlushDecompress::None);
             let consumed = (self.stream.total_in() - in_before) as usize;
             let produced = (self.stream.total_out() - out_before) as usize;
             input = input.get(consumed..).unwrap_or_default();
+            // What inflated before a corrupt spot is parsed first, and a scan it completes
+            // stands: the outcome must not depend on how the stream was cut into fragments
+            // (found by the `scanner` fuzz target).
             parser.feed(self.chunk.get(..produced).unwrap_or_default())?;
+            let status = match result {
+                Ok(status) => status,
+                Err(_) if parser.done => break,
+                Err(e) => return Err(ScanError::Deflate(e.to_string())),
+            };
             self.ended = status == Status::StreamEnd;
             // A chunk left unfilled means the inflater holds nothing more for the input so far;
             // no progress at all means it needs more input.

@@ -1,0 +1,38 @@
+"""dicom-inlet with one Python callback reading ``ds.SOPInstanceUID``: the peer ``peers.py``
+measures against dicom-inlet without callbacks. Run as
+``python benches/inlet_callback.py DATA_DIR PORT --expect N``.
+
+Once ``N`` callbacks have run it prints ``ALL`` on stdout, so the benchmark's clock stops when
+the last instance has been through Python, not merely stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydicom import Dataset
+
+from dicom_inlet import StoreSCPServer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("data_dir")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--aet", default="INLET")
+    parser.add_argument("--expect", type=int, required=True, help="callbacks before 'ALL'")
+    args = parser.parse_args()
+    seen: set[str] = set()
+
+    def callback(ds: Dataset) -> None:
+        seen.add(ds.SOPInstanceUID)
+        if len(seen) == args.expect:
+            print("ALL", flush=True)
+
+    node = {"aetitle": args.aet, "port": args.port, "ip": "127.0.0.1"}
+    StoreSCPServer(node, data_dir=args.data_dir, callbacks=[callback]).run(block=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,493 @@
+"""dicom-inlet side by side with DCMTK and pynetdicom, on one corpus, in one run.
+
+    python benches/peers.py [--quick] [--runs 3] [--json] [--corpus DIR]
+
+Builds (once, cached) the deterministic corpus of ``corpus.py``, then for every workload and
+receiver starts the receiver on 127.0.0.1, sends the workload with DCMTK ``/usr/bin/storescu``
+(``TCP_NODELAY=1``: without it DCMTK stalls ~40 ms per response), and measures files/s, MB/s
+(10^6 bytes of files sent per second of storescu wall time), the receiver's peak RSS during the
+transfer (VmHWM, reset once the receiver is idle) and its CPU seconds (utime+stime, children
+included). Runs are interleaved (run 1 of every receiver, then run 2...), each figure is the
+median of the runs, and each ratio is the median of per-run ratios to DCMTK ``storescp +B``
+(``--fork +B`` for the concurrent workload) measured in the same run.
+
+Receivers that store are checked to have written every file; each run starts on an empty data
+directory, removed after the run. Put ``--work`` on a journaled filesystem (or tmpfs): ext4
+without a journal (as on this project's VMs) scans past every inode deleted in the last minutes
+on each file creation, so a run would pay for the deletions of the runs before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import corpus
+
+HERE = Path(__file__).resolve().parent
+STORESCU = "/usr/bin/storescu"  # pynetdicom installs a Python `storescu` that shadows DCMTK's
+STORESCP = "/usr/bin/storescp"
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+READY_TIMEOUT = 60.0
+# Concurrent senders for the "ct x4" workload, one CT shard (patient) each.
+CONCURRENT = corpus.SHARDS
+
+
+@dataclass(frozen=True)
+class Receiver:
+    name: str
+    argv: tuple[str, ...]  # {dir}, {port} and {expect} are filled in
+    workloads: tuple[str, ...]
+    stores: bool = True  # writes one file per instance under {dir}
+    reports_done: bool = False  # prints "ALL" once every instance went through Python
+
+
+@dataclass
+class Sample:
+    seconds: float
+    files_per_s: float
+    mb_per_s: float
+    cpu_s: float
+    peak_rss_mib: float
+    idle_rss_mib: float
+    load1: float
+
+
+@dataclass
+class Result:
+    workload: str
+    receiver: str
+    samples: list[Sample] = field(default_factory=list)
+
+
+def receivers(python: str, inlets: list[tuple[str, str]]) -> list[Receiver]:
+    """Every receiver measured; ``inlets`` are (label, interpreter) of dicom-inlet builds."""
+    single = ("ct", "small", "big")
+    inlet_args = ("-m", "dicom_inlet", "serve", "{dir}", "--port", "{port}", "--host")
+    found = [
+        Receiver(
+            label,
+            (interpreter, *inlet_args, "127.0.0.1", "-q", "--aet", "INLET"),
+            (*single, "ct x4"),
+        )
+        for label, interpreter in inlets
+    ]
+    return [
+        *found,
+        Receiver(
+            CALLBACK,
+            (python, str(HERE / "inlet_callback.py"), "{dir}", "{port}", "--expect", "{expect}"),
+            ("ct", "small"),
+            reports_done=True,
+        ),
+        Receiver(
+            "storescp +B", (STORESCP, "-aet", "STORESCP", "+B", "-od", "{dir}", "{port}"), single
+        ),
+        Receiver(
+            "storescp --ignore",
+            (STORESCP, "-aet", "STORESCP", "--ignore", "{port}"),
+            single,
+            stores=False,
+        ),
+        Receiver(
+            "pynetdicom", (python, str(HERE / "pynetdicom_scp.py"), "{dir}", "{port}"), single
+        ),
+        Receiver(
+            "storescp --fork +B",
+            (STORESCP, "-aet", "STORESCP", "--fork", "+B", "-od", "{dir}", "{port}"),
+            ("ct x4",),
+        ),
+    ]
+
+
+# The DCMTK figure each ratio divides by.
+CALLBACK = "dicom-inlet + callback"
+BASELINE = {
+    "ct": "storescp +B",
+    "small": "storescp +B",
+    "big": "storescp +B",
+    "ct x4": "storescp --fork +B",
+}
+FLOOR = "storescp --ignore"
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc readings
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name; index i is field i+3 of proc(5)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def _children(pid: int) -> list[int]:
+    """Live or zombie children: a zombie's stat still holds its CPU times. Children that were
+    reaped are in the parent's cutime/cstime instead, so nothing is lost or counted twice."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) > pid:
+            fields = _stat(int(entry))
+            if fields is not None and fields[1] == str(pid):
+                found.append(int(entry))
+    return found
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = _stat(pid)
+    if fields is None:
+        return 0
+    return sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    ticks = _cpu_ticks(pid) + sum(_cpu_ticks(child) for child in _children(pid))
+    return ticks / CLOCK_TICK
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Make VmHWM start from the current RSS (proc(5), clear_refs value 5)."""
+    with contextlib.suppress(OSError):  # then the peak includes start-up
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+class ChildPeaks(threading.Thread):
+    """Samples the peak RSS of a forking receiver's children while they live."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peaks, self.stop = pid, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            for child in _children(self.pid):
+                self.peaks[child] = max(self.peaks.get(child, 0), _status_kib(child, "VmHWM"))
+
+
+# ---------------------------------------------------------------------------------------------
+# One measurement
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, process: subprocess.Popen, log: Path) -> None:
+    """Poll until the receiver accepts a TCP connection on 127.0.0.1."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"receiver exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.02)  # polling interval, not synchronisation
+    raise RuntimeError(f"receiver not listening on port {port} after {READY_TIMEOUT} s")
+
+
+def count_files(directory: Path) -> int:
+    return sum(
+        len(files)
+        for root, dirs, files in os.walk(directory)
+        if Path(root).relative_to(directory).parts[:1] != (".incoming",)
+    )
+
+
+def _await_done(process: subprocess.Popen) -> tuple[threading.Event, list[float]]:
+    done, when = threading.Event(), []
+
+    def read() -> None:
+        for line in process.stdout:
+            if line.strip() == b"ALL":
+                when.append(time.perf_counter())
+                done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return done, when
+
+
+def measure(
+    receiver: Receiver, workload: corpus.Workload, concurrent: bool, data_dir: Path
+) -> Sample:
+    """One run: start the receiver on an empty ``data_dir``, send, read the figures, stop it."""
+    data_dir.mkdir(parents=True)
+    work = data_dir.parent
+    os.sync()  # leave no writeback of earlier runs to compete with this one
+    port = free_port()
+    values = {"dir": str(data_dir), "port": str(port), "expect": str(workload.files)}
+    argv = [a.format(**values) for a in receiver.argv]
+    log = work / "receiver.log"
+    with log.open("wb") as err:
+        process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE if receiver.reports_done else subprocess.DEVNULL,
+            stderr=err,
+            env=DCMTK_ENV,
+            cwd=work,
+        )
+    try:
+        wait_ready(port, process, log)
+        done = _await_done(process) if receiver.reports_done else None
+        idle_kib = _status_kib(process.pid, "VmRSS")
+        reset_peak_rss(process.pid)
+        children = ChildPeaks(process.pid)
+        children.start()
+        cpu_before = tree_cpu_seconds(process.pid)
+        dirs = workload.shards if concurrent else (workload.directory,)
+        command = [STORESCU, "-aet", "BENCHSCU", "-aec", "ANY", "+sd", "+r", "127.0.0.1", str(port)]
+        started = time.perf_counter()
+        senders = [
+            subprocess.Popen(
+                [*command, str(d)], env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+            for d in dirs
+        ]
+        errors = [s.communicate()[1] for s in senders]
+        finished = time.perf_counter()
+        if done is not None:
+            if not done[0].wait(300):
+                raise RuntimeError("callbacks did not all run")
+            finished = max(finished, done[1][0])
+        cpu = tree_cpu_seconds(process.pid) - cpu_before
+        children.stop.set()
+        children.join()
+        peak_kib = _status_kib(process.pid, "VmHWM") + sum(children.peaks.values())
+        load1 = os.getloadavg()[0]
+        for sender, error in zip(senders, errors, strict=True):
+            if sender.returncode != 0:
+                raise RuntimeError(f"storescu failed ({sender.returncode}): {error.decode()}")
+        if receiver.stores and (got := count_files(data_dir)) != workload.files:
+            raise RuntimeError(f"{receiver.name} stored {got} of {workload.files} files")
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    seconds = finished - started
+    return Sample(
+        seconds=seconds,
+        files_per_s=workload.files / seconds,
+        mb_per_s=workload.bytes / 1e6 / seconds,
+        cpu_s=cpu,
+        peak_rss_mib=peak_kib / 1024,
+        idle_rss_mib=idle_kib / 1024,
+        load1=load1,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+METRICS = ("files_per_s", "mb_per_s", "peak_rss_mib", "cpu_s")
+
+
+def _ratio(samples: list[Sample], base: list[Sample], metric: str) -> float | None:
+    """Median over runs of this run's figure divided by the baseline's in the same run."""
+    ratios = [
+        getattr(a, metric) / getattr(b, metric)
+        for a, b in zip(samples, base, strict=True)
+        if getattr(b, metric) > 0
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
+def summarize(results: list[Result], inlet: str) -> list[dict]:
+    """Medians and same-run ratios per (workload, receiver); the callback receiver is also
+    compared with ``inlet``, dicom-inlet without callbacks."""
+    by_key = {(r.workload, r.receiver): r for r in results}
+    rows = []
+    for r in results:
+        row = {"workload": r.workload, "receiver": r.receiver, "runs": len(r.samples)}
+        for metric in (*METRICS, "idle_rss_mib", "seconds", "load1"):
+            row[metric] = statistics.median(getattr(s, metric) for s in r.samples)
+        others = [("dcmtk", BASELINE[r.workload]), ("ignore", FLOOR)]
+        if r.receiver == CALLBACK:
+            others.append(("no_callback", inlet))
+        for label, other in others:
+            base = by_key.get((r.workload, other))
+            if base is None:
+                continue
+            row[f"x_{label}"] = {m: _ratio(r.samples, base.samples, m) for m in METRICS}
+        row["samples"] = [vars(s) for s in r.samples]
+        rows.append(row)
+    return rows
+
+
+def _cell(value: float, ratio: float | None, digits: int = 0) -> str:
+    text = f"{value:,.{digits}f}"
+    return f"{text} ({ratio:.2f}x)" if ratio is not None else text
+
+
+def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
+    lines = []
+    titles = {
+        "ct": "CT 512x512 16-bit, 1 association",
+        "small": "small instances (~4 KB), 1 association",
+        "big": "multi-frame (~200 MB each), 1 association",
+        "ct x4": f"CT, {CONCURRENT} concurrent associations",
+    }
+    for name in titles:
+        chosen = [r for r in rows if r["workload"] == name]
+        if not chosen:
+            continue
+        note = ""
+        w = workloads[name.split()[0]]
+        lines += [
+            f"**{titles[name]}**: {w.files} files, {w.bytes / 1e6:,.0f} MB; "
+            f"ratios to `{BASELINE[name]}`"
+            + (", and files/s to `--ignore`" if name in ("ct", "small", "big") else ""),
+            "",
+            "| receiver | files/s | MB/s | peak RSS MiB | idle RSS MiB | CPU s | load |"
+            + (" files/s ÷ `--ignore` |" if name != "ct x4" else ""),
+            "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if name != "ct x4" else ""),
+        ]
+        for r in chosen:
+            x = r.get("x_dcmtk", {})
+            cells = [
+                r["receiver"],
+                _cell(r["files_per_s"], x.get("files_per_s")),
+                _cell(r["mb_per_s"], x.get("mb_per_s")),
+                _cell(r["peak_rss_mib"], x.get("peak_rss_mib"), 1),
+                f"{r['idle_rss_mib']:.1f}",
+                _cell(r["cpu_s"], x.get("cpu_s"), 2),
+                f"{r['load1']:.2f}",
+            ]
+            if name != "ct x4":
+                ignore = r.get("x_ignore", {}).get("files_per_s")
+                cells.append(f"{ignore:.2f}x" if ignore is not None else "")
+            lines.append("| " + " | ".join(cells) + " |")
+            if "x_no_callback" in r:
+                ratio = r["x_no_callback"]["files_per_s"]
+                note = f"{CALLBACK} ÷ without callbacks, same runs: {ratio:.2f}x files/s"
+        lines.append("")
+        if note:
+            lines += [note, ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small corpus (100 CT, 400 small, 2 x 20 MB) for a fast check",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs per receiver (default: 3)")
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        help="corpus cache directory (default: $TMPDIR/dicom-inlet-bench/corpus-full or -quick)",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="receivers' data directories (default: a fresh temporary directory)",
+    )
+    parser.add_argument("--receivers", help="comma-separated receiver names to run (default: all)")
+    parser.add_argument(
+        "--workloads",
+        default="ct,small,big,ct x4",
+        help="comma-separated workloads (default: ct,small,big,ct x4)",
+    )
+    parser.add_argument(
+        "--inlet",
+        action="append",
+        default=[],
+        metavar="LABEL=PYTHON",
+        help="also measure the dicom-inlet installed for this interpreter, as "
+        "LABEL (repeatable; default: dicom-inlet=the running interpreter)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON on stdout (progress and the table go to stderr)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    spec = corpus.QUICK if args.quick else corpus.FULL
+    root = args.corpus or Path(tempfile.gettempdir(), "dicom-inlet-bench", f"corpus-{spec.name}")
+    workloads = corpus.build(spec, root, log)
+    for w in workloads.values():  # page-cache the corpus so the first run reads no disk
+        for path in w.directory.rglob("*.dcm"):
+            path.read_bytes()
+    inlets = [tuple(i.split("=", 1)) for i in args.inlet] or [("dicom-inlet", sys.executable)]
+    chosen = receivers(sys.executable, inlets)
+    if args.receivers:
+        wanted = {n.strip() for n in args.receivers.split(",")}
+        chosen = [r for r in chosen if r.name in wanted]
+    names = [w.strip() for w in args.workloads.split(",")]
+    results = {(w, r.name): Result(w, r.name) for w in names for r in chosen if w in r.workloads}
+    work = Path(tempfile.mkdtemp(prefix="dicom-inlet-peers-", dir=args.work))
+    load_start = os.getloadavg()
+    try:
+        for run in range(args.runs):
+            for i, ((name, receiver_name), result) in enumerate(results.items()):
+                receiver = next(r for r in chosen if r.name == receiver_name)
+                data_dir = work / f"run{run}-{i}"
+                sample = measure(
+                    receiver, workloads[name.split()[0]], name.endswith("x4"), data_dir
+                )
+                result.samples.append(sample)
+                log(
+                    f"run {run + 1}/{args.runs} {name:6} {receiver.name:24} "
+                    f"{sample.files_per_s:8.1f} files/s {sample.mb_per_s:7.1f} MB/s "
+                    f"cpu {sample.cpu_s:5.2f} s rss {sample.peak_rss_mib:6.1f} MiB "
+                    f"load {sample.load1:.2f}"
+                )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows = summarize(list(results.values()), inlets[0][0])
+    load = {"start": load_start, "end": os.getloadavg(), "cores": os.cpu_count()}
+    log()
+    log(table(rows, workloads))
+    log(
+        f"load average (1, 5, 15 min) at start {load['start']}, at end {load['end']}, "
+        f"{load['cores']} cores"
+    )
+    if args.json:
+        corpus_info = {n: {"files": w.files, "bytes": w.bytes} for n, w in workloads.items()}
+        print(json.dumps({"corpus": corpus_info, "load": load, "results": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

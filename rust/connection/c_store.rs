@@ -1,0 +1,214 @@
+//! C-STORE on the SCP side (PS3.4 §B.2, PS3.7 §9.1.1): the data set streams to a spool file
+//! while the scanner reads its filing attributes; on the last fragment it is checked against
+//! the command, published, and answered.
+
+use crate::association::{AcceptedContext, Association};
+use crate::dimse::{status, Command};
+use crate::file_meta::FileMeta;
+use crate::layout;
+use crate::scan::{Encoding, Scanner};
+use crate::server::{Event, StoredInstance};
+use crate::store::Spool;
+
+use super::{Connection, Stop};
+
+/// A data set on its way to disk.
+pub(super) struct Receiving {
+    spool: Spool,
+    scanner: Scanner,
+    /// Data set bytes received so far.
+    bytes: u64,
+}
+
+/// Where the bytes of the current data set go.
+pub(super) enum Sink {
+    Spool(Box<Receiving>),
+    /// Received and dropped; the request is answered with this status.
+    Discard {
+        status: u16,
+        comment: String,
+    },
+}
+
+impl Sink {
+    /// Append a data set fragment to the spool and the scanner. On a failure, or once the
+    /// instance outgrows `max_size`, switch to discarding (dropping the spool removes its file):
+    /// the rest of the data set is drained, not stored or buffered, and the request answered
+    /// with a failure status.
+    pub(super) fn write(&mut self, data: &[u8], max_size: Option<u64>) {
+        let Sink::Spool(receiving) = self else {
+            return;
+        };
+        receiving.bytes += data.len() as u64;
+        let failure = if let Some(max) = max_size.filter(|max| receiving.bytes > *max) {
+            // PS3.4 §B.2.3: A7xx "refused: out of resources" is the status for what we will
+            // not hold.
+            (
+                status::OUT_OF_RESOURCES,
+                format!("instance larger than the limit of {max} bytes"),
+            )
+        } else {
+            match (receiving.spool.write(data), receiving.scanner.feed(data)) {
+                (Err(e), _) => (
+                    status::OUT_OF_RESOURCES,
+                    format!("cannot write the data set: {e}"),
+                ),
+                (Ok(()), Err(e)) => (
+                    status::CANNOT_UNDERSTAND,
+                    format!("cannot parse the data set: {e}"),
+                ),
+                (Ok(()), Ok(())) => return,
+            }
+        };
+        *self = Sink::Discard {
+            status: failure.0,
+            comment: failure.1,
+        };
+    }
+}
+
+impl Connection<'_> {
+    pub(super) fn begin_store(
+        &self,
+        association: &Association,
+        context: &AcceptedContext,
+        command: &Command,
+    ) -> Sink {
+        let discard = |status, comment: &str| Sink::Discard {
+            status,
+            comment: comment.to_owned(),
+        };
+        let (Some(sop_class), Some(sop_instance)) = (
+            &command.affected_sop_class_uid,
+            &command.affected_sop_instance_uid,
+        ) else {
+            return discard(
+                status::CANNOT_UNDERSTAND,
+                "C-STORE-RQ lacks Affected SOP Class/Instance UID",
+            );
+        };
+        if *sop_class != context.abstract_syntax {
+            return discard(
+                status::SOP_CLASS_NOT_SUPPORTED,
+                "Affected SOP Class UID differs from the presentation context",
+            );
+        }
+        // UIDs are ASCII (PS3.5 §9.1). Other bytes did not survive decoding, and would leave
+        // the file meta naming another instance than the data set.
+        if !sop_instance.is_ascii() {
+            return discard(
+                status::CANNOT_UNDERSTAND,
+                "Affected SOP Instance UID is not ASCII",
+            );
+        }
+        let meta = FileMeta {
+            sop_class_uid: sop_class,
+            sop_instance_uid: sop_instance,
+            transfer_syntax_uid: &context.transfer_syntax,
+            source_ae_title: &association.calling_ae,
+        };
+        match self.shared.storage.spool(&meta) {
+            Ok(spool) => Sink::Spool(Box::new(Receiving {
+                spool,
+                scanner: Scanner::new(Encoding::for_transfer_syntax(&context.transfer_syntax)),
+                bytes: 0,
+            })),
+            Err(e) => Sink::Discard {
+                status: status::OUT_OF_RESOURCES,
+                comment: format!("cannot spool: {e}"),
+            },
+        }
+    }
+
+    pub(super) fn complete_store(
+        &mut self,
+        association: &Association,
+        (context_id, context): (u8, &AcceptedContext),
+        command: &Command,
+        sink: Sink,
+    ) -> Result<(), Stop> {
+        let mut received = 0;
+        let (status, comment, stored) = match sink {
+            Sink::Discard { status, comment } => (status, Some(comment), None),
+            Sink::Spool(receiving) => {
+                received = receiving.bytes;
+                self.record.bytes += receiving.bytes;
+                match self.publish(association, context, command, *receiving) {
+                    Ok(stored) => (status::SUCCESS, None, Some(stored)),
+                    Err((status, comment)) => (status, Some(comment), None),
+                }
+            }
+        };
+        if status == status::SUCCESS {
+            self.record.instances += 1;
+        } else {
+            self.record.failures += 1;
+        }
+        let ok = status == status::SUCCESS;
+        self.shared.stats.count_instance(ok, received);
+        self.respond(association, context_id, command, status, comment.as_deref())?;
+        if let Some(stored) = stored.filter(|_| self.shared.config.emit_stored) {
+            // A full queue makes this association wait: back-pressure, never loss.
+            let _ = self.events.send(Event::Stored(stored));
+        }
+        Ok(())
+    }
+
+    fn publish(
+        &self,
+        association: &Association,
+        context: &AcceptedContext,
+        command: &Command,
+        Receiving {
+            spool,
+            scanner,
+            bytes,
+        }: Receiving,
+    ) -> Result<StoredInstance, (u16, String)> {
+        let attrs = scanner.finish().map_err(|e| {
+            (
+                status::CANNOT_UNDERSTAND,
+                format!("cannot parse the data set: {e}"),
+            )
+        })?;
+        let sop_class = command
+            .affected_sop_class_uid
+            .as_deref()
+            .unwrap_or_default();
+        let sop_instance = command
+            .affected_sop_instance_uid
+            .as_deref()
+            .unwrap_or_default();
+        // The data set must describe the instance the command announced (PS3.4 §B.2.3).
+        for (found, announced, name) in [
+            (&attrs.sop_class_uid, sop_class, "SOPClassUID"),
+            (&attrs.sop_instance_uid, sop_instance, "SOPInstanceUID"),
+        ] {
+            if let Some(found) = found.as_deref().filter(|f| *f != announced.as_bytes()) {
+                let found = String::from_utf8_lossy(found);
+                return Err((
+                    status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                    format!("data set {name} {found} differs from the command's {announced}"),
+                ));
+            }
+        }
+        let relative =
+            layout::relative_path(self.shared.config.sort_key, &attrs, sop_instance.as_bytes())
+                .map_err(|missing| (status::CANNOT_UNDERSTAND, missing.to_string()))?;
+        let path = self
+            .shared
+            .storage
+            .publish(spool, &relative)
+            .map_err(|e| (status::OUT_OF_RESOURCES, format!("cannot store: {e}")))?;
+        Ok(StoredInstance {
+            path,
+            sop_class_uid: sop_class.to_owned(),
+            sop_instance_uid: sop_instance.to_owned(),
+            transfer_syntax_uid: context.transfer_syntax.clone(),
+            calling_ae: association.calling_ae.clone(),
+            called_ae: association.called_ae.clone(),
+            peer: self.peer,
+            bytes,
+        })
+    }
+}

@@ -1,0 +1,253 @@
+"""The command line's sending side and its terminal output: ``dicom-inlet send`` / ``echo``
+as real subprocesses, ``serve --config``, and the live lines on a pseudo-terminal."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import (
+    HOST,
+    SCP_AET,
+    TIMEOUT,
+    dataset_bytes,
+    image_layout,
+    make_dataset,
+    patient_layout,
+    stored_files,
+    write_file,
+)
+from test_cli import LISTENING, ServeProcess
+
+from dicom_inlet import echo, send
+
+CLI = [sys.executable, "-m", "dicom_inlet"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_send_summary_and_success(server: Any, data_dir: Path, tmp_path: Path):
+    datasets = [make_dataset(instance_number=i) for i in range(5)]
+    for i, ds in enumerate(datasets):
+        write_file(ds, tmp_path / "study" / f"series{i % 2}" / f"{i}.dcm")
+    result = run(
+        "send", HOST, str(server.port), str(tmp_path / "study"),
+        "--call", SCP_AET, "--aet", "CLI_SCU", "--associations", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result
+    assert re.search(r"Stored 5 of 5 instances \(\d+\.\d MB\)", result.stdout), result.stdout
+    assert f"{SCP_AET}@{HOST}:{server.port}" in result.stdout
+    assert "failed" not in result.stdout
+    assert stored_files(data_dir) == sorted(patient_layout(ds) for ds in datasets)
+
+
+def test_send_lists_failed_instances_with_exit_code_1(server: Any, tmp_path: Path):
+    good = write_file(make_dataset(), tmp_path / "good.dcm")
+    refused = write_file(make_dataset(remove=["StudyInstanceUID"]), tmp_path / "refused.dcm")
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not DICOM")
+    result = run("send", HOST, str(server.port), str(good), str(refused), str(junk), "-q")
+    assert result.returncode == 1, result
+    assert "Stored 1 of 3 instances" in result.stdout
+    assert "2 failed:" in result.stdout
+    listed = {line.split(": ")[0].strip(): line for line in result.stdout.splitlines()[2:]}
+    assert set(listed) == {str(refused), str(junk)}
+    assert "0xC000 error: cannot understand" in listed[str(refused)]
+    assert "not a DICOM Part 10 file" in listed[str(junk)]
+    assert result.stderr == ""
+
+
+def test_echo_success(server: Any):
+    result = run("echo", HOST, str(server.port), "--call", SCP_AET)
+    assert result.returncode == 0, result
+    assert f"C-ECHO {SCP_AET}@{HOST}:{server.port}: 0x0000 success" in result.stdout
+
+
+def test_user_mistakes_are_one_line_errors(server_factory, tmp_path: Path):
+    strict = server_factory(require_called_aet=True)
+    one = write_file(make_dataset(), tmp_path / "one.dcm")
+    assert_one_line_error(
+        run("send", HOST, str(strict.port), str(one), "--call", "WRONG"),
+        "association rejected (permanent)",
+        "called AE title not recognized",
+    )
+    assert_one_line_error(run("echo", HOST, str(strict.port)), "called AE title not recognized")
+    assert_one_line_error(run("echo", HOST, str(closed_port())), "cannot connect")
+    assert_one_line_error(
+        run("send", HOST, str(strict.port), str(tmp_path / "missing.dcm")),
+        "no such file or directory",
+        "missing.dcm",
+    )
+    assert_one_line_error(run("echo", HOST, "eleven"), "argument PORT", "'eleven'")
+    assert_one_line_error(run("echo", HOST, "0"), "port must be 1 to 65535")
+    assert_one_line_error(run("send", HOST, "104"), "PATH")
+    assert_one_line_error(
+        run("echo", HOST, str(strict.port), "--aet", "A_VERY_LONG_AE_TITLE"), "AE title"
+    )
+
+
+def test_serve_config_file_sets_every_option_and_the_command_line_wins(tmp_path: Path):
+    config = tmp_path / "inlet.toml"
+    config.write_text(
+        "\n".join(
+            [
+                'data_dir = "from-config"',
+                "port = 11",  # overridden below
+                f'host = "{HOST}"',
+                'aet = "CONFIGURED"',
+                'sort_by = "image"',
+                "require_called_aet = true",
+                'calling-aet = ["CLI_SCU", "OTHER"]',
+                "max_associations = 4",
+                "max_pdu = 32768",
+                "acse_timeout = 5",
+                "network_timeout = 30.5",
+                "shutdown_timeout = 2",
+                "durable = true",
+            ]
+        )
+    )
+    server = ServeProcess(["--config", str(config), "--port", "0"], cwd=tmp_path)
+    try:
+        port = int(server.wait_for(LISTENING).group(2))
+        assert port != 11, "--port on the command line wins over the file"
+        ds = make_dataset()
+        path = write_file(ds, tmp_path / "src" / "one.dcm")
+        # require_called_aet and the calling AE list come from the file.
+        with pytest.raises(ConnectionError, match="called AE title not recognized"):
+            echo(HOST, port, called_aet="ANY-SCP", calling_aet="CLI_SCU")
+        with pytest.raises(ConnectionError, match="calling AE title not recognized"):
+            echo(HOST, port, called_aet="CONFIGURED", calling_aet="STRANGER")
+        result = send(HOST, port, [path], called_aet="CONFIGURED", calling_aet="CLI_SCU")
+        assert result.failed == 0
+        assert server.interrupt() == 0, server.text()
+    finally:
+        server.kill()
+    data_dir = tmp_path / "from-config"
+    assert stored_files(data_dir) == [image_layout(ds)]
+    assert dataset_bytes(data_dir / image_layout(ds)) == dataset_bytes(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("port = 70000", ["port must be 0 to 65535"]),
+        ("colour = 'blue'", ["--colour"]),
+        ("max_associations = 'many'", ["max-associations", "'many'"]),
+        ("port = ", ["inlet.toml"]),
+    ],
+)
+def test_serve_bad_config_is_a_one_line_error(tmp_path: Path, content: str, words: list[str]):
+    config = tmp_path / "inlet.toml"
+    config.write_text(content + "\n")
+    assert_one_line_error(run("serve", "--config", str(config)), "config file", *words)
+    assert_one_line_error(run("serve", "--config", str(tmp_path / "none.toml")), "none.toml")
+
+
+# ---------------------------------------------------------------------------------------------
+# On a terminal
+
+
+class Terminal:
+    """A command whose stderr is a pseudo-terminal, read by a thread as it comes."""
+
+    def __init__(self, *args: str, cwd: Path) -> None:
+        master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            [*CLI, *args],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+        )
+        os.close(slave)
+        self.master = master
+        self.output = ""
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:  # EIO once the child has closed the terminal
+                chunk = b""
+            with self.changed:
+                self.output += chunk.decode(errors="replace")
+                self.changed.notify_all()
+                if not chunk:
+                    return
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        with self.changed:
+            found = self.changed.wait_for(lambda: re.search(pattern, self.output), TIMEOUT)
+        assert found, f"no {pattern!r} in {self.output!r}"
+        return found
+
+    def finish(self) -> tuple[int, str]:
+        stdout, _ = self.proc.communicate(timeout=TIMEOUT)
+        self.reader.join(TIMEOUT)
+        os.close(self.master)
+        return self.proc.returncode, stdout
+
+
+def test_send_progress_bar_on_a_terminal(server: Any, tmp_path: Path):
+    for i in range(3):
+        write_file(make_dataset(), tmp_path / "src" / f"{i}.dcm")
+    terminal = Terminal("send", HOST, str(server.port), str(tmp_path / "src"), cwd=tmp_path)
+    code, stdout = terminal.finish()
+    assert code == 0, terminal.output
+    # Drawn in place (carriage return, erase line), ending with every instance counted.
+    assert re.search(r"\r\x1b\[K\[#+\] 3/3 instances, \d+\.\d MB, [\d.]+ MB/s", terminal.output)
+    assert terminal.output.endswith("\r\x1b[K"), "the bar is cleared for the summary"
+    assert "Stored 3 of 3 instances" in stdout
+
+
+def test_serve_status_line_on_a_terminal(tmp_path: Path):
+    terminal = Terminal("serve", "data", "--port", "0", "--host", HOST, cwd=tmp_path)
+    port = int(terminal.wait_for(LISTENING.pattern).group(2))
+    paths = [write_file(make_dataset(), tmp_path / "src" / f"{i}.dcm") for i in range(4)]
+    assert send(HOST, port, paths).failed == 0
+    terminal.wait_for(r"\r\x1b\[K0 associations open · 4 instances stored · [\d.]+ MB · ")
+    # Log lines print above the status line, which is then drawn again.
+    terminal.wait_for(r"association \S+ DICOM_INLET -> ANY-SCP: 4 instances.*\n")
+    terminal.proc.send_signal(signal.SIGINT)
+    code, _ = terminal.finish()
+    assert code == 0, terminal.output
+    assert "Traceback" not in terminal.output
