@@ -1,15 +1,25 @@
 """dicom-inlet side by side with DCMTK and pynetdicom, on one corpus, in one run.
 
-    python benches/peers.py [--quick] [--runs 3] [--json] [--corpus DIR]
+    python benches/peers.py [--quick] [--runs 3] [--json] [--corpus DIR] [--work DIR]
+                            [--receivers A,B] [--senders A,B] [--workloads A,B] [--window W]
+                            [--inlet LABEL=PYTHON]...
 
-Builds (once, cached) the deterministic corpus of ``corpus.py``, then for every workload and
-receiver starts the receiver on 127.0.0.1, sends the workload with DCMTK ``/usr/bin/storescu``
-(``TCP_NODELAY=1``: without it DCMTK stalls ~40 ms per response), and measures files/s, MB/s
-(10^6 bytes of files sent per second of storescu wall time), the receiver's peak RSS during the
-transfer (VmHWM, reset once the receiver is idle) and its CPU seconds (utime+stime, children
-included). Runs are interleaved (run 1 of every receiver, then run 2...), each figure is the
-median of the runs, and each ratio is the median of per-run ratios to DCMTK ``storescp +B``
-(``--fork +B`` for the concurrent workload) measured in the same run.
+Builds (once, cached) the deterministic corpus of ``corpus.py``, then for every workload, sender
+and receiver starts the receiver on 127.0.0.1, sends the workload and measures files/s, MB/s
+(10^6 bytes of files sent per second of the sender's wall time), the receiver's peak RSS during
+the transfer (VmHWM, reset once the receiver is idle) and its CPU seconds (utime+stime, children
+included). Runs are interleaved (run 1 of every receiver, in an order shuffled with a fixed
+seed per run, then run 2...), each figure is the median of the runs, and each ratio is the
+median of per-run ratios to DCMTK ``storescp +B`` (``--fork +B`` for the concurrent workload)
+measured in the same run with the same sender.
+
+Senders: DCMTK ``/usr/bin/storescu`` (``TCP_NODELAY=1``: without it DCMTK stalls ~40 ms per
+response; one process per shard for the concurrent workload), and dicom-inlet's own SCU
+(``inlet_send.py``, parallel associations for the concurrent workload; ``--window W`` makes it
+propose an asynchronous operations window), which is faster and so shows receivers above
+``storescu``'s ceiling; its start-up and exit stay off the clock. For the 200 MB instances,
+the same bytes also go from a plain socket source to a plain socket sink (``raw_tcp.py``): the
+loopback TCP ceiling every receiver's MB/s is divided by.
 
 Receivers that store are checked to have written every file; each run starts on an empty data
 directory, removed after the run. Put ``--work`` on a journaled filesystem (or tmpfs): ext4
@@ -23,6 +33,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -53,6 +64,7 @@ class Receiver:
     workloads: tuple[str, ...]
     stores: bool = True  # writes one file per instance under {dir}
     reports_done: bool = False  # prints "ALL" once every instance went through Python
+    senders: tuple[str, ...] = ("storescu", "dicom-inlet send")
 
 
 @dataclass
@@ -69,6 +81,7 @@ class Sample:
 @dataclass
 class Result:
     workload: str
+    sender: str
     receiver: str
     samples: list[Sample] = field(default_factory=list)
 
@@ -110,7 +123,33 @@ def receivers(python: str, inlets: list[tuple[str, str]]) -> list[Receiver]:
             (STORESCP, "-aet", "STORESCP", "--fork", "+B", "-od", "{dir}", "{port}"),
             ("ct x4",),
         ),
+        Receiver(
+            RAW_SINK,
+            (python, str(HERE / "raw_tcp.py"), "sink", "{port}"),
+            ("big",),
+            stores=False,
+            senders=(RAW_SOURCE,),
+        ),
     ]
+
+
+def sender_commands(
+    sender: str, workload: corpus.Workload, concurrent: bool, port: int, window: int
+) -> list[list[str]]:
+    """The processes that send ``workload``. All but storescu print READY and wait for a line
+    on stdin before sending, then print DONE: their Python start-up and exit stay off the
+    clock (storescu's, a C program's, cost little)."""
+    if sender == "storescu":
+        dirs = workload.shards if concurrent else (workload.directory,)
+        command = [STORESCU, "-aet", "BENCHSCU", "-aec", "ANY", "+sd", "+r", "127.0.0.1", str(port)]
+        return [[*command, str(d)] for d in dirs]
+    if sender == RAW_SOURCE:
+        script = ["raw_tcp.py", "source"]
+    else:
+        associations = str(CONCURRENT if concurrent else 1)
+        script = ["inlet_send.py", "--associations", associations, "--window", str(window)]
+    script[0] = str(HERE / script[0])
+    return [[sys.executable, *script, "127.0.0.1", str(port), str(workload.directory)]]
 
 
 # The DCMTK figure each ratio divides by.
@@ -122,6 +161,8 @@ BASELINE = {
     "ct x4": "storescp --fork +B",
 }
 FLOOR = "storescp --ignore"
+RAW_SINK = "raw TCP sink"
+RAW_SOURCE = "raw TCP"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +277,12 @@ def _await_done(process: subprocess.Popen) -> tuple[threading.Event, list[float]
 
 
 def measure(
-    receiver: Receiver, workload: corpus.Workload, concurrent: bool, data_dir: Path
+    receiver: Receiver,
+    sender: str,
+    workload: corpus.Workload,
+    concurrent: bool,
+    data_dir: Path,
+    window: int = 1,
 ) -> Sample:
     """One run: start the receiver on an empty ``data_dir``, send, read the figures, stop it."""
     data_dir.mkdir(parents=True)
@@ -261,18 +307,29 @@ def measure(
         reset_peak_rss(process.pid)
         children = ChildPeaks(process.pid)
         children.start()
-        cpu_before = tree_cpu_seconds(process.pid)
-        dirs = workload.shards if concurrent else (workload.directory,)
-        command = [STORESCU, "-aet", "BENCHSCU", "-aec", "ANY", "+sd", "+r", "127.0.0.1", str(port)]
-        started = time.perf_counter()
+        commands = sender_commands(sender, workload, concurrent, port, window)
+        handshake = sender != "storescu"
+        pipe = subprocess.PIPE if handshake else subprocess.DEVNULL
+        if not handshake:  # storescu's start-up is on the clock, as a user sees it
+            cpu_before, started = tree_cpu_seconds(process.pid), time.perf_counter()
         senders = [
-            subprocess.Popen(
-                [*command, str(d)], env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-            )
-            for d in dirs
+            subprocess.Popen(c, env=DCMTK_ENV, stdin=pipe, stdout=pipe, stderr=subprocess.PIPE)
+            for c in commands
         ]
+        if handshake:
+            for s in senders:
+                if s.stdout.readline().strip() != b"READY":
+                    raise RuntimeError(f"{sender} did not start: {s.communicate()[1].decode()}")
+            cpu_before, started = tree_cpu_seconds(process.pid), time.perf_counter()
+            for s in senders:
+                s.stdin.write(b"go\n")
+                s.stdin.flush()
+            for s in senders:
+                s.stdout.readline()  # DONE, or nothing if it failed (its exit code says)
+            finished = time.perf_counter()
         errors = [s.communicate()[1] for s in senders]
-        finished = time.perf_counter()
+        if not handshake:
+            finished = time.perf_counter()
         if done is not None:
             if not done[0].wait(300):
                 raise RuntimeError("callbacks did not all run")
@@ -282,9 +339,9 @@ def measure(
         children.join()
         peak_kib = _status_kib(process.pid, "VmHWM") + sum(children.peaks.values())
         load1 = os.getloadavg()[0]
-        for sender, error in zip(senders, errors, strict=True):
-            if sender.returncode != 0:
-                raise RuntimeError(f"storescu failed ({sender.returncode}): {error.decode()}")
+        for s, error in zip(senders, errors, strict=True):
+            if s.returncode != 0:
+                raise RuntimeError(f"{sender} failed ({s.returncode}): {error.decode()}")
         if receiver.stores and (got := count_files(data_dir)) != workload.files:
             raise RuntimeError(f"{receiver.name} stored {got} of {workload.files} files")
     finally:
@@ -326,17 +383,26 @@ def _ratio(samples: list[Sample], base: list[Sample], metric: str) -> float | No
 def summarize(results: list[Result], inlet: str) -> list[dict]:
     """Medians and same-run ratios per (workload, receiver); the callback receiver is also
     compared with ``inlet``, dicom-inlet without callbacks."""
-    by_key = {(r.workload, r.receiver): r for r in results}
+    by_key = {(r.workload, r.sender, r.receiver): r for r in results}
     rows = []
     for r in results:
-        row = {"workload": r.workload, "receiver": r.receiver, "runs": len(r.samples)}
+        row = {
+            "workload": r.workload,
+            "sender": r.sender,
+            "receiver": r.receiver,
+            "runs": len(r.samples),
+        }
         for metric in (*METRICS, "idle_rss_mib", "seconds", "load1"):
             row[metric] = statistics.median(getattr(s, metric) for s in r.samples)
-        others = [("dcmtk", BASELINE[r.workload]), ("ignore", FLOOR)]
+        others = [
+            ("dcmtk", (r.sender, BASELINE[r.workload])),
+            ("ignore", (r.sender, FLOOR)),
+            ("raw_tcp", (RAW_SOURCE, RAW_SINK)),
+        ]
         if r.receiver == CALLBACK:
-            others.append(("no_callback", inlet))
+            others.append(("no_callback", (r.sender, inlet)))
         for label, other in others:
-            base = by_key.get((r.workload, other))
+            base = by_key.get((r.workload, *other))
             if base is None:
                 continue
             row[f"x_{label}"] = {m: _ratio(r.samples, base.samples, m) for m in METRICS}
@@ -362,20 +428,27 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
         chosen = [r for r in rows if r["workload"] == name]
         if not chosen:
             continue
-        note = ""
+        notes = []
         w = workloads[name.split()[0]]
+        single = name != "ct x4"
+        raw = name == "big" and any(r["receiver"] == RAW_SINK for r in chosen)
         lines += [
             f"**{titles[name]}**: {w.files} files, {w.bytes / 1e6:,.0f} MB; "
-            f"ratios to `{BASELINE[name]}`"
-            + (", and files/s to `--ignore`" if name in ("ct", "small", "big") else ""),
+            f"ratios to `{BASELINE[name]}` with the same sender"
+            + (", files/s to `--ignore`" if single else "")
+            + (", MB/s to raw loopback TCP" if raw else ""),
             "",
-            "| receiver | files/s | MB/s | peak RSS MiB | idle RSS MiB | CPU s | load |"
-            + (" files/s ÷ `--ignore` |" if name != "ct x4" else ""),
-            "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if name != "ct x4" else ""),
+            "| sender | receiver | files/s | MB/s | peak RSS MiB | idle RSS MiB | CPU s | load |"
+            + (" files/s ÷ `--ignore` |" if single else "")
+            + (" MB/s ÷ raw TCP |" if raw else ""),
+            "|---|---|---:|---:|---:|---:|---:|---:|"
+            + ("---:|" if single else "")
+            + ("---:|" if raw else ""),
         ]
         for r in chosen:
             x = r.get("x_dcmtk", {})
             cells = [
+                r["sender"],
                 r["receiver"],
                 _cell(r["files_per_s"], x.get("files_per_s")),
                 _cell(r["mb_per_s"], x.get("mb_per_s")),
@@ -384,16 +457,21 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
                 _cell(r["cpu_s"], x.get("cpu_s"), 2),
                 f"{r['load1']:.2f}",
             ]
-            if name != "ct x4":
-                ignore = r.get("x_ignore", {}).get("files_per_s")
-                cells.append(f"{ignore:.2f}x" if ignore is not None else "")
+            for shown, label, metric in (
+                (single, "ignore", "files_per_s"),
+                (raw, "raw_tcp", "mb_per_s"),
+            ):
+                ratio = r.get(f"x_{label}", {}).get(metric)
+                if shown:
+                    cells.append(f"{ratio:.2f}x" if ratio is not None else "")
             lines.append("| " + " | ".join(cells) + " |")
             if "x_no_callback" in r:
                 ratio = r["x_no_callback"]["files_per_s"]
-                note = f"{CALLBACK} ÷ without callbacks, same runs: {ratio:.2f}x files/s"
-        lines.append("")
-        if note:
-            lines += [note, ""]
+                notes.append(
+                    f"{CALLBACK} ÷ without callbacks, same runs, sender {r['sender']}: "
+                    f"{ratio:.2f}x files/s"
+                )
+        lines += ["", *(f"{n}  " for n in notes), *([""] if notes else [])]
     return "\n".join(lines)
 
 
@@ -420,9 +498,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--receivers", help="comma-separated receiver names to run (default: all)")
     parser.add_argument(
+        "--senders",
+        default=f"storescu,dicom-inlet send,{RAW_SOURCE}",
+        help=f"comma-separated senders (default: storescu,dicom-inlet send,{RAW_SOURCE})",
+    )
+    parser.add_argument(
         "--workloads",
         default="ct,small,big,ct x4",
         help="comma-separated workloads (default: ct,small,big,ct x4)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=1,
+        help="asynchronous operations window dicom-inlet's sender proposes (default: 1; "
+        "receivers that grant none get synchronous requests)",
     )
     parser.add_argument(
         "--inlet",
@@ -455,20 +545,32 @@ def main(argv: list[str] | None = None) -> int:
         wanted = {n.strip() for n in args.receivers.split(",")}
         chosen = [r for r in chosen if r.name in wanted]
     names = [w.strip() for w in args.workloads.split(",")]
-    results = {(w, r.name): Result(w, r.name) for w in names for r in chosen if w in r.workloads}
+    senders = [s.strip() for s in args.senders.split(",")]
+    results = {
+        (w, s, r.name): Result(w, s, r.name)
+        for w in names
+        for s in senders
+        for r in chosen
+        if w in r.workloads and s in r.senders
+    }
     work = Path(tempfile.mkdtemp(prefix="dicom-inlet-peers-", dir=args.work))
     load_start = os.getloadavg()
     try:
         for run in range(args.runs):
-            for i, ((name, receiver_name), result) in enumerate(results.items()):
+            # A fixed shuffle per run: on this VM memory a receiver freed (pynetdicom's 450 MB)
+            # costs the next one page faults, so no receiver may always follow the same one.
+            order = list(results.items())
+            random.Random(run).shuffle(order)
+            for i, ((name, sender, receiver_name), result) in enumerate(order):
                 receiver = next(r for r in chosen if r.name == receiver_name)
                 data_dir = work / f"run{run}-{i}"
+                workload = workloads[name.split()[0]]
                 sample = measure(
-                    receiver, workloads[name.split()[0]], name.endswith("x4"), data_dir
+                    receiver, sender, workload, name.endswith("x4"), data_dir, args.window
                 )
                 result.samples.append(sample)
                 log(
-                    f"run {run + 1}/{args.runs} {name:6} {receiver.name:24} "
+                    f"run {run + 1}/{args.runs} {name:6} {sender:16} {receiver.name:24} "
                     f"{sample.files_per_s:8.1f} files/s {sample.mb_per_s:7.1f} MB/s "
                     f"cpu {sample.cpu_s:5.2f} s rss {sample.peak_rss_mib:6.1f} MiB "
                     f"load {sample.load1:.2f}"

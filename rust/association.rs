@@ -12,6 +12,11 @@ use crate::transfer_syntax;
 
 pub const VERIFICATION_SOP_CLASS: &str = "1.2.840.10008.1.1";
 
+/// Most outstanding requests granted to a pipelining peer (PS3.7 §D.3.3.3). Requests are
+/// served in arrival order whatever the window; the bound keeps the responses a peer may leave
+/// unread (~200 bytes each) well inside the socket buffers, so answering never blocks on it.
+const MAX_OPERATIONS_PERFORMED: u16 = 128;
+
 /// A-ASSOCIATE-RJ result/source/reason codes (PS3.8 §9.3.4).
 pub mod reject {
     pub const PERMANENT: u8 = 1;
@@ -168,6 +173,7 @@ impl AcceptorPolicy {
             user_info: UserInfo {
                 max_length: Some(self.max_pdu),
                 implementation_class_uid: Some(IMPLEMENTATION_CLASS_UID.to_owned()),
+                async_ops_window: rq.user_info.async_ops_window.map(grant_window),
                 implementation_version_name: Some(IMPLEMENTATION_VERSION_NAME.to_owned()),
                 ..UserInfo::default()
             },
@@ -180,6 +186,17 @@ impl AcceptorPolicy {
         };
         Ok((association, ac))
     }
+}
+
+/// Our answer to a proposed asynchronous operations window (invoked, performed), both counted
+/// as the requestor's operations and 0 meaning unlimited (PS3.7 §D.3.3.3): the peer may invoke
+/// what it asked for up to our bound; we invoke nothing on it, so it performs one at a time.
+fn grant_window((invoked, _performed): (u16, u16)) -> (u16, u16) {
+    let invoked = match invoked {
+        0 => MAX_OPERATIONS_PERFORMED,
+        n => n.min(MAX_OPERATIONS_PERFORMED),
+    };
+    (invoked, 1)
 }
 
 fn answers_have(answers: &[PresentationContextAc], id: u8) -> bool {
@@ -269,6 +286,22 @@ mod tests {
         assert_eq!(association.peer_max_pdu, 16384);
         assert_eq!(association.calling_ae, "SCU");
         assert_eq!(ac.user_info.max_length, Some(262_144));
+    }
+
+    #[test]
+    fn asynchronous_window_is_granted_up_to_our_bound() {
+        let mut rq = request(vec![context(1, CT, &["1.2.840.10008.1.2"])]);
+        assert_eq!(accept(&policy(), &rq).1.user_info.async_ops_window, None);
+        for (proposed, granted) in [
+            ((16, 4), (16, 1)),
+            ((1, 1), (1, 1)),
+            ((0, 0), (MAX_OPERATIONS_PERFORMED, 1)),
+            ((u16::MAX, 2), (MAX_OPERATIONS_PERFORMED, 1)),
+        ] {
+            rq.user_info.async_ops_window = Some(proposed);
+            let (_, ac) = accept(&policy(), &rq);
+            assert_eq!(ac.user_info.async_ops_window, Some(granted), "{proposed:?}");
+        }
     }
 
     #[test]

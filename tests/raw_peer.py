@@ -44,7 +44,12 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 def pdu(pdu_type: int, body: bytes) -> bytes:
     """``type | 00 | u32 BE length | body``."""
-    return bytes([pdu_type, 0]) + struct.pack(">I", len(body)) + body
+    return header_only(pdu_type, len(body)) + body
+
+
+def header_only(pdu_type: int, length: int) -> bytes:
+    """A PDU header announcing ``length`` bytes, for a peer that then sends less or stalls."""
+    return bytes([pdu_type, 0]) + struct.pack(">I", length)
 
 
 def item(item_type: int, value: bytes) -> bytes:

@@ -115,6 +115,15 @@ def test_user_mistakes_are_one_line_errors(server_factory, tmp_path: Path):
     assert_one_line_error(run("echo", HOST, "eleven"), "argument PORT", "'eleven'")
     assert_one_line_error(run("echo", HOST, "0"), "port must be 1 to 65535")
     assert_one_line_error(run("send", HOST, "104"), "PATH")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(
+        run("send", HOST, str(strict.port), str(tmp_path / "empty")), "no files under", "empty"
+    )
+    assert_one_line_error(
+        run("send", HOST, str(strict.port), str(one), "--async-window", "65"),
+        "--async-window",
+        "1 to 64",
+    )
     assert_one_line_error(
         run("echo", HOST, str(strict.port), "--aet", "A_VERY_LONG_AE_TITLE"), "AE title"
     )

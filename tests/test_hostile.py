@@ -46,6 +46,7 @@ from raw_peer import (
     command_set,
     data_set_bytes,
     element,
+    header_only,
     item,
     p_data,
     pdu,
@@ -108,11 +109,6 @@ def store_pdvs(uid: str, data: bytes, **kw) -> list[bytes]:
         pdv(CT_CONTEXT, c_store_rq(uid, **kw), command=True, last=True),
         pdv(CT_CONTEXT, data, command=False, last=True),
     ]
-
-
-def header_only(pdu_type: int, length: int) -> bytes:
-    """A PDU header announcing ``length`` bytes, with no body sent (the peer then stalls)."""
-    return bytes([pdu_type, 0]) + struct.pack(">I", length)
 
 
 def big_command() -> bytes:

@@ -3,6 +3,8 @@ a pynetdicom SCP and dicom-inlet's own SCP, all on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import socket
 import subprocess
 import threading
@@ -31,7 +33,8 @@ from conftest import (
     stored_files,
     write_file,
 )
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.filereader import read_dataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from dicom_inlet import (
@@ -67,35 +70,43 @@ class Peer:
         self.received = received
 
 
-@pytest.fixture
-def storescp(tmp_path: Path) -> Iterator[Peer]:
-    """DCMTK storescp, bit-preserving (+B), accepting every transfer syntax it knows."""
-    out = tmp_path / "storescp"
+@contextlib.contextmanager
+def running_storescp(out: Path, *options: str) -> Iterator[Peer]:
+    """DCMTK storescp, bit-preserving (+B), storing into ``out`` with these options."""
     out.mkdir()
     port = free_port()
     process = subprocess.Popen(
-        [dcmtk_tool("storescp"), "+B", "+xa", "-aet", SCP_AET, "-od", str(out), str(port)],
+        [dcmtk_tool("storescp"), "+B", *options, "-aet", SCP_AET, "-od", str(out), str(port)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + TIMEOUT
-    while not accepts_connections(port):
-        assert process.poll() is None, process.communicate()[1].decode()
-        assert time.monotonic() < deadline, "storescp does not accept connections"
-        threading.Event().wait(0.05)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not accepts_connections(port):
+            assert process.poll() is None, process.communicate()[1].decode()
+            assert time.monotonic() < deadline, "storescp does not accept connections"
+            threading.Event().wait(0.05)
 
-    def received() -> dict[str, bytes]:
-        files = [path for path in out.iterdir() if path.is_file()]
-        return {
-            pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID: dataset_bytes(path)
-            for path in files
-        }
+        def received() -> dict[str, bytes]:
+            files = [path for path in out.iterdir() if path.is_file()]
+            return {
+                pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID: dataset_bytes(path)
+                for path in files
+            }
 
-    yield Peer(port, received)
-    process.kill()
-    process.wait(TIMEOUT)
-    process.stderr.close()  # type: ignore[union-attr]
+        yield Peer(port, received)
+    finally:
+        process.kill()
+        process.wait(TIMEOUT)
+        process.stderr.close()  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[Peer]:
+    """DCMTK storescp accepting every transfer syntax it knows."""
+    with running_storescp(tmp_path / "storescp", "+xa") as peer:
+        yield peer
 
 
 @pytest.fixture
@@ -188,6 +199,29 @@ def test_send_arrives_byte_identical(peer: Peer, corpus: list[Path]) -> None:
     assert result.failed == 0
     assert result.bytes == sum(len(dataset_bytes(p)) for p in corpus)
     assert peer.received() == sent_data_sets(corpus)
+
+
+def test_explicit_vr_is_converted_for_a_peer_accepting_only_implicit_vr(tmp_path: Path):
+    # storescp +xi accepts Implicit VR Little Endian only (the default syntax, PS3.5 §10.1).
+    explicit = write_file(make_dataset(), tmp_path / "explicit.dcm", ExplicitVRLittleEndian)
+    big_endian = write_file(make_dataset(), tmp_path / "big.dcm", ExplicitVRBigEndian)
+    with running_storescp(tmp_path / "storescp", "+xi") as peer:
+        result = send(HOST, peer.port, [explicit, big_endian], called_aet=SCP_AET)
+        received = peer.received()
+    converted, refused = result.results
+    assert converted.status == 0x0000
+    assert converted.transfer_syntax_uid == ImplicitVRLittleEndian
+    # Big endian cannot be converted while streaming: reported, not fatal.
+    assert refused.status is None
+    assert "no presentation context" in (refused.error_comment or "")
+    original = pydicom.dcmread(explicit)
+    [stored] = received.values()
+    assert converted.bytes == len(stored)
+    again = read_dataset(io.BytesIO(stored), is_implicit_VR=True, is_little_endian=True)
+    # Every element, sequences included, decodes to the same value.
+    assert [(e.tag, e.value) for e in again.iterall()] == [
+        (e.tag, e.value) for e in original.iterall()
+    ]
 
 
 def test_echo_each_peer(peer: Peer) -> None:

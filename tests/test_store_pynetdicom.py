@@ -41,11 +41,16 @@ UNKNOWN_TRANSFER_SYNTAX = "1.2.3.4.5.6.7.99"
 
 
 @pytest.mark.parametrize("transfer_syntax", ALL_TEST_SYNTAXES, ids=lambda ts: ts.keyword)
-def test_store_each_transfer_syntax_bit_preserving(server, data_dir, tmp_path, transfer_syntax):
+def test_store_each_transfer_syntax_bit_preserving(
+    server_factory, data_dir, tmp_path, transfer_syntax
+):
     ds = make_dataset()
     src = write_file(ds, tmp_path / "src" / "in.dcm", transfer_syntax)
+    received: list[pydicom.Dataset] = []
+    server = server_factory(callbacks=[received.append])
 
     result = send(server.port, [src])
+    server.shutdown()
 
     assert statuses(result) == [0x0000]
     assert stored_files(data_dir) == [patient_layout(ds)]
@@ -62,6 +67,13 @@ def test_store_each_transfer_syntax_bit_preserving(server, data_dir, tmp_path, t
     assert read.StudyInstanceUID == ds.StudyInstanceUID
     assert read.ProcedureCodeSequence[0].ModifierCodeSequence[0].CodeValue == "MOD"
     assert incoming_entries(data_dir) == []
+    # The callback's data set is what pydicom reads from the stored file, encoding included.
+    [given] = received
+    assert given == read
+    assert given.file_meta == read.file_meta
+    assert (given.filename, given.preamble) == (read.filename, read.preamble)
+    assert given.original_encoding == read.original_encoding
+    assert given.original_character_set == read.original_character_set
 
 
 @pytest.mark.parametrize(

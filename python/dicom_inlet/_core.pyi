@@ -4,10 +4,33 @@ from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 
+from typing_extensions import Self, final
+
+__all__ = [
+    "IMPLEMENTATION_CLASS_UID",
+    "IMPLEMENTATION_VERSION_NAME",
+    "TRANSFER_SYNTAXES",
+    "AssociationAborted",
+    "AssociationError",
+    "AssociationRecord",
+    "AssociationRejected",
+    "SentInstance",
+    "Server",
+    "ServerStats",
+    "StoredInstance",
+    "_bench_parse_pdata",
+    "_bench_scan",
+    "_bench_store",
+    "echo",
+    "send",
+]
+
 TRANSFER_SYNTAXES: list[str]
 IMPLEMENTATION_CLASS_UID: str
 IMPLEMENTATION_VERSION_NAME: str
 
+# PyO3 classes cannot be subclassed.
+@final
 class StoredInstance:
     """An instance written under data_dir."""
 
@@ -30,6 +53,7 @@ class StoredInstance:
     @property
     def bytes(self) -> int: ...
 
+@final
 class AssociationRecord:
     """Summary of a finished association."""
 
@@ -54,6 +78,7 @@ class AssociationRecord:
     @property
     def detail(self) -> str | None: ...
 
+@final
 class ServerStats:
     """A server's activity: associations open now, and running totals since it started."""
 
@@ -66,11 +91,12 @@ class ServerStats:
     @property
     def bytes(self) -> int: ...
 
+@final
 class Server:
     """A running Storage SCP; listening as soon as it is constructed."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         host: str,
         port: int,
@@ -90,7 +116,7 @@ class Server:
         durable: bool = False,
         emit_stored: bool = False,
         event_queue: int = 64,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def port(self) -> int: ...
     @property
@@ -118,6 +144,7 @@ class AssociationRejected(AssociationError):
 class AssociationAborted(AssociationError):
     """The association ended early: A-ABORT, protocol error, timeout or lost connection."""
 
+@final
 class SentInstance:
     """What became of one instance sent with C-STORE."""
 

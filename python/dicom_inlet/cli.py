@@ -21,6 +21,8 @@ DEFAULT_PORT = 11112
 EXIT_FAILED_INSTANCES = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# Requests outstanding per association we offer at most; the core refuses more.
+MAX_ASYNC_WINDOW = 64
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,17 +43,23 @@ class _ConfigChecker(_Parser):
         raise _ConfigError(message)
 
 
-def _port(lowest: int) -> Callable[[str], int]:
-    def port(text: str) -> int:
+def _integer(name: str, lowest: int, highest: int) -> Callable[[str], int]:
+    def integer(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-        if not lowest <= value <= 65535:
-            raise argparse.ArgumentTypeError(f"port must be {lowest} to 65535, got {value}")
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a whole number, got {text!r}"
+            ) from None
+        if not lowest <= value <= highest:
+            raise argparse.ArgumentTypeError(f"{name} must be {lowest} to {highest}, got {value}")
         return value
 
-    return port
+    return integer
+
+
+def _port(lowest: int) -> Callable[[str], int]:
+    return _integer("port", lowest, 65535)
 
 
 def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
@@ -75,6 +83,7 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="receive instances (Storage SCP) and store them as DICOM files",
+        epilog="example: dicom-inlet serve /srv/dicom -p 104 -a INLET --calling-aet CT1",
         description="Run a Storage SCP: accept associations, answer C-ECHO, store every "
         "C-STORE instance as a Part 10 file under DATA_DIR (data set bytes as received). "
         "Ctrl-C or SIGTERM stops it gracefully. On a terminal a status line shows the "
@@ -133,6 +142,7 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         "--max-associations",
         type=_positive(int),
         default=64,
+        metavar="N",
         help="associations served at once; the next is rejected as transient, local limit "
         "exceeded (default: 64)",
     )
@@ -141,7 +151,8 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         type=int,
         default=262_144,
         metavar="BYTES",
-        help="largest P-DATA-TF PDU we receive, announced to peers (default: 262144)",
+        help="largest P-DATA-TF PDU we receive, announced to peers as Maximum Length "
+        "(default: 262144)",
     )
     serve.add_argument(
         "--max-instance-size",
@@ -249,11 +260,15 @@ def _add_send(commands: Any) -> None:
     send_parser = commands.add_parser(
         "send",
         help="send DICOM files to a Storage SCP (C-STORE)",
-        description="Send Part 10 files with C-STORE, data sets exactly as stored (no "
-        "transcoding): one presentation context per SOP class and transfer syntax found. "
-        "Directories are searched recursively; files that are not DICOM are listed as "
-        "failed. Exit code 0 when the peer stored every instance (success or warning "
-        "status), 1 when any failed, 2 when nothing could be sent.",
+        description="Storage SCU: send Part 10 files with C-STORE, each data set streamed "
+        "from disk exactly as stored. Proposes one presentation context per SOP class and "
+        "transfer syntax found, plus Implicit VR Little Endian for Explicit VR Little Endian "
+        "files (converted on the fly if the peer accepts only that). Directories are searched "
+        "recursively; files that are not DICOM are listed as failed, the others still sent. "
+        "Exit code 0 when the peer stored every instance (success or warning status), 1 when "
+        "any failed (each listed with its status and Error Comment), 2 when nothing could be "
+        "sent (unreachable peer, association rejected: the reason is printed).",
+        epilog="example: dicom-inlet send pacs.example 104 study/ --call PACS -n 4",
     )
     _add_peer_arguments(send_parser)
     send_parser.add_argument(
@@ -265,14 +280,15 @@ def _add_send(commands: Any) -> None:
         type=_positive(int),
         default=1,
         metavar="N",
-        help="parallel associations sharing the files (default: 1)",
+        help="parallel associations to the peer, sharing the files (default: 1)",
     )
     send_parser.add_argument(
         "--async-window",
-        type=_positive(int),
+        type=_integer("window", 1, MAX_ASYNC_WINDOW),
         default=1,
         metavar="N",
-        help="C-STORE requests to keep outstanding per association, 1 to 64, as far as the "
+        help=f"C-STORE requests to keep outstanding per association, 1 to {MAX_ASYNC_WINDOW}, "
+        "as far as the "
         "peer grants an asynchronous operations window (default: 1, none proposed)",
     )
     send_parser.add_argument(
@@ -280,7 +296,8 @@ def _add_send(commands: Any) -> None:
         type=int,
         default=262_144,
         metavar="BYTES",
-        help="largest P-DATA-TF PDU we receive (default: 262144)",
+        help="largest P-DATA-TF PDU we receive, announced as Maximum Length; what we send "
+        "is cut to the peer's (default: 262144)",
     )
     send_parser.add_argument(
         "--quiet", "-q", action="store_true", help="no progress, only failures and the summary"
@@ -291,6 +308,8 @@ def _add_send(commands: Any) -> None:
 def _send(args: argparse.Namespace) -> int:
     # Expanded here (send() would do it too) so the progress bar knows the total.
     files = [file for path in args.paths for file in files_in(path)]
+    if not files:
+        raise ValueError(f"no files under {' '.join(map(str, args.paths))}")
     progress = console.SendProgress(len(files), bar=sys.stderr.isatty(), quiet=args.quiet)
     result = send(
         args.host,
@@ -324,8 +343,9 @@ def _add_echo(commands: Any) -> None:
         "echo",
         help="verify a DICOM peer (C-ECHO)",
         description="Associate with the peer, send a C-ECHO (Verification SOP Class) and "
-        "print its status. Exit code 0 on success, 1 on another status, 2 when no "
-        "association could be made (the A-ASSOCIATE-RJ reason is printed).",
+        "print its status and round trip. Exit code 0 on success, 1 on another status, 2 "
+        "when no association could be made (the A-ASSOCIATE-RJ reason is printed).",
+        epilog="example: dicom-inlet echo pacs.example 104 --call PACS",
     )
     _add_peer_arguments(echo_parser)
     echo_parser.set_defaults(run=_echo)
@@ -350,9 +370,12 @@ def _parser(kind: type[_Parser] = _Parser) -> tuple[_Parser, argparse.ArgumentPa
         prog="dicom-inlet",
         description="A fast DICOM Storage SCP (receive with C-STORE, answer C-ECHO) and "
         "storage SCU (send files, verify peers).",
+        epilog="Run 'dicom-inlet COMMAND --help' for a command's options.",
         allow_abbrev=False,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", title="commands"
+    )
     serve = _add_serve(commands)
     _add_send(commands)
     _add_echo(commands)

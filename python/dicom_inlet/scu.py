@@ -2,8 +2,10 @@
 
 The Rust core does the network and disk work without the GIL: it reads each file's Part 10
 header, proposes the presentation contexts the files need (each SOP class in each file's own
-transfer syntax: data sets go on the wire exactly as stored, never converted), and streams
-every data set from disk in PDUs of the peer's maximum length.
+transfer syntax, plus Implicit VR Little Endian for the SOP classes of Explicit VR Little
+Endian files), and streams every data set from disk in PDUs of the peer's maximum length.
+Data sets go on the wire exactly as stored, except that an Explicit VR Little Endian one is
+converted to Implicit VR Little Endian, while it streams, for a peer that accepts only that.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import pydicom
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_inlet import _core
 from dicom_inlet._core import AssociationAborted, AssociationError, AssociationRejected
@@ -92,7 +94,8 @@ class InstanceResult:
         path: The file sent; None for a Dataset source.
         sop_class_uid: SOP Class UID from the file meta (None if it could not be read).
         sop_instance_uid: SOP Instance UID from the file meta.
-        transfer_syntax_uid: Transfer Syntax UID the data set was sent in.
+        transfer_syntax_uid: Transfer Syntax UID the data set was sent in (the file's own,
+            or Implicit VR Little Endian when converted).
         status: The C-STORE-RSP status; None when no response came (not a DICOM file, no
             accepted presentation context, association failure).
         error_comment: The peer's Error Comment (0000,0902), or why there is no status.
@@ -187,11 +190,12 @@ def send(
     async_window: int = 1,
     progress: Callable[[InstanceResult], object] | None = None,
 ) -> SendResult:
-    """Send instances to a Storage SCP with C-STORE.
+    """Send instances to a Storage SCP with C-STORE (Storage Service Class, SCU role).
 
-    Files are streamed from disk, their data sets exactly as stored. A file that is not
-    DICOM, or whose SOP class and transfer syntax the peer does not accept, gets a result
-    without status and the others are still sent.
+    Files are streamed from disk, their data sets exactly as stored; an Explicit VR Little
+    Endian file goes as Implicit VR Little Endian when the peer accepts its SOP class only
+    in that syntax. A file that is not DICOM, or whose SOP class and transfer syntax the
+    peer does not accept, gets a result without status and the others are still sent.
 
     Args:
         host: The peer's host name or address.
@@ -201,7 +205,8 @@ def send(
             syntax, Explicit VR Little Endian when they have none), or one of these.
         called_aet: The peer's AE title (Called AE Title).
         calling_aet: Our AE title (Calling AE Title).
-        associations: Parallel associations sharing the instances.
+        associations: Parallel associations sharing the instances, each negotiated with
+            the same presentation contexts.
         max_pdu: Largest P-DATA-TF PDU we receive (Maximum Length sub-item); 0 is no limit.
         timeout: Seconds to wait to connect and for each read or write; None waits forever.
         async_window: Requests to keep outstanding per association, 1 to 64 (Asynchronous
@@ -283,7 +288,7 @@ def files_in(path: Path) -> list[Path]:
     """A file as is; a directory's files below it, recursively, in sorted order."""
     if not path.is_dir():
         return [path]
-    found = []
+    found: list[Path] = []
     for directory, subdirs, names in os.walk(path):
         subdirs.sort()
         found.extend(Path(directory, name) for name in sorted(names))
@@ -298,10 +303,11 @@ def _write_dataset(ds: Dataset, path: Path) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is None or "TransferSyntaxUID" not in meta:
         # Keep the encoding a Dataset read from a file had; new ones go as Explicit VR LE.
-        syntax = {
+        encodings: dict[tuple[bool | None, bool | None], UID] = {
             (True, True): ImplicitVRLittleEndian,
             (False, False): ExplicitVRBigEndian,
-        }.get(ds.original_encoding, ExplicitVRLittleEndian)
+        }
+        syntax = encodings.get(ds.original_encoding, ExplicitVRLittleEndian)
         ds = copy.copy(ds)
         ds.file_meta = FileMetaDataset(meta or {})
         ds.file_meta.TransferSyntaxUID = syntax

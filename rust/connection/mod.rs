@@ -13,8 +13,10 @@ use crate::pdu::{self, abort, Abort, Pdu, MAX_CONTROL_PDU};
 use crate::server::{AssociationRecord, Event, Outcome, Shared};
 
 use c_store::Sink;
+use reader::PduReader;
 
 mod c_store;
+mod reader;
 
 /// Longest wait for the peer to close after our A-ASSOCIATE-RJ or A-ABORT.
 const ARTIM_LINGER: Duration = Duration::from_secs(5);
@@ -61,6 +63,35 @@ impl Wait {
             Wait::Idle => Stop::TimedOut("idle longer than network_timeout"),
             Wait::Dimse => Stop::TimedOut("message stalled longer than dimse_timeout"),
         }
+    }
+
+    /// Why a read failed while waiting for this.
+    fn failed(self, e: io::Error) -> Stop {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.expired(),
+            _ => Stop::Io(e),
+        }
+    }
+}
+
+/// The socket, each read waiting only for what is left of the time until `due` (None: no
+/// limit), so a trickle of bytes cannot stretch the deadline.
+struct Due<'s> {
+    stream: &'s TcpStream,
+    due: Option<Instant>,
+}
+
+impl Read for Due<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = match self.due {
+            None => None,
+            Some(due) => match due.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Err(io::ErrorKind::TimedOut.into()),
+            },
+        };
+        self.stream.set_read_timeout(left)?;
+        self.stream.read(buf)
     }
 }
 
@@ -179,16 +210,16 @@ impl Connection<'_> {
         // The ARTIM timer runs from the connection to the whole A-ASSOCIATE-RQ (PS3.8 §9.1.5),
         // so a peer dripping one byte at a time cannot hold the connection longer.
         let artim = deadline(config.acse_timeout);
-        let (pdu_type, length) = self.read_header(artim, Wait::Artim)?;
+        let mut reader = PduReader::new();
+        let (pdu_type, length) = self.read_header(&mut reader, artim, Wait::Artim)?;
         match pdu_type {
             pdu::ASSOCIATE_RQ => {}
             // An A-ABORT before the association exists: just close (PS3.8 §9.2.3, AA-3).
             pdu::ABORT => return Err(Stop::PeerAborted),
             other => return Err(unexpected_pdu(other, "expected A-ASSOCIATE-RQ")),
         }
-        let mut buffer = Vec::new();
-        self.read_body(&mut buffer, length, MAX_CONTROL_PDU, artim, Wait::Artim)?;
-        let rq = match Pdu::parse(pdu_type, &buffer) {
+        let body = self.read_body(&mut reader, length, MAX_CONTROL_PDU, artim, Wait::Artim)?;
+        let rq = match Pdu::parse(pdu_type, body) {
             Ok(Pdu::AssociateRq(rq)) => rq,
             Ok(_) => unreachable!("the PDU type was checked"),
             Err(e) => return Err(protocol_error(e.abort_reason(), e.to_string())),
@@ -218,13 +249,13 @@ impl Connection<'_> {
         };
         drop(rq);
         self.flush()?;
-        self.serve_association(&association, &mut buffer)
+        self.serve_association(&association, &mut reader)
     }
 
     fn serve_association(
         &mut self,
         association: &Association,
-        buffer: &mut Vec<u8>,
+        reader: &mut PduReader,
     ) -> Result<(), Stop> {
         let config = &self.shared.config;
         let mut message = Message::Idle;
@@ -238,7 +269,7 @@ impl Connection<'_> {
                 Wait::Idle => config.network_timeout,
                 _ => config.dimse_timeout,
             };
-            let (pdu_type, length) = self.read_header(deadline(timeout), wait)?;
+            let (pdu_type, length) = self.read_header(reader, deadline(timeout), wait)?;
             match pdu_type {
                 pdu::P_DATA_TF => {
                     // A max length of 0 means no limit on our side too; keep the control
@@ -248,9 +279,9 @@ impl Connection<'_> {
                         max => max,
                     };
                     let due = deadline(config.dimse_timeout);
-                    self.read_body(buffer, length, max, due, Wait::Dimse)?;
-                    check_pdvs(association, buffer)?;
-                    let pdvs = pdu::pdvs(buffer).flatten();
+                    let body = self.read_body(reader, length, max, due, Wait::Dimse)?;
+                    check_pdvs(association, body)?;
+                    let pdvs = pdu::pdvs(body).flatten();
                     for (pdv, context) in
                         pdvs.filter_map(|p| Some((p, association.context(p.context_id)?)))
                     {
@@ -259,8 +290,8 @@ impl Connection<'_> {
                 }
                 pdu::RELEASE_RQ => {
                     let due = deadline(config.dimse_timeout);
-                    self.read_body(buffer, length, MAX_CONTROL_PDU, due, Wait::Dimse)?;
-                    if let Err(e) = Pdu::parse(pdu_type, buffer) {
+                    let body = self.read_body(reader, length, MAX_CONTROL_PDU, due, Wait::Dimse)?;
+                    if let Err(e) = Pdu::parse(pdu_type, body) {
                         return Err(protocol_error(e.abort_reason(), e.to_string()));
                     }
                     if !matches!(message, Message::Idle) {
@@ -285,61 +316,40 @@ impl Connection<'_> {
     }
 
     /// Read a PDU header by `due`: (type, body length).
-    fn read_header(&mut self, due: Option<Instant>, wait: Wait) -> Result<(u8, u32), Stop> {
-        let mut header = [0u8; pdu::HEADER_LEN];
-        self.read_by(&mut header, due, wait)?;
-        Ok(pdu::parse_header(&header))
+    fn read_header(
+        &self,
+        reader: &mut PduReader,
+        due: Option<Instant>,
+        wait: Wait,
+    ) -> Result<(u8, u32), Stop> {
+        let mut stream = Due {
+            stream: &self.stream,
+            due,
+        };
+        reader.header(&mut stream).map_err(|e| wait.failed(e))
     }
 
-    /// Read a PDU body of `length` bytes into `buffer` by `due`. The length is checked against
-    /// `max` before a byte of the body is read or allocated.
-    fn read_body(
-        &mut self,
-        buffer: &mut Vec<u8>,
+    /// Read the body of `length` bytes of the PDU whose header was just read, by `due`. The
+    /// length is checked against `max` before a byte of the body is read or allocated.
+    fn read_body<'r>(
+        &self,
+        reader: &'r mut PduReader,
         length: u32,
         max: u32,
         due: Option<Instant>,
         wait: Wait,
-    ) -> Result<(), Stop> {
+    ) -> Result<&'r [u8], Stop> {
         if length > max {
             return Err(protocol_error(
                 abort::INVALID_PARAMETER,
                 format!("PDU of {length} bytes exceeds the maximum of {max}"),
             ));
         }
-        buffer.resize(length as usize, 0);
-        self.read_by(buffer, due, wait)
-    }
-
-    /// Fill `buf` from the socket by `due` (None: no time limit). Each read waits only for what
-    /// is left of the time, so a trickle of bytes cannot stretch the deadline.
-    fn read_by(&mut self, buf: &mut [u8], due: Option<Instant>, wait: Wait) -> Result<(), Stop> {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let left = match due {
-                None => None,
-                Some(due) => match due.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Err(wait.expired()),
-                },
-            };
-            self.stream.set_read_timeout(left)?;
-            match self.stream.read(&mut buf[filled..]) {
-                Ok(0) => return Err(Stop::Io(io::ErrorKind::UnexpectedEof.into())),
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(wait.expired())
-                }
-                Err(e) => return Err(Stop::Io(e)),
-            }
-        }
-        Ok(())
+        let mut stream = Due {
+            stream: &self.stream,
+            due,
+        };
+        reader.body(&mut stream, length).map_err(|e| wait.failed(e))
     }
 
     fn receive(

@@ -109,6 +109,14 @@ struct Peer {
 
 impl Peer {
     fn associate(server: &Server) -> Peer {
+        Peer::associate_with_window(server, None).0
+    }
+
+    /// Associate, proposing an asynchronous operations window; returns the one granted.
+    fn associate_with_window(
+        server: &Server,
+        window: Option<(u16, u16)>,
+    ) -> (Peer, Option<(u16, u16)>) {
         let mut stream = TcpStream::connect(server.local_addr()).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -133,6 +141,7 @@ impl Peer {
             ],
             user_info: UserInfo {
                 max_length: Some(0),
+                async_ops_window: window,
                 ..UserInfo::default()
             },
         }
@@ -145,10 +154,10 @@ impl Peer {
             pdu::Pdu::AssociateAc(ac) => {
                 assert_eq!(ac.user_info.max_length, Some(MAX_PDU));
                 assert!(ac.presentation_contexts.iter().all(|c| c.result == 0));
+                (peer, ac.user_info.async_ops_window)
             }
             _ => unreachable!(),
         }
-        peer
     }
 
     fn read_pdu(&mut self) -> (u8, Vec<u8>) {
@@ -242,6 +251,35 @@ fn command_and_data_in_one_pdu_then_data_split_over_many() {
         matches!(&events[0], Event::Stored(s) if s.bytes == data.len() as u64 && s.calling_ae == "RUST_SCU")
     );
     assert!(matches!(&events[1], Event::AssociationEnded(r) if r.instances == 1));
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn pipelined_requests_within_the_window_are_answered_in_order() {
+    let (server, _events, root) = start("pipelined");
+    let (mut peer, window) = Peer::associate_with_window(&server, Some((8, 8)));
+    assert_eq!(window, Some((8, 1)));
+    // Every request of the window goes out before the first response is read.
+    let sent: Vec<(String, Vec<u8>)> = (1..=8)
+        .map(|i| {
+            (
+                format!("1.2.3.4.{i}"),
+                data_set(&format!("1.2.3.4.{i}"), 3000 + i),
+            )
+        })
+        .collect();
+    for (i, (uid, data)) in sent.iter().enumerate() {
+        let command = store_command(uid, i as u16 + 1);
+        peer.send_pdvs(&[(1, true, true, &command), (1, false, true, data)]);
+    }
+    for (uid, data) in &sent {
+        let response = peer.response();
+        assert_eq!(response.affected_sop_instance_uid.as_ref(), Some(uid));
+        assert_eq!(response.status, Some(0));
+        assert!(stored_file(&root, uid).ends_with(data));
+    }
+    peer.release();
+    server.shutdown(Duration::from_secs(5));
     fs::remove_dir_all(&root).unwrap();
 }
 

@@ -305,7 +305,11 @@ impl UserInfo {
                         ));
                     }
                     let name = ascii(trim_padding(v), "implementation version name not ASCII")?;
-                    set_once(&mut info.implementation_version_name, name)?;
+                    // Padding only names nothing: taken as absent, which is also what an
+                    // empty name re-encodes to (found by the `pdu` fuzz target).
+                    if !name.is_empty() {
+                        set_once(&mut info.implementation_version_name, name)?;
+                    }
                 }
                 UI_EXTENDED_NEGOTIATION => {
                     const BAD: &str = "extended negotiation UID length past the sub-item";

@@ -43,7 +43,8 @@ fn abort_words(a: &Abort) -> String {
 }
 
 /// One presentation context we propose: an abstract syntax with exactly one transfer syntax,
-/// since we send files as they are (no conversion), so only their own syntax is of use.
+/// so the answer says which syntax the peer takes for it (a file's own, or the Implicit VR
+/// fallback), each its own context.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Proposal {
     pub abstract_syntax: String,

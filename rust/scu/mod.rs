@@ -2,8 +2,9 @@
 //! associations (PS3.4 Annex A and B, SCU side; PS3.7 §9.1.1, §9.1.5).
 //!
 //! `association` is the requestor side of one association, `part10` reads what a file's header
-//! says about it, and `send` distributes files over parallel associations and pipelines them
-//! within the asynchronous operations window the peer grants.
+//! says about it, `transcode` converts Explicit to Implicit VR Little Endian while streaming
+//! for peers that take only the default syntax, and `send` distributes files over parallel
+//! associations and pipelines them within the asynchronous operations window the peer grants.
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::transfer_syntax::IMPLICIT_VR_LITTLE_ENDIAN;
 mod association;
 mod part10;
 mod send;
+mod transcode;
 
 pub use association::{Proposal, Requestor};
 pub use part10::Part10Header;

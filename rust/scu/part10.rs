@@ -40,7 +40,7 @@ fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// VRs whose explicit length is 32-bit after two reserved bytes (PS3.5 §7.1.2, Table 7.1-1).
-fn has_long_length(vr: [u8; 2]) -> bool {
+pub(super) fn has_long_length(vr: [u8; 2]) -> bool {
     matches!(
         &vr,
         b"OB"

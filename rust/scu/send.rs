@@ -4,7 +4,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
-use std::io::{self, BufReader, Seek, SeekFrom};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use crate::dimse::{self, Command};
 use crate::error::Error;
+use crate::transfer_syntax::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
 
 use super::association::{Proposal, Requestor, MAX_CONTEXTS};
 use super::part10::Part10Header;
+use super::transcode::{converted_length, ToImplicit};
 use super::ScuConfig;
 
 /// How often the caller's progress hook runs while nothing completes (so it can cancel).
@@ -79,7 +81,8 @@ fn open_part10(path: &Path) -> io::Result<(Part10Header, File, u64)> {
     Ok((header, file, length))
 }
 
-/// The contexts the files need, in order of first use, and which files can be sent; the
+/// The contexts the files need (each SOP class in each file's own transfer syntax, in order of
+/// first use, then the Implicit VR Little Endian fallbacks) and which files can be sent; the
 /// others get their result now.
 fn plan(paths: &[PathBuf], results: &mut [Option<InstanceResult>]) -> (Vec<Proposal>, Vec<usize>) {
     let mut proposals = Vec::new();
@@ -110,6 +113,19 @@ fn plan(paths: &[PathBuf], results: &mut [Option<InstanceResult>]) -> (Vec<Propo
         }
         sendable.push(index);
     }
+    // Explicit VR Little Endian files can be converted to the default syntax every peer
+    // supports (PS3.5 §10.1), so their SOP classes are also proposed in it, room permitting.
+    let fallbacks: Vec<_> = proposals
+        .iter()
+        .filter(|p| p.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN)
+        .map(|p| Proposal {
+            abstract_syntax: p.abstract_syntax.clone(),
+            transfer_syntax: IMPLICIT_VR_LITTLE_ENDIAN.into(),
+        })
+        .filter(|p| !seen.contains(p))
+        .collect();
+    let room = MAX_CONTEXTS - proposals.len();
+    proposals.extend(fallbacks.into_iter().take(room));
     (proposals, sendable)
 }
 
@@ -158,20 +174,20 @@ enum Start {
 }
 
 fn start(association: &mut Requestor, result: &mut InstanceResult) -> Start {
-    let (header, mut file, length) = match open_part10(&result.path) {
+    let (header, file, length) = match open_part10(&result.path) {
         Ok(opened) => opened,
         Err(e) => return Start::Skipped(unreadable(&e)),
     };
     result.sop_class_uid = Some(header.sop_class_uid.clone());
     result.sop_instance_uid = Some(header.sop_instance_uid.clone());
     result.transfer_syntax_uid = Some(header.transfer_syntax_uid.clone());
-    let Some(context_id) =
-        association.context_for(&header.sop_class_uid, &header.transfer_syntax_uid)
-    else {
-        return Start::Skipped(format!(
-            "the peer accepted no presentation context for SOP class {} in transfer syntax {}",
-            header.sop_class_uid, header.transfer_syntax_uid
-        ));
+    let (context_id, mut source, length) = match choose_context(association, &header, file, length)
+    {
+        Ok((context_id, transfer_syntax, source, length)) => {
+            result.transfer_syntax_uid = Some(transfer_syntax.into());
+            (context_id, source, length)
+        }
+        Err(why) => return Start::Skipped(why),
     };
     let message_id = association.message_id();
     association.queue_command(
@@ -185,7 +201,7 @@ fn start(association: &mut Requestor, result: &mut InstanceResult) -> Start {
             status: None,
         },
     );
-    match association.send_data_set(context_id, &mut file, length) {
+    match association.send_data_set(context_id, &mut source, length) {
         Ok(Ok(())) => {
             result.bytes = length;
             Start::Sent(message_id)
@@ -193,6 +209,40 @@ fn start(association: &mut Requestor, result: &mut InstanceResult) -> Start {
         Ok(Err(e)) => Start::SourceFailed(format!("file changed while being sent: {e}")),
         Err(e) => Start::Lost(e),
     }
+}
+
+/// How a file goes on the wire: context id, transfer syntax, data set source and its length.
+type Outgoing<'h> = (u8, &'h str, Box<dyn Read>, u64);
+
+/// The accepted context to send a file in: its own transfer syntax, or Implicit VR Little
+/// Endian for an Explicit VR Little Endian file, converted while it is read. Returns the
+/// context id, the syntax sent, the data set source and its length as sent.
+fn choose_context<'h>(
+    association: &Requestor,
+    header: &'h Part10Header,
+    mut file: File,
+    length: u64,
+) -> Result<Outgoing<'h>, String> {
+    let (class, own) = (&header.sop_class_uid, header.transfer_syntax_uid.as_str());
+    if let Some(id) = association.context_for(class, own) {
+        return Ok((id, own, Box::new(file), length));
+    }
+    let fallback = association.context_for(class, IMPLICIT_VR_LITTLE_ENDIAN);
+    let Some(id) = fallback.filter(|_| own == EXPLICIT_VR_LITTLE_ENDIAN) else {
+        return Err(format!(
+            "the peer accepted no presentation context for SOP class {class} in transfer \
+             syntax {own}"
+        ));
+    };
+    // A first pass gives the converted length, which the last fragment's flag depends on.
+    let converted = converted_length(BufReader::new(&mut file), length)
+        .and_then(|converted| {
+            file.seek(SeekFrom::Start(header.data_set_offset))?;
+            Ok(converted)
+        })
+        .map_err(|e| unreadable(&e))?;
+    let source = ToImplicit::new(BufReader::new(file), length);
+    Ok((id, IMPLICIT_VR_LITTLE_ENDIAN, Box::new(source), converted))
 }
 
 /// One association thread: open, send what the queue gives while keeping at most the window

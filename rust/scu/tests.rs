@@ -17,7 +17,7 @@ use crate::file_meta::FileMeta;
 use crate::layout::SortKey;
 use crate::pdu::{Pdu, HEADER_LEN};
 use crate::server::{Event, Server, ServerConfig};
-use crate::transfer_syntax::EXPLICIT_VR_LITTLE_ENDIAN;
+use crate::transfer_syntax::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
@@ -46,10 +46,14 @@ fn policy(require_called_ae: bool) -> AcceptorPolicy {
 
 /// Our server on 127.0.0.1, storing flat (`SOPInstanceUID.dcm`) under `dir/data`.
 fn server(dir: &Path, require_called_ae: bool) -> (Server, std::sync::mpsc::Receiver<Event>) {
+    server_with(dir, policy(require_called_ae))
+}
+
+fn server_with(dir: &Path, policy: AcceptorPolicy) -> (Server, std::sync::mpsc::Receiver<Event>) {
     Server::start(ServerConfig {
         host: "127.0.0.1".into(),
         port: 0,
-        policy: policy(require_called_ae),
+        policy,
         data_dir: dir.join("data"),
         sort_key: SortKey::Image,
         durable: false,
@@ -132,6 +136,17 @@ fn files(
 
 fn quiet(_: Option<&InstanceResult>) -> ControlFlow<()> {
     ControlFlow::Continue(())
+}
+
+/// Instances stored on each association the server has ended, in order.
+fn instances_per_association(events: &std::sync::mpsc::Receiver<Event>) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::AssociationEnded(r) => Some(r.instances),
+            Event::Stored(_) => None,
+        })
+        .collect()
 }
 
 fn stored_data_set(dir: &Path, sop_instance: &str) -> Vec<u8> {
@@ -310,235 +325,80 @@ fn parallel_associations_share_the_files() {
         (12, 0, bytes as u64)
     );
     server.shutdown(TIMEOUT);
-    let associations: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::AssociationEnded(r) => Some(r.instances),
-            Event::Stored(_) => None,
-        })
-        .collect();
+    let associations = instances_per_association(&events);
     assert!((1..=3).contains(&associations.len()), "{associations:?}");
     assert_eq!(associations.iter().sum::<u64>(), 12);
     fs::remove_dir_all(&dir).unwrap();
 }
 
-// ---------------------------------------------------------------------------------------------
-// A scripted acceptor, for behaviour our server does not show.
-
-struct Acceptor {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl Acceptor {
-    /// Accept the next association, granting every context and this asynchronous window.
-    fn accept(listener: &TcpListener, window: Option<(u16, u16)>) -> Acceptor {
-        let (stream, _) = listener.accept().unwrap();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut acceptor = Acceptor {
-            stream,
-            buffer: Vec::new(),
-        };
-        let rq = match acceptor.read() {
-            (pdu::ASSOCIATE_RQ, body) => match Pdu::parse(pdu::ASSOCIATE_RQ, &body).unwrap() {
-                Pdu::AssociateRq(rq) => rq,
-                _ => unreachable!(),
-            },
-            (other, _) => panic!("PDU {other} instead of A-ASSOCIATE-RQ"),
-        };
-        let mut policy = policy(false);
-        policy.sop_classes.extend(
-            rq.presentation_contexts
-                .iter()
-                .map(|c| c.abstract_syntax.clone()),
-        );
-        let (_, mut ac) = policy.negotiate(&rq).unwrap();
-        ac.user_info.async_ops_window = window;
-        let mut out = Vec::new();
-        ac.encode(&mut out);
-        acceptor.stream.write_all(&out).unwrap();
-        acceptor
-    }
-
-    fn read(&mut self) -> (u8, Vec<u8>) {
-        let mut header = [0u8; HEADER_LEN];
-        self.stream.read_exact(&mut header).unwrap();
-        let (pdu_type, length) = pdu::parse_header(&header);
-        self.buffer.resize(length as usize, 0);
-        self.stream.read_exact(&mut self.buffer).unwrap();
-        (pdu_type, self.buffer.clone())
-    }
-
-    /// Read one whole C-STORE-RQ: its command and the data set length.
-    fn request(&mut self) -> (Command, usize) {
-        let (mut command, mut data) = (Vec::new(), 0);
-        loop {
-            let (pdu_type, body) = self.read();
-            assert_eq!(pdu_type, pdu::P_DATA_TF);
-            for pdv in pdu::pdvs(&body) {
-                let pdv = pdv.unwrap();
-                if pdv.is_command {
-                    command.extend_from_slice(pdv.data);
-                } else {
-                    data += pdv.data.len();
-                    if pdv.is_last {
-                        return (Command::parse(&command).unwrap(), data);
-                    }
-                }
-            }
-        }
-    }
-
-    fn respond(&mut self, request: &Command, status: u16) {
-        let mut command = Vec::new();
-        Response {
-            command_field: request.command_field | dimse::RESPONSE_BIT,
-            message_id_being_responded_to: request.message_id.unwrap(),
-            affected_sop_class_uid: request.affected_sop_class_uid.as_deref(),
-            affected_sop_instance_uid: request.affected_sop_instance_uid.as_deref(),
-            status,
-            error_comment: None,
-        }
-        .encode(&mut command);
-        let mut out = Vec::new();
-        pdu::encode_pdata(&mut out, 1, true, true, &command);
-        self.stream.write_all(&out).unwrap();
-    }
-
-    fn release(mut self) {
-        assert_eq!(self.read().0, pdu::RELEASE_RQ);
-        let mut out = Vec::new();
-        pdu::encode_release_rp(&mut out);
-        self.stream.write_all(&out).unwrap();
-    }
-}
-
-fn scripted(script: impl FnOnce(&TcpListener) + Send + 'static) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    (addr, thread::spawn(move || script(&listener)))
-}
-
 #[test]
-fn requests_are_pipelined_within_the_granted_window() {
-    let dir = scratch("window");
-    let (paths, _) = files(&dir, "1.2.5", 5, |_| 100);
-    // The acceptor grants 3 of the 8 proposed, reads three whole requests before answering
-    // any (a synchronous sender would wait forever here) and answers them in reverse order.
-    let (addr, acceptor) = scripted(|listener| {
-        let mut scp = Acceptor::accept(listener, Some((3, 1)));
-        let batch: Vec<_> = (0..3).map(|_| scp.request().0).collect();
-        for (request, status) in batch.iter().rev().zip([0xB000, 0, 0]) {
-            scp.respond(request, status);
-        }
-        for _ in 0..2 {
-            let (request, _) = scp.request();
-            scp.respond(&request, 0);
-        }
-        scp.release();
-    });
-    let mut config = config(addr);
+fn our_server_grants_the_window_and_pipelined_files_arrive_whole() {
+    let dir = scratch("our-window");
+    let (server, events) = server(&dir, false);
+    let mut config = config(server.local_addr());
     config.async_window = 8;
+    let proposal = Proposal {
+        abstract_syntax: CT.into(),
+        transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.into(),
+    };
+    let association = Requestor::open(&config, &[proposal]).unwrap();
+    assert_eq!(association.window, 8, "the server grants what we propose");
+    association.release().unwrap();
+    // Sizes around the server's 16 KiB PDU, so requests and fragments interleave on the wire.
+    let (paths, data) = files(&dir, "1.2.13", 20, |i| 2500 * i);
     let results = send(&config, &paths, 1, &mut quiet).unwrap();
-    acceptor.join().unwrap();
-    let statuses: Vec<_> = results.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [Some(0), Some(0), Some(0xB000), Some(0), Some(0)]);
+    for (data, result) in data.iter().zip(&results) {
+        assert_eq!(result.status, Some(0), "{result:?}");
+        let uid = result.sop_instance_uid.as_deref().unwrap();
+        assert_eq!(&stored_data_set(&dir, uid), data);
+    }
+    server.shutdown(TIMEOUT);
+    let instances = instances_per_association(&events);
+    assert_eq!(
+        instances,
+        [0, 20],
+        "the negotiation check, then one association for all"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
 
-    // What the window becomes: the smaller of ours and the grant; 0 grants ours; none is 1.
-    for (grant, expected) in [
-        (Some((3, 1)), 3),
-        (Some((0, 0)), 8),
-        (Some((9, 9)), 8),
-        (None, 1),
-    ] {
-        let (addr, acceptor) =
-            scripted(move |listener| Acceptor::accept(listener, grant).release());
-        let mut config = super::tests::config(addr);
-        config.async_window = 8;
-        let proposal = Proposal {
-            abstract_syntax: CT.into(),
-            transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.into(),
+#[test]
+fn explicit_vr_files_are_converted_for_a_peer_accepting_only_implicit_vr() {
+    let dir = scratch("implicit");
+    let mut policy = policy(false);
+    policy.transfer_syntaxes = Some(vec![IMPLICIT_VR_LITTLE_ENDIAN.into()]);
+    let (server, _events) = server_with(&dir, policy);
+    let (path, explicit) = part10(&dir, CT, "1.2.12", 7);
+    // The same elements in Implicit VR: 4-byte lengths, no VR (PS3.5 §7.1.3).
+    let mut implicit = Vec::new();
+    let mut at = 0;
+    while at < explicit.len() {
+        let (tag, vr) = (&explicit[at..at + 4], &explicit[at + 4..at + 6]);
+        let (length, header) = if vr == b"OB" {
+            let long = &explicit[at + 8..at + 12];
+            (u32::from_le_bytes(long.try_into().unwrap()), 12)
+        } else {
+            (
+                u32::from(u16::from_le_bytes([explicit[at + 6], explicit[at + 7]])),
+                8,
+            )
         };
-        let association = Requestor::open(&config, &[proposal]).unwrap();
-        assert_eq!(association.window, expected, "{grant:?}");
-        association.release().unwrap();
-        acceptor.join().unwrap();
+        implicit.extend_from_slice(tag);
+        implicit.extend_from_slice(&length.to_le_bytes());
+        at += header;
+        implicit.extend_from_slice(&explicit[at..at + length as usize]);
+        at += length as usize;
     }
+    let results = send(&config(server.local_addr()), &[path], 1, &mut quiet).unwrap();
+    assert_eq!(results[0].status, Some(0), "{results:?}");
+    assert_eq!(
+        results[0].transfer_syntax_uid.as_deref(),
+        Some(IMPLICIT_VR_LITTLE_ENDIAN)
+    );
+    assert_eq!(results[0].bytes, implicit.len() as u64);
+    assert_eq!(stored_data_set(&dir, "1.2.12"), implicit);
+    server.shutdown(TIMEOUT);
     fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn a_peer_abort_fails_the_outstanding_instance_and_a_new_association_goes_on() {
-    let dir = scratch("abort");
-    let (paths, _) = files(&dir, "1.2.6", 3, |_| 100);
-    let (addr, acceptor) = scripted(|listener| {
-        let mut first = Acceptor::accept(listener, None);
-        first.request();
-        let mut out = Vec::new();
-        pdu::Abort {
-            source: 2,
-            reason: 6,
-        }
-        .encode(&mut out);
-        first.stream.write_all(&out).unwrap();
-        let mut second = Acceptor::accept(listener, None);
-        for _ in 0..2 {
-            let (request, _) = second.request();
-            second.respond(&request, 0);
-        }
-        second.release();
-    });
-    let results = send(&config(addr), &paths, 1, &mut quiet).unwrap();
-    acceptor.join().unwrap();
-    assert_eq!(results[0].status, None);
-    let why = results[0].error_comment.as_deref().unwrap();
-    assert!(
-        why.contains("A-ABORT") && why.contains("invalid PDU parameter value"),
-        "{why}"
-    );
-    assert_eq!((results[1].status, results[2].status), (Some(0), Some(0)));
-    fs::remove_dir_all(&dir).unwrap();
-}
-
-#[test]
-fn cancelling_stops_taking_files() {
-    let dir = scratch("cancel");
-    let (paths, _) = files(&dir, "1.2.7", 4, |_| 10);
-    let (cancelled, wait) = std::sync::mpsc::channel();
-    // The acceptor answers the first request, then holds back until the caller has cancelled:
-    // a second request may already be on its way, a third cannot be.
-    let (addr, acceptor) = scripted(move |listener| {
-        let mut scp = Acceptor::accept(listener, None);
-        let (request, _) = scp.request();
-        scp.respond(&request, 0);
-        wait.recv().unwrap();
-        let mut header = [0u8; 1];
-        scp.stream.peek(&mut header).unwrap();
-        if header[0] == pdu::P_DATA_TF {
-            let (request, _) = scp.request();
-            scp.respond(&request, 0);
-        }
-        scp.release();
-    });
-    let results = send(&config(addr), &paths, 1, &mut |r| match r {
-        Some(_) => {
-            cancelled.send(()).unwrap();
-            ControlFlow::Break(())
-        }
-        None => ControlFlow::Continue(()),
-    })
-    .unwrap();
-    acceptor.join().unwrap();
-    assert_eq!(results[0].status, Some(0));
-    assert!(results[1].status == Some(0) || results[1].status.is_none());
-    for result in &results[1..] {
-        if result.status.is_none() {
-            assert_eq!(result.error_comment.as_deref(), Some("not sent: cancelled"));
-        }
-    }
-    assert!(
-        results[2..].iter().all(|r| r.status.is_none()),
-        "{results:?}"
-    );
-    fs::remove_dir_all(&dir).unwrap();
-}
+mod scripted;

@@ -283,6 +283,19 @@ fn with_ui(sub: Vec<u8>) -> Vec<u8> {
     assoc_body(&[app_ctx(), echo_pc(), user_info(&[sub])])
 }
 
+#[test]
+fn blank_implementation_version_name_is_absent() {
+    // Padding only names nothing; taking it as a name of 0 bytes would encode an item that
+    // does not parse again (found by the `pdu` fuzz target).
+    for blank in [&b"   "[..], &[0; 16]] {
+        let body = with_ui(item(UI_IMPLEMENTATION_VERSION, blank));
+        let Ok(Pdu::AssociateRq(rq)) = Pdu::parse(ASSOCIATE_RQ, &body) else {
+            panic!("not parsed")
+        };
+        assert_eq!(rq.user_info.implementation_version_name, None);
+    }
+}
+
 /// RQ body whose one presentation context holds `subs`.
 fn with_pc(subs: &[Vec<u8>]) -> Vec<u8> {
     assoc_body(&[app_ctx(), pc_rq(1, subs)])
