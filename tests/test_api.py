@@ -10,6 +10,8 @@ import logging
 import os
 import queue
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -345,6 +347,41 @@ def test_sop_classes_option_limits_accepted_classes(server_factory):
     with associate(server.port, contexts) as assoc:
         assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == [CT_IMAGE_STORAGE]
         assert [cx.abstract_syntax for cx in assoc.rejected_contexts] == [SECONDARY_CAPTURE_STORAGE]
+
+
+def test_default_sop_classes_are_every_storage_class_pydicom_knows():
+    from pydicom._uid_dict import UID_dictionary
+
+    from dicom_inlet.sop_classes import STORAGE_SOP_CLASSES
+
+    storage = {
+        uid
+        for uid, (name, kind, *_rest) in UID_dictionary.items()
+        if kind == "SOP Class"
+        and (name.endswith("Storage") or "Storage - " in name)
+        and name != "Media Storage Directory Storage"
+    }
+    assert storage - STORAGE_SOP_CLASSES == set(), "add these to dicom_inlet/sop_classes.py"
+    assert STORAGE_SOP_CLASSES - storage == set()
+
+
+def test_server_without_callbacks_never_imports_pydicom(tmp_path):
+    # pydicom and numpy are two thirds of an idle server's memory; only callbacks need them.
+    script = f"""
+import sys
+from dicom_inlet import StoreSCPServer, echo
+with StoreSCPServer({{"aetitle": "X", "port": 0, "ip": "{HOST}"}}, data_dir=sys.argv[1]) as s:
+    assert echo("{HOST}", s.port) == 0
+print(sorted(m for m in ("pydicom", "numpy") if m in sys.modules))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_durable_mode_stores(server_factory, data_dir, tmp_path):

@@ -85,14 +85,18 @@ def store_partially(peer: RawPeer, uid: str, data: bytes, data_dir: Path) -> int
     return how many data set bytes were sent.
 
     Each fragment restarts the DIMSE timer, so the spool file is seen before any timeout
-    can discard it; the data set is not completed.
+    can discard it; the data set is not completed (its last KiB is never sent here).
     """
     peer.send(p_data(pdv(CT_CONTEXT, c_store_rq(uid), command=True, last=True)))
-    for offset in range(0, len(data) - 1024, 1024):
+    sent = 0
+    while sent < len(data) - 1024:
+        peer.send(p_data(pdv(CT_CONTEXT, data[sent : sent + 1024], command=False, last=False)))
+        sent += 1024
         if incoming_entries(data_dir):
-            return offset
-        peer.send(p_data(pdv(CT_CONTEXT, data[offset : offset + 1024], command=False, last=False)))
-    raise AssertionError("no spool file appeared while the data set was arriving")
+            return sent
+    # A loaded server may still be on the first fragments: wait for it.
+    assert wait_until(lambda: incoming_entries(data_dir)), "no spool file while data arrived"
+    return sent
 
 
 # --------------------------------------------------------------------------------------

@@ -10,22 +10,22 @@ converted to Implicit VR Little Endian, while it streams, for a peer that accept
 
 from __future__ import annotations
 
-import copy
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-import pydicom
-from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from typing import TYPE_CHECKING, TypeAlias
 
 from dicom_inlet import _core
 from dicom_inlet._core import AssociationAborted, AssociationError, AssociationRejected
 from dicom_inlet.models import DEFAULT_AE_TITLE
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+    from typing_extensions import TypeIs
 
 __all__ = [
     "DEFAULT_CALLED_AET",
@@ -46,7 +46,7 @@ DEFAULT_CALLED_AET = "ANY-SCP"
 _DEFAULT_MAX_PDU = 262_144
 
 #: What :func:`send` takes: a file, a directory (searched recursively) or a pydicom Dataset.
-Source = str | os.PathLike[str] | Dataset
+Source: TypeAlias = "str | os.PathLike[str] | Dataset"
 
 
 def status_text(status: int | None) -> str:
@@ -229,19 +229,21 @@ def send(
     ]:
         if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
             raise ValueError(f"{name} must be an integer from {lowest} to {highest}, got {value!r}")
-    if isinstance(sources, (str, os.PathLike, Dataset)):
+    if isinstance(sources, (str, os.PathLike)) or _is_dataset(sources):
         sources = [sources]
     sources = list(sources)
     for source in sources:
-        if not isinstance(source, Dataset) and not os.path.exists(source):
+        if not _is_dataset(source) and not os.path.exists(source):
             raise FileNotFoundError(f"no such file or directory: {os.fspath(source)}")
     with tempfile.TemporaryDirectory(prefix="dicom-inlet-send-") as scratch:
         paths: list[Path] = []
         written: set[Path] = set()  # Datasets, as temporary files
         for source in sources:
-            if isinstance(source, Dataset):
+            if _is_dataset(source):
+                from dicom_inlet.part10 import write_dataset
+
                 path = Path(scratch, f"{len(written)}.dcm")
-                _write_dataset(source, path)
+                write_dataset(source, path)
                 written.add(path)
                 paths.append(path)
             else:
@@ -295,20 +297,11 @@ def files_in(path: Path) -> list[Path]:
     return found
 
 
-def _write_dataset(ds: Dataset, path: Path) -> None:
-    """Write a Dataset as a Part 10 file, in its file meta's transfer syntax if it has one."""
-    for keyword in ("SOPClassUID", "SOPInstanceUID"):
-        if not ds.get(keyword):
-            raise ValueError(f"a Dataset to send needs a {keyword}")
-    meta = getattr(ds, "file_meta", None)
-    if meta is None or "TransferSyntaxUID" not in meta:
-        # Keep the encoding a Dataset read from a file had; new ones go as Explicit VR LE.
-        encodings: dict[tuple[bool | None, bool | None], UID] = {
-            (True, True): ImplicitVRLittleEndian,
-            (False, False): ExplicitVRBigEndian,
-        }
-        syntax = encodings.get(ds.original_encoding, ExplicitVRLittleEndian)
-        ds = copy.copy(ds)
-        ds.file_meta = FileMetaDataset(meta or {})
-        ds.file_meta.TransferSyntaxUID = syntax
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+def _is_dataset(source: object) -> TypeIs[Dataset]:
+    """Whether ``source`` is a pydicom Dataset, without importing pydicom (and numpy).
+
+    A Dataset can only exist once pydicom is imported, so a process sending files never
+    pays for it.
+    """
+    pydicom = sys.modules.get("pydicom")
+    return pydicom is not None and isinstance(source, pydicom.Dataset)

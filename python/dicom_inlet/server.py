@@ -13,30 +13,21 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType, TracebackType
-from typing import Any
-
-import pydicom
-from pydicom import Dataset
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.filereader import read_dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from dicom_inlet import _core
 from dicom_inlet.models import DicomNode, StorageSortKey
 from dicom_inlet.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 __all__ = ["Callback", "StoreSCPServer", "run_server"]
 
 logger = logging.getLogger("dicom_inlet")
 
 #: A callback receives each stored instance as a pydicom Dataset.
-Callback = Callable[[Dataset], Any]
-
-# Values larger than this are read from the stored file only when a callback touches them.
-_DEFER_SIZE = 64 * 1024
-# A stored file starts with a zero preamble and "DICM" (PS3.10 §7.1), both written by the core.
-_PREAMBLE_LEN = 128
-_META_START = _PREAMBLE_LEN + 4
+Callback: TypeAlias = "Callable[[Dataset], Any]"
 
 
 class StoreSCPServer:
@@ -248,8 +239,11 @@ class StoreSCPServer:
                 _log_association(event)
 
     def _run_callbacks(self, stored: _core.StoredInstance) -> None:
+        # Imported here: pydicom (and numpy) cost 35 MiB, needed only once callbacks exist.
+        from dicom_inlet.part10 import read_stored
+
         try:
-            dataset = _read_back(stored)
+            dataset = read_stored(stored)
         except Exception:
             logger.exception("cannot read back stored instance %s", stored.path)
             return
@@ -318,28 +312,3 @@ def run_server(
     server = StoreSCPServer(node, data_dir=data_dir, sort_by=sort_by, callbacks=callbacks)
     server.run(block=block)
     return server
-
-
-def _read_back(stored: _core.StoredInstance) -> FileDataset:
-    """Read a stored instance as ``pydicom.dcmread`` would, in about two thirds of its time.
-
-    The core tells the transfer syntax and where the data set starts (it is the file's last
-    ``stored.bytes`` bytes), so the preamble check and the transfer syntax lookup are skipped:
-    on the callback path, pydicom's per-file overhead, not the data set, is what limits the
-    rate. A deflated data set goes through ``dcmread``, which inflates it.
-    """
-    path = os.fspath(stored.path)
-    syntax = stored.transfer_syntax_uid
-    if syntax == DeflatedExplicitVRLittleEndian:
-        return pydicom.dcmread(path, defer_size=_DEFER_SIZE)
-    implicit = syntax == ImplicitVRLittleEndian
-    little = syntax != ExplicitVRBigEndian
-    with open(path, "rb") as fp:
-        data_start = os.fstat(fp.fileno()).st_size - stored.bytes
-        fp.seek(_META_START)
-        # File meta is always explicit VR little endian (PS3.10 §7.1).
-        meta = read_dataset(fp, False, True, bytelength=data_start - _META_START)
-        dataset = read_dataset(fp, implicit, little, defer_size=_DEFER_SIZE)
-    read = FileDataset(path, dataset, bytes(_PREAMBLE_LEN), FileMetaDataset(meta), implicit, little)
-    read.set_original_encoding(implicit, little, dataset._character_set)
-    return read
