@@ -1,8 +1,8 @@
-"""dicom-inlet side by side with DCMTK and pynetdicom, on one corpus, in one run.
+"""dicom-inlet side by side with DCMTK, pynetdicom and pacsanini, on one corpus, in one run.
 
     python benches/peers.py [--quick] [--runs 3] [--json] [--corpus DIR] [--work DIR]
                             [--receivers A,B] [--senders A,B] [--workloads A,B] [--window W]
-                            [--inlet LABEL=PYTHON]...
+                            [--inlet LABEL=PYTHON]... [--pacsanini PYTHON]
 
 Builds (once, cached) the deterministic corpus of ``corpus.py``, then for every workload, sender
 and receiver starts the receiver on 127.0.0.1, sends the workload and measures files/s, MB/s
@@ -20,6 +20,10 @@ propose an asynchronous operations window), which is faster and so shows receive
 ``storescu``'s ceiling; its start-up and exit stay off the clock. For the 200 MB instances,
 the same bytes also go from a plain socket source to a plain socket sink (``raw_tcp.py``): the
 loopback TCP ceiling every receiver's MB/s is divided by.
+
+pacsanini (``pacsanini_scp.py``), whose API dicom-inlet keeps, pins old pydicom/pynetdicom, so it
+runs from its own venv given by ``--pacsanini``, and is skipped without it. At ~17 CT files/s it
+receives the CT and small workloads only: the 200 MB instances would take minutes per run.
 
 Receivers that store are checked to have written every file; each run starts on an empty data
 directory, removed after the run. Put ``--work`` on a journaled filesystem (or tmpfs): ext4
@@ -86,8 +90,9 @@ class Result:
     samples: list[Sample] = field(default_factory=list)
 
 
-def receivers(python: str, inlets: list[tuple[str, str]]) -> list[Receiver]:
-    """Every receiver measured; ``inlets`` are (label, interpreter) of dicom-inlet builds."""
+def receivers(python: str, inlets: list[tuple[str, str]], pacsanini: str | None) -> list[Receiver]:
+    """Every receiver measured; ``inlets`` are (label, interpreter) of dicom-inlet builds,
+    ``pacsanini`` the interpreter of a venv with pacsanini (None: not measured)."""
     single = ("ct", "small", "big")
     inlet_args = ("-m", "dicom_inlet", "serve", "{dir}", "--port", "{port}", "--host")
     found = [
@@ -98,6 +103,8 @@ def receivers(python: str, inlets: list[tuple[str, str]]) -> list[Receiver]:
         )
         for label, interpreter in inlets
     ]
+    # pacsanini takes minutes per run on the 200 MB instances (module docstring).
+    pacsanini_scp = (pacsanini, str(HERE / "pacsanini_scp.py"), "{dir}", "{port}")
     return [
         *found,
         Receiver(
@@ -118,6 +125,7 @@ def receivers(python: str, inlets: list[tuple[str, str]]) -> list[Receiver]:
         Receiver(
             "pynetdicom", (python, str(HERE / "pynetdicom_scp.py"), "{dir}", "{port}"), single
         ),
+        *([Receiver(PACSANINI, pacsanini_scp, ("ct", "small"))] if pacsanini else []),
         Receiver(
             "storescp --fork +B",
             (STORESCP, "-aet", "STORESCP", "--fork", "+B", "-od", "{dir}", "{port}"),
@@ -161,6 +169,7 @@ BASELINE = {
     "ct x4": "storescp --fork +B",
 }
 FLOOR = "storescp --ignore"
+PACSANINI = "pacsanini"
 RAW_SINK = "raw TCP sink"
 RAW_SOURCE = "raw TCP"
 
@@ -382,7 +391,7 @@ def _ratio(samples: list[Sample], base: list[Sample], metric: str) -> float | No
 
 def summarize(results: list[Result], inlet: str) -> list[dict]:
     """Medians and same-run ratios per (workload, receiver); the callback receiver is also
-    compared with ``inlet``, dicom-inlet without callbacks."""
+    compared with ``inlet``, dicom-inlet without callbacks, and ``inlet`` with pacsanini."""
     by_key = {(r.workload, r.sender, r.receiver): r for r in results}
     rows = []
     for r in results:
@@ -401,6 +410,8 @@ def summarize(results: list[Result], inlet: str) -> list[dict]:
         ]
         if r.receiver == CALLBACK:
             others.append(("no_callback", (r.sender, inlet)))
+        if r.receiver == inlet:
+            others.append((PACSANINI, (r.sender, PACSANINI)))
         for label, other in others:
             base = by_key.get((r.workload, *other))
             if base is None:
@@ -465,12 +476,13 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
                 if shown:
                     cells.append(f"{ratio:.2f}x" if ratio is not None else "")
             lines.append("| " + " | ".join(cells) + " |")
-            if "x_no_callback" in r:
-                ratio = r["x_no_callback"]["files_per_s"]
-                notes.append(
-                    f"{CALLBACK} ÷ without callbacks, same runs, sender {r['sender']}: "
-                    f"{ratio:.2f}x files/s"
-                )
+            for label, other in (("no_callback", "without callbacks"), (PACSANINI, PACSANINI)):
+                if f"x_{label}" in r:
+                    ratio = r[f"x_{label}"]["files_per_s"]
+                    notes.append(
+                        f"{r['receiver']} ÷ {other}, same runs, sender {r['sender']}: "
+                        f"{ratio:.2f}x files/s"
+                    )
         lines += ["", *(f"{n}  " for n in notes), *([""] if notes else [])]
     return "\n".join(lines)
 
@@ -523,6 +535,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "LABEL (repeatable; default: dicom-inlet=the running interpreter)",
     )
     parser.add_argument(
+        "--pacsanini",
+        metavar="PYTHON",
+        help="interpreter of a venv with pacsanini 0.2.1 installed, to measure pacsanini's "
+        "StoreSCPServer (default: pacsanini is skipped)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print JSON on stdout (progress and the table go to stderr)",
@@ -540,10 +558,12 @@ def main(argv: list[str] | None = None) -> int:
         for path in w.directory.rglob("*.dcm"):
             path.read_bytes()
     inlets = [tuple(i.split("=", 1)) for i in args.inlet] or [("dicom-inlet", sys.executable)]
-    chosen = receivers(sys.executable, inlets)
-    if args.receivers:
-        wanted = {n.strip() for n in args.receivers.split(",")}
+    chosen = receivers(sys.executable, inlets, args.pacsanini)
+    wanted = {n.strip() for n in args.receivers.split(",")} if args.receivers else None
+    if wanted is not None:
         chosen = [r for r in chosen if r.name in wanted]
+    if args.pacsanini is None and (wanted is None or PACSANINI in wanted):
+        log(f"{PACSANINI} skipped: give --pacsanini PYTHON, a venv with pacsanini 0.2.1")
     names = [w.strip() for w in args.workloads.split(",")]
     senders = [s.strip() for s in args.senders.split(",")]
     results = {
