@@ -22,27 +22,32 @@ const UI_COMMON_EXTENDED_NEGOTIATION: u8 = 0x57;
 const UI_USER_IDENTITY_RQ: u8 = 0x58;
 const UI_USER_IDENTITY_AC: u8 = 0x59;
 
-/// A-ASSOCIATE-RQ (PS3.8 §9.3.2).
+/// What A-ASSOCIATE-RQ and -AC share; `C` is the presentation context item flavour.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AssociateRq {
+pub struct Associate<C> {
     /// Bit 0 set means version 1; a receiver tests only that bit (PS3.8 Table 9-11).
     pub protocol_version: u16,
     pub called_ae: [u8; 16],
     pub calling_ae: [u8; 16],
     pub application_context: String,
-    pub presentation_contexts: Vec<PresentationContextRq>,
+    pub presentation_contexts: Vec<C>,
     pub user_info: UserInfo,
 }
 
+/// A-ASSOCIATE-RQ (PS3.8 §9.3.2).
+pub type AssociateRq = Associate<PresentationContextRq>;
+
 /// A-ASSOCIATE-AC (PS3.8 §9.3.3); the AE fields echo the RQ and are not significant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AssociateAc {
-    pub protocol_version: u16,
-    pub called_ae: [u8; 16],
-    pub calling_ae: [u8; 16],
-    pub application_context: String,
-    pub presentation_contexts: Vec<PresentationContextAc>,
-    pub user_info: UserInfo,
+pub type AssociateAc = Associate<PresentationContextAc>;
+
+/// A presentation context item: the RQ and AC flavours differ in type and content.
+pub trait ContextItem: Sized {
+    /// The PDU that carries this flavour, and the item type within it.
+    const PDU_TYPE: u8;
+    const ITEM_TYPE: u8;
+    fn parse(value: &[u8]) -> Result<Self, PduError>;
+    /// The item's value, without the item header.
+    fn encode_value(&self, out: &mut Vec<u8>);
 }
 
 /// Presentation context item of an RQ (PS3.8 §9.3.2.2). `id` is as received, even or zero
@@ -118,87 +123,81 @@ fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), PduError> {
     }
 }
 
-/// What A-ASSOCIATE-RQ and -AC share; `T` is the presentation context item flavour.
-struct Associate<T> {
-    protocol_version: u16,
-    called_ae: [u8; 16],
-    calling_ae: [u8; 16],
-    application_context: String,
-    presentation_contexts: Vec<T>,
-    user_info: UserInfo,
-}
-
 /// Parse the 68-byte fixed part and the items (PS3.8 Table 9-11 / 9-17). Items of unknown type,
 /// including the other PDU's presentation context flavour, are skipped so that additions by
 /// newer peers do not break the association.
-fn parse_associate<T>(
-    body: &[u8],
-    pc_item: u8,
-    parse_pc: fn(&[u8]) -> Result<T, PduError>,
-) -> Result<Associate<T>, PduError> {
-    const FIXED: &str = "A-ASSOCIATE fixed part shorter than 68 bytes";
-    let mut r = Reader(body);
-    let protocol_version = r.u16(FIXED)?;
-    r.take(2, FIXED)?;
-    let called_ae = r.array(FIXED)?;
-    let calling_ae = r.array(FIXED)?;
-    r.take(32, FIXED)?;
+impl<C: ContextItem> Associate<C> {
+    pub(super) fn parse(body: &[u8]) -> Result<Self, PduError> {
+        const FIXED: &str = "A-ASSOCIATE fixed part shorter than 68 bytes";
+        let mut r = Reader(body);
+        let protocol_version = r.u16(FIXED)?;
+        r.take(2, FIXED)?;
+        let called_ae = r.array(FIXED)?;
+        let calling_ae = r.array(FIXED)?;
+        r.take(32, FIXED)?;
 
-    let mut application_context = None;
-    let mut presentation_contexts = Vec::new();
-    let mut user_info = None;
-    while !r.0.is_empty() {
-        match r.item()? {
-            (ITEM_APPLICATION_CONTEXT, v) => {
-                let name = uid(v, "application context name not ASCII")?;
-                set_once(&mut application_context, name)?;
+        let mut application_context = None;
+        let mut presentation_contexts = Vec::new();
+        let mut user_info = None;
+        while !r.0.is_empty() {
+            match r.item()? {
+                (ITEM_APPLICATION_CONTEXT, v) => {
+                    let name = uid(v, "application context name not ASCII")?;
+                    set_once(&mut application_context, name)?;
+                }
+                (t, v) if t == C::ITEM_TYPE => presentation_contexts.push(C::parse(v)?),
+                (ITEM_USER_INFO, v) => {
+                    set_once(&mut user_info, UserInfo::parse(v)?)?;
+                }
+                _ => {}
             }
-            (t, v) if t == pc_item => presentation_contexts.push(parse_pc(v)?),
-            (ITEM_USER_INFO, v) => {
-                set_once(&mut user_info, UserInfo::parse(v)?)?;
+        }
+        Ok(Associate {
+            protocol_version,
+            called_ae,
+            calling_ae,
+            application_context: application_context
+                .ok_or(PduError::Malformed("no application context item"))?,
+            presentation_contexts,
+            // Mandatory per the standard, but its absence leaves nothing ambiguous: all defaults.
+            user_info: user_info.unwrap_or_default(),
+        })
+    }
+
+    /// The 68-byte fixed part (PS3.8 Table 9-11), the application context item, the
+    /// presentation context items, then the user information item.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_pdu(out, C::PDU_TYPE, |out| {
+            out.extend_from_slice(&self.protocol_version.to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&self.called_ae);
+            out.extend_from_slice(&self.calling_ae);
+            out.extend_from_slice(&[0; 32]);
+            put_bytes_item(
+                out,
+                ITEM_APPLICATION_CONTEXT,
+                self.application_context.as_bytes(),
+            );
+            for pc in &self.presentation_contexts {
+                put_item(out, C::ITEM_TYPE, |o| pc.encode_value(o));
             }
-            _ => {}
+            self.user_info.encode(out);
+        });
+    }
+}
+
+impl ContextItem for PresentationContextRq {
+    const PDU_TYPE: u8 = ASSOCIATE_RQ;
+    const ITEM_TYPE: u8 = ITEM_PC_RQ;
+
+    fn encode_value(&self, o: &mut Vec<u8>) {
+        o.extend_from_slice(&[self.id, 0, 0, 0]);
+        put_bytes_item(o, SUB_ABSTRACT_SYNTAX, self.abstract_syntax.as_bytes());
+        for ts in &self.transfer_syntaxes {
+            put_bytes_item(o, SUB_TRANSFER_SYNTAX, ts.as_bytes());
         }
     }
-    Ok(Associate {
-        protocol_version,
-        called_ae,
-        calling_ae,
-        application_context: application_context
-            .ok_or(PduError::Malformed("no application context item"))?,
-        presentation_contexts,
-        // Mandatory per the standard, but its absence leaves nothing ambiguous: all defaults.
-        user_info: user_info.unwrap_or_default(),
-    })
-}
 
-/// The A-ASSOCIATE-RQ body, for [`Pdu::parse`](super::Pdu::parse).
-pub(super) fn parse_rq(body: &[u8]) -> Result<AssociateRq, PduError> {
-    let a = parse_associate(body, ITEM_PC_RQ, PresentationContextRq::parse)?;
-    Ok(AssociateRq {
-        protocol_version: a.protocol_version,
-        called_ae: a.called_ae,
-        calling_ae: a.calling_ae,
-        application_context: a.application_context,
-        presentation_contexts: a.presentation_contexts,
-        user_info: a.user_info,
-    })
-}
-
-/// The A-ASSOCIATE-AC body, for [`Pdu::parse`](super::Pdu::parse).
-pub(super) fn parse_ac(body: &[u8]) -> Result<AssociateAc, PduError> {
-    let a = parse_associate(body, ITEM_PC_AC, PresentationContextAc::parse)?;
-    Ok(AssociateAc {
-        protocol_version: a.protocol_version,
-        called_ae: a.called_ae,
-        calling_ae: a.calling_ae,
-        application_context: a.application_context,
-        presentation_contexts: a.presentation_contexts,
-        user_info: a.user_info,
-    })
-}
-
-impl PresentationContextRq {
     fn parse(value: &[u8]) -> Result<Self, PduError> {
         let mut r = Reader(value);
         let [id, _, _, _] = r.array("presentation context item shorter than 4 bytes")?;
@@ -235,7 +234,16 @@ impl PresentationContextRq {
     }
 }
 
-impl PresentationContextAc {
+impl ContextItem for PresentationContextAc {
+    const PDU_TYPE: u8 = ASSOCIATE_AC;
+    const ITEM_TYPE: u8 = ITEM_PC_AC;
+
+    fn encode_value(&self, o: &mut Vec<u8>) {
+        o.extend_from_slice(&[self.id, 0, self.result, 0]);
+        // Always present, even for a rejected context (PS3.8 Table 9-18).
+        put_bytes_item(o, SUB_TRANSFER_SYNTAX, self.transfer_syntax.as_bytes());
+    }
+
     fn parse(value: &[u8]) -> Result<Self, PduError> {
         let mut r = Reader(value);
         let [id, _, result, _] = r.array("presentation context item shorter than 4 bytes")?;
@@ -365,76 +373,6 @@ fn put_u16_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(bytes.get(..usize::from(len)).unwrap_or(bytes));
-}
-
-/// A-ASSOCIATE-RQ/AC: the 68-byte fixed part (PS3.8 Table 9-11), the application context item,
-/// the presentation context items written by `pcs`, then the user information item.
-fn put_associate(
-    out: &mut Vec<u8>,
-    pdu_type: u8,
-    fixed: (u16, &[u8; 16], &[u8; 16], &str),
-    user_info: &UserInfo,
-    pcs: impl FnOnce(&mut Vec<u8>),
-) {
-    let (version, called, calling, application_context) = fixed;
-    put_pdu(out, pdu_type, |out| {
-        out.extend_from_slice(&version.to_be_bytes());
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(called);
-        out.extend_from_slice(calling);
-        out.extend_from_slice(&[0; 32]);
-        put_bytes_item(
-            out,
-            ITEM_APPLICATION_CONTEXT,
-            application_context.as_bytes(),
-        );
-        pcs(out);
-        user_info.encode(out);
-    });
-}
-
-impl AssociateRq {
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        let ctx = self.application_context.as_str();
-        let fixed = (
-            self.protocol_version,
-            &self.called_ae,
-            &self.calling_ae,
-            ctx,
-        );
-        put_associate(out, ASSOCIATE_RQ, fixed, &self.user_info, |out| {
-            for pc in &self.presentation_contexts {
-                put_item(out, ITEM_PC_RQ, |o| {
-                    o.extend_from_slice(&[pc.id, 0, 0, 0]);
-                    put_bytes_item(o, SUB_ABSTRACT_SYNTAX, pc.abstract_syntax.as_bytes());
-                    for ts in &pc.transfer_syntaxes {
-                        put_bytes_item(o, SUB_TRANSFER_SYNTAX, ts.as_bytes());
-                    }
-                });
-            }
-        });
-    }
-}
-
-impl AssociateAc {
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        let ctx = self.application_context.as_str();
-        let fixed = (
-            self.protocol_version,
-            &self.called_ae,
-            &self.calling_ae,
-            ctx,
-        );
-        put_associate(out, ASSOCIATE_AC, fixed, &self.user_info, |out| {
-            for pc in &self.presentation_contexts {
-                put_item(out, ITEM_PC_AC, |o| {
-                    o.extend_from_slice(&[pc.id, 0, pc.result, 0]);
-                    // Always present, even for a rejected context (PS3.8 Table 9-18).
-                    put_bytes_item(o, SUB_TRANSFER_SYNTAX, pc.transfer_syntax.as_bytes());
-                });
-            }
-        });
-    }
 }
 
 impl UserInfo {

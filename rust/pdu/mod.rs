@@ -195,8 +195,8 @@ impl<'a> Pdu<'a> {
     /// P-DATA-TF is not inspected here; its PDVs are parsed lazily by [`pdvs`].
     pub fn parse(pdu_type: u8, body: &'a [u8]) -> Result<Pdu<'a>, PduError> {
         match pdu_type {
-            ASSOCIATE_RQ => associate::parse_rq(body).map(Pdu::AssociateRq),
-            ASSOCIATE_AC => associate::parse_ac(body).map(Pdu::AssociateAc),
+            ASSOCIATE_RQ => AssociateRq::parse(body).map(Pdu::AssociateRq),
+            ASSOCIATE_AC => AssociateAc::parse(body).map(Pdu::AssociateAc),
             ASSOCIATE_RJ => {
                 let [_, result, source, reason] = exact(body, "A-ASSOCIATE-RJ is not 4 bytes")?;
                 Ok(Pdu::AssociateRj(AssociateRj {
