@@ -181,7 +181,8 @@ pub fn scanner(data: &[u8]) {
     }
 }
 
-fn scan_fragments(
+/// Scan `data` in fragments of the lengths `next_len` draws, as a data set arrives over PDUs.
+pub(crate) fn scan_fragments(
     ts: &str,
     data: &[u8],
     mut next_len: impl FnMut() -> usize,

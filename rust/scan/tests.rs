@@ -2,6 +2,7 @@
 //! shared with the tests of `inflate`.
 
 use super::*;
+use crate::fuzzing::scan_fragments;
 use flate2::write::DeflateEncoder;
 use flate2::Compression;
 use std::io::Write;
@@ -166,34 +167,18 @@ impl Lcg {
     }
 }
 
-fn scan_split(
-    ts: &str,
-    data: &[u8],
-    mut next_len: impl FnMut() -> usize,
-) -> Result<SortAttributes, ScanError> {
-    let mut scanner = Scanner::new(Encoding::for_transfer_syntax(ts));
-    let mut rest = data;
-    while !rest.is_empty() {
-        let (chunk, tail) = rest.split_at(next_len().min(rest.len()));
-        // Errors are also reported by finish, which is what is compared.
-        let _ = scanner.feed(chunk);
-        rest = tail;
-    }
-    scanner.finish()
-}
-
 pub(super) fn scan(ts: &str, data: &[u8]) -> Result<SortAttributes, ScanError> {
-    scan_split(ts, data, || usize::MAX)
+    scan_fragments(ts, data, || usize::MAX)
 }
 
 /// Scans in one piece, byte by byte and at random split points; all must agree.
 pub(super) fn scan_all_ways(ts: &str, data: &[u8]) -> Result<SortAttributes, ScanError> {
     let whole = scan(ts, data);
-    assert_eq!(scan_split(ts, data, || 1), whole, "byte by byte");
+    assert_eq!(scan_fragments(ts, data, || 1), whole, "byte by byte");
     for seed in 0..8 {
         let mut lcg = Lcg(seed);
         assert_eq!(
-            scan_split(ts, data, || lcg.next_len()),
+            scan_fragments(ts, data, || lcg.next_len()),
             whole,
             "seed {seed}"
         );
@@ -504,7 +489,7 @@ fn mutations_never_panic() {
     inputs.push((DEFLATED_TS, deflate(&sample(EXPLICIT_LE_TS))));
     for (ts, data) in &inputs {
         for cut in 0..data.len() {
-            let _ = scan_split(ts, &data[..cut], || 3);
+            let _ = scan_fragments(ts, &data[..cut], || 3);
         }
         for i in 0..data.len() {
             let b = data[i];
@@ -514,7 +499,7 @@ fn mutations_never_panic() {
                 let whole = scan(ts, &mutated);
                 let mut lcg = Lcg(i as u64);
                 assert_eq!(
-                    scan_split(ts, &mutated, || lcg.next_len()),
+                    scan_fragments(ts, &mutated, || lcg.next_len()),
                     whole,
                     "{ts} byte {i} = {v:#x}"
                 );
