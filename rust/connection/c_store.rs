@@ -9,6 +9,7 @@ use crate::layout;
 use crate::scan::{Encoding, Scanner};
 use crate::server::{Event, StoredInstance};
 use crate::store::Spool;
+use std::path::PathBuf;
 
 use super::{Connection, Stop};
 
@@ -128,13 +129,13 @@ impl Connection<'_> {
         sink: Sink,
     ) -> Result<(), Stop> {
         let mut received = 0;
-        let (status, comment, stored) = match sink {
+        let (status, comment, path) = match sink {
             Sink::Discard { status, comment } => (status, Some(comment), None),
             Sink::Spool(receiving) => {
                 received = receiving.bytes;
                 self.record.bytes += receiving.bytes;
-                match self.publish(association, context, command, *receiving) {
-                    Ok(stored) => (status::SUCCESS, None, Some(stored)),
+                match self.publish(command, *receiving) {
+                    Ok(path) => (status::SUCCESS, None, Some(path)),
                     Err((status, comment)) => (status, Some(comment), None),
                 }
             }
@@ -147,24 +148,32 @@ impl Connection<'_> {
         let ok = status == status::SUCCESS;
         self.shared.stats.count_instance(ok, received);
         self.respond(association, context_id, command, status, comment.as_deref())?;
-        if let Some(stored) = stored.filter(|_| self.shared.config.emit_stored) {
+        if let Some(path) = path.filter(|_| self.shared.config.emit_stored) {
+            let stored = StoredInstance {
+                path,
+                sop_class_uid: context.abstract_syntax.clone(),
+                sop_instance_uid: command
+                    .affected_sop_instance_uid
+                    .clone()
+                    .unwrap_or_default(),
+                transfer_syntax_uid: context.transfer_syntax.clone(),
+                calling_ae: association.calling_ae.clone(),
+                called_ae: association.called_ae.clone(),
+                peer: self.peer,
+                bytes: received,
+            };
             // A full queue makes this association wait: back-pressure, never loss.
             let _ = self.events.send(Event::Stored(stored));
         }
         Ok(())
     }
 
+    /// Check the data set against its command, then move it into its layout path.
     fn publish(
         &self,
-        association: &Association,
-        context: &AcceptedContext,
         command: &Command,
-        Receiving {
-            spool,
-            scanner,
-            bytes,
-        }: Receiving,
-    ) -> Result<StoredInstance, (u16, String)> {
+        Receiving { spool, scanner, .. }: Receiving,
+    ) -> Result<PathBuf, (u16, String)> {
         let attrs = scanner.finish().map_err(|e| {
             (
                 status::CANNOT_UNDERSTAND,
@@ -195,20 +204,9 @@ impl Connection<'_> {
         let relative =
             layout::relative_path(self.shared.config.sort_key, &attrs, sop_instance.as_bytes())
                 .map_err(|missing| (status::CANNOT_UNDERSTAND, missing.to_string()))?;
-        let path = self
-            .shared
+        self.shared
             .storage
             .publish(spool, &relative)
-            .map_err(|e| (status::OUT_OF_RESOURCES, format!("cannot store: {e}")))?;
-        Ok(StoredInstance {
-            path,
-            sop_class_uid: sop_class.to_owned(),
-            sop_instance_uid: sop_instance.to_owned(),
-            transfer_syntax_uid: context.transfer_syntax.clone(),
-            calling_ae: association.calling_ae.clone(),
-            called_ae: association.called_ae.clone(),
-            peer: self.peer,
-            bytes,
-        })
+            .map_err(|e| (status::OUT_OF_RESOURCES, format!("cannot store: {e}")))
     }
 }
