@@ -200,7 +200,8 @@ impl Server {
 
     /// Stop accepting, give open associations `timeout` seconds to finish, abort the rest.
     fn shutdown(&self, py: Python<'_>, timeout: f64) {
-        let grace = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::ZERO);
+        // Negative or NaN means no grace; past Duration's range (infinity included), no limit.
+        let grace = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
         py.detach(|| self.inner.shutdown(grace));
     }
 }

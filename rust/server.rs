@@ -254,10 +254,13 @@ impl Server {
         let _ = TcpStream::connect_timeout(&wake_address(self.local_addr), Duration::from_secs(1));
         let _ = listener.join();
 
-        let deadline = Instant::now() + grace;
+        // None: a grace beyond the clock's range, so no limit.
+        let deadline = Instant::now().checked_add(grace);
         let mut active = lock(&self.shared.active);
         while !active.streams.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             if left.is_zero() {
                 break;
             }

@@ -553,3 +553,16 @@ fn connections_over_the_limit_are_rejected_then_closed_at_once() {
     server.shutdown(Duration::from_secs(5));
     fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn unlimited_shutdown_grace_lets_the_open_association_finish() {
+    let (server, _events, root) = start("grace-unlimited");
+    let peer = Peer::associate(&server);
+    std::thread::scope(|s| {
+        // A grace past the clock's range means no limit, not an overflow.
+        let stopping = s.spawn(|| server.shutdown(Duration::MAX));
+        peer.release();
+        stopping.join().unwrap();
+    });
+    fs::remove_dir_all(&root).unwrap();
+}
