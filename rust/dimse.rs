@@ -1,5 +1,6 @@
 //! DIMSE command sets (PS3.7 §9.3, §E): group 0000 elements, always Implicit VR Little Endian.
 
+use crate::vr::trim_padding;
 use std::fmt;
 
 pub const C_STORE_RQ: u16 = 0x0001;
@@ -71,16 +72,6 @@ impl fmt::Display for DimseError {
 }
 
 impl std::error::Error for DimseError {}
-
-/// A value without its padding: UI values are padded to even length with NUL, text values
-/// with a space (and some peers pad UIDs with a space too).
-fn trim_padding(value: &[u8]) -> &[u8] {
-    let end = value
-        .iter()
-        .rposition(|&b| b != 0 && b != b' ')
-        .map_or(0, |i| i + 1);
-    &value[..end]
-}
 
 fn uid_value(value: &[u8]) -> String {
     String::from_utf8_lossy(trim_padding(value)).into_owned()

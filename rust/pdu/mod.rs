@@ -20,6 +20,7 @@
     )
 )]
 
+use crate::vr::trim_padding;
 use std::fmt;
 
 mod associate;
@@ -175,15 +176,6 @@ impl<'a> Reader<'a> {
             Err(PduError::Malformed(what))
         }
     }
-}
-
-/// Drop trailing NUL/space padding: the standard writes item UIDs unpadded, but real peers pad
-/// them to even length as in data sets.
-fn trim_padding(mut bytes: &[u8]) -> &[u8] {
-    while let [rest @ .., 0 | b' '] = bytes {
-        bytes = rest;
-    }
-    bytes
 }
 
 fn exact<const N: usize>(value: &[u8], what: &'static str) -> Result<[u8; N], PduError> {

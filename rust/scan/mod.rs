@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use crate::vr;
 use inflate::Inflater;
 
 mod inflate;
@@ -319,7 +320,7 @@ impl Parser {
         if self.header_len < 6 {
             return Ok(6);
         }
-        match vr_has_long_length(&[self.header[4], self.header[5]]) {
+        match vr::has_long_length(&[self.header[4], self.header[5]]) {
             Some(true) => Ok(12),
             Some(false) => Ok(8),
             None => Err(ScanError::Malformed("invalid VR")),
@@ -438,13 +439,8 @@ impl Parser {
     fn end_capture(&mut self, slot: Slot) {
         self.step = Step::Header;
         if let Some(value) = self.attrs.slot_mut(slot) {
-            // UI is padded with NUL, text VRs with spaces (PS3.5 §6.2); LO also allows
-            // insignificant leading spaces.
-            let end = value
-                .iter()
-                .rposition(|&b| b != 0 && b != b' ')
-                .map_or(0, |i| i + 1);
-            value.truncate(end);
+            // LO also allows insignificant leading spaces.
+            value.truncate(vr::trim_padding(value).len());
             if slot == Slot::PatientId {
                 let start = value.iter().position(|&b| b != b' ').unwrap_or(value.len());
                 value.drain(..start);
@@ -459,20 +455,6 @@ impl Parser {
 
 fn is_item_tag(tag: u32) -> bool {
     matches!(tag, ITEM | ITEM_DELIMITER | SEQUENCE_DELIMITER)
-}
-
-/// Whether an explicit VR uses the 12-byte header with a 32-bit length (PS3.5 Table 7.1-1);
-/// None for anything that is not a VR of PS3.5 §6.2, whose header size would be unknowable.
-fn vr_has_long_length(vr: &[u8; 2]) -> Option<bool> {
-    match vr {
-        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR"
-        | b"UT" | b"UV" => Some(true),
-        b"AE" | b"AS" | b"AT" | b"CS" | b"DA" | b"DS" | b"DT" | b"FD" | b"FL" | b"IS" | b"LO"
-        | b"LT" | b"PN" | b"SH" | b"SL" | b"SS" | b"ST" | b"TM" | b"UI" | b"UL" | b"US" => {
-            Some(false)
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]

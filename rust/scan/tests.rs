@@ -64,7 +64,7 @@ impl W {
             return self.u32(len);
         }
         self.raw(vr);
-        if vr_has_long_length(vr) == Some(true) {
+        if crate::vr::has_long_length(vr) == Some(true) {
             self.u16(0).u32(len)
         } else {
             self.u16(len as u16)

@@ -2,6 +2,7 @@
 //! transfer syntax from the file meta group, and where the data set begins. The group is read
 //! element by element with every length bounded, so a huge or hostile file costs a few reads.
 
+use crate::vr;
 use std::io::{self, Read};
 
 /// Preamble and `DICM` prefix.
@@ -39,32 +40,8 @@ fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// VRs whose explicit length is 32-bit after two reserved bytes (PS3.5 §7.1.2, Table 7.1-1).
-pub(super) fn has_long_length(vr: [u8; 2]) -> bool {
-    matches!(
-        &vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
-    )
-}
-
 fn uid(value: &[u8], name: &str) -> io::Result<String> {
-    let end = value
-        .iter()
-        .rposition(|&b| b != 0 && b != b' ')
-        .map_or(0, |i| i + 1);
-    let text = &value[..end];
+    let text = vr::trim_padding(value);
     if !text.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
         return Err(not_dicom(format!("file meta {name} is not a UID")));
     }
@@ -102,7 +79,7 @@ impl Part10Header {
                     "file meta group is not Explicit VR Little Endian",
                 ));
             }
-            let (length, header_len) = if has_long_length(vr) {
+            let (length, header_len) = if vr::has_long_length(&vr) == Some(true) {
                 let mut long = [0u8; 4];
                 if read_up_to(input, &mut long)? < 4 {
                     return Err(not_dicom("file meta group truncated"));

@@ -6,7 +6,7 @@
 
 use std::io::{self, Read};
 
-use super::part10::has_long_length;
+use crate::vr;
 
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 const ITEM: u16 = 0xE000;
@@ -159,7 +159,7 @@ impl<R: Read> ToImplicit<R> {
             return Ok(true);
         }
         let vr = [head[4], head[5]];
-        let length = if has_long_length(vr) {
+        let length = if vr::has_long_length(&vr) == Some(true) {
             let mut long = [0u8; 4];
             self.take(&mut long)?;
             u32::from_le_bytes(long)
@@ -229,7 +229,7 @@ mod tests {
         out.extend_from_slice(&tag.0.to_le_bytes());
         out.extend_from_slice(&tag.1.to_le_bytes());
         out.extend_from_slice(vr);
-        if has_long_length(*vr) {
+        if vr::has_long_length(vr) == Some(true) {
             out.extend_from_slice(&[0, 0]);
             out.extend_from_slice(&(value.len() as u32).to_le_bytes());
         } else {
