@@ -69,6 +69,16 @@ impl Sink {
 }
 
 impl Connection<'_> {
+    /// One C-STORE answered: in this association's record and the server's totals.
+    pub(super) fn count_instance(&mut self, stored: bool, bytes: u64) {
+        if stored {
+            self.record.instances += 1;
+        } else {
+            self.record.failures += 1;
+        }
+        self.shared.stats.count_instance(stored, bytes);
+    }
+
     pub(super) fn begin_store(
         &self,
         association: &Association,
@@ -140,13 +150,7 @@ impl Connection<'_> {
                 }
             }
         };
-        if status == status::SUCCESS {
-            self.record.instances += 1;
-        } else {
-            self.record.failures += 1;
-        }
-        let ok = status == status::SUCCESS;
-        self.shared.stats.count_instance(ok, received);
+        self.count_instance(status == status::SUCCESS, received);
         self.respond(association, context_id, command, status, comment.as_deref())?;
         if let Some(path) = path.filter(|_| self.shared.config.emit_stored) {
             let stored = StoredInstance {

@@ -460,8 +460,7 @@ impl Connection<'_> {
                 Ok(Message::Idle)
             }
             dimse::C_STORE_RQ => {
-                self.record.failures += 1;
-                self.shared.stats.count_instance(false, 0);
+                self.count_instance(false, 0);
                 let comment = "C-STORE-RQ without a data set";
                 self.respond(
                     association,
