@@ -45,6 +45,13 @@ impl From<io::Error> for Stop {
     }
 }
 
+/// A PDU that does not parse: A-ABORT with the reason the codec names (PS3.8 §9.3.8).
+impl From<pdu::PduError> for Stop {
+    fn from(e: pdu::PduError) -> Stop {
+        protocol_error(e.abort_reason(), e.to_string())
+    }
+}
+
 /// What a read is waiting for, which says how long it may take and what happens after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wait {
@@ -128,7 +135,7 @@ fn unexpected_pdu(pdu_type: u8, why: &str) -> Stop {
 /// malformed PDU is refused whole, so no part of it is answered or stored.
 fn check_pdvs(association: &Association, body: &[u8]) -> Result<(), Stop> {
     for pdv in pdu::pdvs(body) {
-        let pdv = pdv.map_err(|e| protocol_error(e.abort_reason(), e.to_string()))?;
+        let pdv = pdv?;
         if association.context(pdv.context_id).is_none() {
             return Err(protocol_error(
                 abort::INVALID_PARAMETER,
@@ -222,7 +229,7 @@ impl Connection<'_> {
         let rq = match Pdu::parse(pdu_type, body) {
             Ok(Pdu::AssociateRq(rq)) => rq,
             Ok(_) => unreachable!("the PDU type was checked"),
-            Err(e) => return Err(protocol_error(e.abort_reason(), e.to_string())),
+            Err(e) => return Err(e.into()),
         };
         self.record.calling_ae = String::from_utf8_lossy(&rq.calling_ae).trim().to_owned();
         self.record.called_ae = String::from_utf8_lossy(&rq.called_ae).trim().to_owned();
@@ -291,9 +298,7 @@ impl Connection<'_> {
                 pdu::RELEASE_RQ => {
                     let due = deadline(config.dimse_timeout);
                     let body = self.read_body(reader, length, MAX_CONTROL_PDU, due, Wait::Dimse)?;
-                    if let Err(e) = Pdu::parse(pdu_type, body) {
-                        return Err(protocol_error(e.abort_reason(), e.to_string()));
-                    }
+                    Pdu::parse(pdu_type, body)?;
                     if !matches!(message, Message::Idle) {
                         // The unfinished message is dropped with its spool file.
                         self.record.detail = Some("released during a message".into());
