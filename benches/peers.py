@@ -22,7 +22,7 @@ the same bytes also go from a plain socket source to a plain socket sink (``raw_
 loopback TCP ceiling every receiver's MB/s is divided by.
 
 pacsanini (``pacsanini_scp.py``), whose API dicom-inlet keeps, pins old pydicom/pynetdicom, so it
-runs from its own venv given by ``--pacsanini``, and is skipped without it. At ~17 CT files/s it
+runs from its own venv given by ``--pacsanini``, and is skipped without it. At ~20 CT files/s it
 receives the CT and small workloads only: the 200 MB instances would take minutes per run.
 
 Receivers that store are checked to have written every file; each run starts on an empty data

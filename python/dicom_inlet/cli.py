@@ -148,7 +148,7 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-pdu",
-        type=int,
+        type=_integer("max-pdu", 0, 2**32 - 1),
         default=262_144,
         metavar="BYTES",
         help="largest P-DATA-TF PDU we receive, announced to peers as Maximum Length "
@@ -293,7 +293,7 @@ def _add_send(commands: Any) -> None:
     )
     send_parser.add_argument(
         "--max-pdu",
-        type=int,
+        type=_integer("max-pdu", 0, 2**32 - 1),
         default=262_144,
         metavar="BYTES",
         help="largest P-DATA-TF PDU we receive, announced as Maximum Length; what we send "
