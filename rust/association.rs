@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use crate::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::pdu::{
     self, AssociateAc, AssociateRj, AssociateRq, PresentationContextAc, UserInfo,
-    APPLICATION_CONTEXT,
+    APPLICATION_CONTEXT, MAX_CONTROL_PDU,
 };
 use crate::transfer_syntax;
 
@@ -98,6 +98,15 @@ pub fn busy() -> AssociateRj {
 }
 
 impl AcceptorPolicy {
+    /// The largest P-DATA-TF PDU we read and announce. A configured 0 ("no limit", PS3.8
+    /// §D.1) becomes the largest PDU we ever buffer, so what we announce is what we accept.
+    pub fn receive_limit(&self) -> u32 {
+        match self.max_pdu {
+            0 => MAX_CONTROL_PDU,
+            max => max,
+        }
+    }
+
     fn choose_transfer_syntax<'a>(&'a self, proposed: &'a [String]) -> Option<&'a str> {
         match &self.transfer_syntaxes {
             Some(preferred) => preferred
@@ -171,7 +180,7 @@ impl AcceptorPolicy {
             application_context: APPLICATION_CONTEXT.to_owned(),
             presentation_contexts: answers,
             user_info: UserInfo {
-                max_length: Some(self.max_pdu),
+                max_length: Some(self.receive_limit()),
                 implementation_class_uid: Some(IMPLEMENTATION_CLASS_UID.to_owned()),
                 async_ops_window: rq.user_info.async_ops_window.map(grant_window),
                 implementation_version_name: Some(IMPLEMENTATION_VERSION_NAME.to_owned()),
@@ -286,6 +295,18 @@ mod tests {
         assert_eq!(association.peer_max_pdu, 16384);
         assert_eq!(association.calling_ae, "SCU");
         assert_eq!(ac.user_info.max_length, Some(262_144));
+    }
+
+    #[test]
+    fn unlimited_max_pdu_announces_what_we_read() {
+        let policy = AcceptorPolicy {
+            max_pdu: 0,
+            ..policy()
+        };
+        let rq = request(vec![context(1, CT, &["1.2.840.10008.1.2"])]);
+        let (_, ac) = accept(&policy, &rq);
+        assert_eq!(ac.user_info.max_length, Some(MAX_CONTROL_PDU));
+        assert_eq!(policy.receive_limit(), MAX_CONTROL_PDU);
     }
 
     #[test]

@@ -51,7 +51,8 @@ class StoreSCPServer:
             (others get A-ASSOCIATE-RJ, reason 3 "calling AE title not recognized").
         maximum_associations: Associations served at once; the next one is rejected as
             transient "local limit exceeded".
-        maximum_pdu_size: The largest P-DATA-TF PDU we accept, advertised to peers.
+        maximum_pdu_size: The largest P-DATA-TF PDU we accept, advertised to peers; 0 means
+            the largest we support (1 MiB).
         acse_timeout: Seconds a new connection has to send its whole A-ASSOCIATE-RQ (the
             ARTIM timer); past it the connection is closed.
         network_timeout: Seconds an association may stay idle between messages before it
@@ -104,7 +105,7 @@ class StoreSCPServer:
         if maximum_associations < 1:
             raise ValueError("maximum_associations must be at least 1")
         if not 0 <= maximum_pdu_size < 2**32:
-            raise ValueError("maximum_pdu_size must fit in 32 bits (0 means no limit)")
+            raise ValueError("maximum_pdu_size must fit in 32 bits (0: the largest supported)")
         self.require_called_aet = require_called_aet
         self.require_calling_aet = [str(t).strip() for t in require_calling_aet]
         self.maximum_associations = maximum_associations

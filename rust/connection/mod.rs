@@ -279,12 +279,7 @@ impl Connection<'_> {
             let (pdu_type, length) = self.read_header(reader, deadline(timeout), wait)?;
             match pdu_type {
                 pdu::P_DATA_TF => {
-                    // A max length of 0 means no limit on our side too; keep the control
-                    // bound then.
-                    let max = match config.policy.max_pdu {
-                        0 => MAX_CONTROL_PDU,
-                        max => max,
-                    };
+                    let max = config.policy.receive_limit();
                     let due = deadline(config.dimse_timeout);
                     let body = self.read_body(reader, length, max, due, Wait::Dimse)?;
                     check_pdvs(association, body)?;
