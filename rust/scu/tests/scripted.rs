@@ -184,18 +184,28 @@ fn cancelling_stops_taking_files() {
     let (paths, _) = files(&dir, "1.2.7", 20, |_| 10);
     // The acceptor answers whatever comes until the release. Break on the first result: the
     // association thread may take a file or two before it sees the cancellation (it does not
-    // wait for the caller between files), never all twenty.
+    // wait for the caller between files), never all twenty. The second answer waits for the
+    // caller's cancellation, so a loaded machine cannot let all files through first.
+    let (cancelled, cancellation) = std::sync::mpsc::channel::<()>();
     let (addr, acceptor) = scripted(move |listener| {
         let mut scp = Acceptor::accept(listener, None);
         let mut next = [0u8; 1];
+        let mut answered = 0;
         while scp.stream.peek(&mut next).unwrap() == 1 && next[0] == pdu::P_DATA_TF {
             let (request, _) = scp.request();
+            if answered == 1 {
+                cancellation.recv().unwrap();
+            }
             scp.respond(&request, 0);
+            answered += 1;
         }
         scp.release();
     });
     let results = send(&config(addr), &paths, 1, &mut |r| match r {
-        Some(_) => ControlFlow::Break(()),
+        Some(_) => {
+            let _ = cancelled.send(());
+            ControlFlow::Break(())
+        }
         None => ControlFlow::Continue(()),
     })
     .unwrap();
