@@ -509,10 +509,7 @@ impl Connection<'_> {
             0 => encoded.len(),
             max => (max as usize).saturating_sub(6).max(2),
         };
-        let chunks = encoded.len().div_ceil(fragment);
-        for (i, chunk) in encoded.chunks(fragment).enumerate() {
-            pdu::encode_pdata(&mut self.out, context_id, true, i + 1 == chunks, chunk);
-        }
+        pdu::encode_command_pdus(&mut self.out, context_id, fragment, &encoded);
         self.flush()
     }
 

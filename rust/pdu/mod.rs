@@ -30,7 +30,7 @@ pub use associate::{
     AssociateAc, AssociateRq, PresentationContextAc, PresentationContextRq, RoleSelection,
     UserIdentityRq, UserInfo,
 };
-pub use pdata::{encode_pdata, pdata_header, pdvs, Pdv, Pdvs};
+pub use pdata::{encode_command_pdus, encode_pdata, pdata_header, pdvs, Pdv, Pdvs};
 
 /// `type u8 | reserved u8 | length u32 BE`, common to every PDU (PS3.8 §9.3.1).
 pub const HEADER_LEN: usize = 6;

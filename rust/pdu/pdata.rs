@@ -76,6 +76,15 @@ impl<'a> Iterator for Pdvs<'a> {
 
 impl std::iter::FusedIterator for Pdvs<'_> {}
 
+/// Append an encoded command set as P-DATA-TF PDUs carrying at most `fragment` bytes of it
+/// each, the last one flagged last (PS3.8 Annex E.2). `fragment` must not be 0.
+pub fn encode_command_pdus(out: &mut Vec<u8>, context_id: u8, fragment: usize, command: &[u8]) {
+    let mut chunks = command.chunks(fragment).peekable();
+    while let Some(chunk) = chunks.next() {
+        encode_pdata(out, context_id, true, chunks.peek().is_none(), chunk);
+    }
+}
+
 /// Append a P-DATA-TF PDU holding one PDV with `data` as its fragment. A fragment over
 /// `u32::MAX - 6` bytes cannot be framed and is cut (callers split at the peer's max length).
 pub fn encode_pdata(

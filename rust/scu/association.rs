@@ -255,10 +255,7 @@ impl Requestor {
     pub fn queue_command(&mut self, context_id: u8, command: &Command) {
         let mut encoded = Vec::with_capacity(256);
         command.encode(&mut encoded);
-        let chunks = encoded.len().div_ceil(self.fragment_len);
-        for (i, chunk) in encoded.chunks(self.fragment_len).enumerate() {
-            pdu::encode_pdata(&mut self.out, context_id, true, i + 1 == chunks, chunk);
-        }
+        pdu::encode_command_pdus(&mut self.out, context_id, self.fragment_len, &encoded);
     }
 
     /// Send `length` data set bytes read from `source` as P-DATA-TF PDUs of the peer's
