@@ -7,12 +7,13 @@ set, and spool + publish of one instance.
 
 from __future__ import annotations
 
+import copy
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -88,3 +89,48 @@ def test_spool_and_publish(benchmark, ct: Dataset, tmp_path: Path, size: str) ->
         f"{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
     )
     assert path.read_bytes().endswith(data_set)
+
+
+@pytest.fixture(scope="module")
+def stored_ct(ct: Dataset, tmp_path_factory: pytest.TempPathFactory) -> _core.StoredInstance:
+    """One CT instance received by a real server, and the event its callbacks would get."""
+    from dicom_inlet import send
+    from dicom_inlet.part10 import write_dataset as write_part10
+
+    root = tmp_path_factory.mktemp("read-back")
+    source = root / "ct.dcm"
+    instance = copy.copy(ct)  # the module's data set stays without file meta
+    instance.file_meta = FileMetaDataset()
+    instance.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    write_part10(instance, source)
+    server = _core.Server(
+        host="127.0.0.1",
+        port=0,
+        ae_title="BENCH",
+        data_dir=root / "data",
+        sort_by="image",
+        sop_classes=[CTImageStorage],
+        emit_stored=True,
+    )
+    try:
+        assert send("127.0.0.1", server.port, [source]).failed == 0
+        event = server.next_event()
+    finally:
+        server.shutdown(0)
+    assert isinstance(event, _core.StoredInstance)
+    return event
+
+
+@pytest.mark.parametrize("reader", ["read_stored", "dcmread"])
+def test_callback_read_back(benchmark, stored_ct: _core.StoredInstance, reader: str) -> None:
+    """What the callback thread does per instance before the callbacks run: dicom-inlet's
+    read-back (the core says where the data set starts) against plain ``pydicom.dcmread``."""
+    import pydicom
+
+    from dicom_inlet.part10 import read_stored
+
+    if reader == "read_stored":
+        ds = benchmark(read_stored, stored_ct)
+    else:
+        ds = benchmark(pydicom.dcmread, stored_ct.path, defer_size=64 * 1024)
+    assert ds.SOPInstanceUID == "1.2.826.0.1.3680043.8.498.1"
