@@ -17,6 +17,7 @@ pub mod scu;
 pub mod server;
 pub mod store;
 pub mod transfer_syntax;
+pub mod verdict;
 pub mod vr;
 
 #[cfg(feature = "python")]

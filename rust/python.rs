@@ -90,7 +90,7 @@ impl Server {
         transfer_syntaxes=None, require_called_ae=false, allowed_calling_aes=Vec::new(),
         max_associations=64, max_pdu=262_144, acse_timeout=None, network_timeout=None,
         dimse_timeout=None, max_instance_size=None, durable=false, emit_stored=false,
-        event_queue=64))]
+        event_queue=64, handler_stage=None, handler_timeout=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -112,7 +112,10 @@ impl Server {
         durable: bool,
         emit_stored: bool,
         event_queue: usize,
+        handler_stage: Option<&str>,
+        handler_timeout: Option<f64>,
     ) -> PyResult<Server> {
+        let handler = handlers::config(handler_stage, seconds(handler_timeout)?)?;
         let sort_key = SortKey::parse(sort_by)
             .ok_or_else(|| Error::InvalidConfig(format!("unknown sort key {sort_by:?}")))?;
         if let Some(unsupported) = transfer_syntaxes
@@ -145,6 +148,7 @@ impl Server {
             max_instance_size,
             emit_stored,
             event_queue,
+            handler,
         };
         let (inner, events) = py.detach(|| server::Server::start(config))?;
         Ok(Server {
@@ -196,6 +200,13 @@ impl Server {
                 }
             })
             .transpose()
+    }
+
+    /// Wait for the next instance awaiting a handler's verdict; None once the server has shut
+    /// down (or has no handler).
+    fn next_store_request(&self, py: Python<'_>) -> Option<handlers::StoreRequest> {
+        py.detach(|| self.inner.next_store_request())
+            .map(handlers::StoreRequest::from)
     }
 
     /// Stop accepting, give open associations `timeout` seconds to finish, abort the rest.
@@ -287,6 +298,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("IMPLEMENTATION_CLASS_UID", IMPLEMENTATION_CLASS_UID)?;
     m.add("IMPLEMENTATION_VERSION_NAME", IMPLEMENTATION_VERSION_NAME)?;
     storage_scu::register(m)?;
+    handlers::register(m)?;
     bench::register(m)?;
     Ok(())
 }
@@ -428,6 +440,116 @@ mod storage_scu {
         m.add("AssociationRejected", py.get_type::<AssociationRejected>())?;
         m.add("AssociationAborted", py.get_type::<AssociationAborted>())?;
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Store handlers: instances waiting for a verdict, taken by Python handler threads.
+mod handlers {
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use pyo3::exceptions::PyRuntimeError;
+    use pyo3::prelude::*;
+
+    use crate::error::Error;
+    use crate::verdict::{HandlerConfig, Request, Stage, Verdict};
+
+    pub(super) fn config(
+        stage: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<Option<HandlerConfig>, Error> {
+        let stage = match stage {
+            None => return Ok(None),
+            Some("before_publish") => Stage::BeforePublish,
+            Some("after_publish") => Stage::AfterPublish,
+            Some(other) => {
+                return Err(Error::InvalidConfig(format!(
+                    "handler_stage must be 'before_publish' or 'after_publish', got {other:?}"
+                )))
+            }
+        };
+        Ok(Some(HandlerConfig { timeout, stage }))
+    }
+
+    /// A received instance waiting for its verdict: answer it once with `answer`.
+    #[pyclass(frozen, module = "dicom_inlet._core")]
+    pub(super) struct StoreRequest {
+        request: Mutex<Option<Request>>,
+        /// The complete Part 10 file to read (the spool file before publishing).
+        #[pyo3(get)]
+        file: PathBuf,
+        /// Where the instance is (or will be) stored.
+        #[pyo3(get)]
+        path: PathBuf,
+        #[pyo3(get)]
+        sop_class_uid: String,
+        #[pyo3(get)]
+        sop_instance_uid: String,
+        #[pyo3(get)]
+        transfer_syntax_uid: String,
+        #[pyo3(get)]
+        calling_ae: String,
+        #[pyo3(get)]
+        called_ae: String,
+        #[pyo3(get)]
+        peer_host: String,
+        #[pyo3(get)]
+        peer_port: u16,
+        /// Data set bytes: the file's last `bytes` bytes.
+        #[pyo3(get)]
+        bytes: u64,
+        #[pyo3(get)]
+        message_id: u16,
+        #[pyo3(get)]
+        context_id: u8,
+    }
+
+    impl From<Request> for StoreRequest {
+        fn from(request: Request) -> Self {
+            let i = request.instance.clone();
+            StoreRequest {
+                request: Mutex::new(Some(request)),
+                file: i.file,
+                path: i.path,
+                sop_class_uid: i.sop_class_uid,
+                sop_instance_uid: i.sop_instance_uid,
+                transfer_syntax_uid: i.transfer_syntax_uid,
+                calling_ae: i.calling_ae,
+                called_ae: i.called_ae,
+                peer_host: i.peer.ip().to_string(),
+                peer_port: i.peer.port(),
+                bytes: i.bytes,
+                message_id: i.message_id,
+                context_id: i.context_id,
+            }
+        }
+    }
+
+    #[pymethods]
+    impl StoreRequest {
+        /// Give the verdict: the C-STORE-RSP status, its Error Comment, and whether
+        /// dicom-inlet keeps its file (False: the handler stored the data itself). Returns
+        /// False when the association no longer waits (the handler timeout expired).
+        #[pyo3(signature = (status, error_comment=None, keep=true))]
+        fn answer(&self, status: u16, error_comment: Option<String>, keep: bool) -> PyResult<bool> {
+            let request = self
+                .request
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .ok_or_else(|| PyRuntimeError::new_err("this request was answered already"))?;
+            Ok(request.answer(Verdict {
+                status,
+                error_comment,
+                keep,
+            }))
+        }
+    }
+
+    pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add_class::<StoreRequest>()
     }
 }
 

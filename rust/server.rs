@@ -17,6 +17,7 @@ use crate::connection;
 use crate::error::{Error, Result};
 use crate::layout::SortKey;
 use crate::store::Storage;
+use crate::verdict::{HandlerConfig, Request, Verdicts};
 
 /// Connections beyond the association limit that still get a proper A-ASSOCIATE-RJ;
 /// past that they are closed at once so a flood cannot spawn unbounded threads.
@@ -47,6 +48,9 @@ pub struct ServerConfig {
     /// Send a `Stored` event per instance (only when someone consumes them).
     pub emit_stored: bool,
     pub event_queue: usize,
+    /// A user handler decides each instance's status (None: every valid instance is stored
+    /// and answered with success, nothing waits on Python).
+    pub handler: Option<HandlerConfig>,
 }
 
 /// One instance written under `data_dir`.
@@ -153,6 +157,7 @@ pub(crate) struct Shared {
     pub storage: Storage,
     pub shutting_down: AtomicBool,
     pub stats: Stats,
+    pub verdicts: Option<Verdicts>,
     active: Mutex<Open>,
     drained: Condvar,
     workers: Mutex<Vec<JoinHandle<()>>>,
@@ -199,7 +204,9 @@ impl Server {
             .local_addr()
             .map_err(Error::io("cannot read the bound address"))?;
         let (events, receiver) = sync_channel(config.event_queue.max(1));
+        let verdicts = config.handler.map(Verdicts::new);
         let shared = Arc::new(Shared {
+            verdicts,
             config,
             storage,
             shutting_down: AtomicBool::new(false),
@@ -243,6 +250,12 @@ impl Server {
         }
     }
 
+    /// The next instance waiting for the handler's verdict, waiting for one; None once the
+    /// server has shut down (or has no handler).
+    pub fn next_store_request(&self) -> Option<Request> {
+        self.shared.verdicts.as_ref()?.next()
+    }
+
     /// Stop accepting, let open associations finish for up to `grace`, abort the rest, and
     /// return once every association thread has ended. Idempotent.
     pub fn shutdown(&self, grace: Duration) {
@@ -278,6 +291,10 @@ impl Server {
         let workers = std::mem::take(&mut *lock(&self.shared.workers));
         for worker in workers {
             let _ = worker.join();
+        }
+        // No association is left to ask: the handler threads may end.
+        if let Some(verdicts) = &self.shared.verdicts {
+            verdicts.close();
         }
     }
 }

@@ -174,6 +174,12 @@ impl Writer {
         Ok(())
     }
 
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.write_all(&self.pending)?;
+        self.pending.clear();
+        Ok(())
+    }
+
     fn finish(mut self) -> io::Result<File> {
         self.file.write_all(&self.pending)?;
         Ok(self.file)
@@ -193,6 +199,20 @@ impl Spool {
             Some(writer) => writer.write(data),
             None => Err(io::Error::other("spool already finished")),
         }
+    }
+
+    /// Write out what is gathered, so the file holds every byte received so far (for a
+    /// handler to read it before it is published).
+    pub fn flush(&mut self) -> io::Result<()> {
+        match &mut self.writer {
+            Some(writer) => writer.flush(),
+            None => Err(io::Error::other("spool already finished")),
+        }
+    }
+
+    /// The spool file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn finish(&mut self) -> io::Result<File> {

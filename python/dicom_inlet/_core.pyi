@@ -17,6 +17,7 @@ __all__ = [
     "SentInstance",
     "Server",
     "ServerStats",
+    "StoreRequest",
     "StoredInstance",
     "_bench_parse_pdata",
     "_bench_scan",
@@ -116,6 +117,8 @@ class Server:
         durable: bool = False,
         emit_stored: bool = False,
         event_queue: int = 64,
+        handler_stage: str | None = None,
+        handler_timeout: float | None = None,
     ) -> Self: ...
     @property
     def port(self) -> int: ...
@@ -129,6 +132,39 @@ class Server:
         """Wait for the next event; None once shut down and drained."""
     def shutdown(self, timeout: float) -> None:
         """Stop accepting, let open associations finish for ``timeout`` s, abort the rest."""
+    def next_store_request(self) -> StoreRequest | None:
+        """Wait for the next instance awaiting a verdict; None once shut down (or no handler)."""
+
+@final
+class StoreRequest:
+    """A received instance waiting for its verdict: answer it once with ``answer``."""
+
+    @property
+    def file(self) -> Path: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def transfer_syntax_uid(self) -> str: ...
+    @property
+    def calling_ae(self) -> str: ...
+    @property
+    def called_ae(self) -> str: ...
+    @property
+    def peer_host(self) -> str: ...
+    @property
+    def peer_port(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def message_id(self) -> int: ...
+    @property
+    def context_id(self) -> int: ...
+    def answer(self, status: int, error_comment: str | None = None, keep: bool = True) -> bool:
+        """Give the verdict; False when the association no longer waits for it."""
 
 # The storage SCU.
 class AssociationError(ConnectionError):

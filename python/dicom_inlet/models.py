@@ -31,19 +31,67 @@ class StorageSortKey(str, enum.Enum):
     IMAGE = "IMAGE"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class DicomNode:
-    """A DICOM application entity on the network.
+    """A DICOM application entity on the network, with pacsanini's coercions.
 
     Args:
-        aetitle: The Application Entity title (1 to 16 characters, no backslash).
-        port: The TCP port; 0 picks a free port when listening.
-        ip: The host or address; for a server, the address to bind (None: all interfaces).
+        aetitle: The Application Entity title (1 to 16 ASCII characters, no backslash), as
+            ``str`` or ``bytes``; held as ``bytes`` like pacsanini's (``ae_title`` gives the
+            ``str``). Another type raises ``ValueError``.
+        port: The TCP port; a string is converted to an int, ``None`` or ``""`` mean none.
+            0 picks a free port when listening (pacsanini would treat it as no port).
+        ip: The host or address; for a server, the address to bind; falsy means none (all
+            interfaces).
+
+    Attributes:
+        has_net_info: True when both ``ip`` and ``port`` are set.
     """
 
-    aetitle: str
-    port: int
-    ip: str | None = None
+    aetitle: bytes
+    port: int | None
+    ip: str | None
+    has_net_info: bool
+
+    def __init__(
+        self,
+        aetitle: str | bytes,
+        port: int | str | None = None,
+        ip: str | None = None,
+    ) -> None:
+        if isinstance(aetitle, str):
+            aetitle = aetitle.encode("ascii", "backslashreplace")
+        if not isinstance(aetitle, bytes):
+            raise ValueError(
+                f"aetitle must be a str or bytes, not {type(aetitle).__name__}: {aetitle!r}"
+            )
+        title = aetitle.strip(b" ")
+        if not title or len(title) > 16 or b"\\" in title or not title.isascii():
+            raise ValueError(
+                f"aetitle must be 1 to 16 ASCII characters without backslash, got {aetitle!r}"
+            )
+        if isinstance(port, str):
+            try:
+                port = int(port) if port.strip() else None
+            except ValueError:
+                raise ValueError(f"port must be a whole number, got {port!r}") from None
+        if port is not None and (
+            isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
+        ):
+            raise ValueError(f"port must be an integer from 0 to 65535, got {port!r}")
+        object.__setattr__(self, "aetitle", title)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "ip", ip or None)
+        object.__setattr__(self, "has_net_info", self.ip is not None and port is not None)
+
+    @property
+    def ae_title(self) -> str:
+        """The AE title as text."""
+        return self.aetitle.decode("ascii")
+
+    def has_port(self) -> bool:
+        """Whether a port is set (a server needs one)."""
+        return self.port is not None
 
     @classmethod
     def coerce(cls, node: DicomNode | Mapping[str, Any]) -> DicomNode:
@@ -52,19 +100,8 @@ class DicomNode:
             return node
         if not isinstance(node, Mapping):
             raise TypeError(f"node must be a DicomNode or a dict, not {type(node).__name__}")
-        if node.get("port") is None:
-            raise ValueError("node needs a 'port' to listen on")
         return cls(
-            aetitle=node.get("aetitle") or DEFAULT_AE_TITLE, port=node["port"], ip=node.get("ip")
+            aetitle=node.get("aetitle") or DEFAULT_AE_TITLE,
+            port=node.get("port"),
+            ip=node.get("ip"),
         )
-
-    def __post_init__(self) -> None:
-        port = self.port
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ValueError(f"port must be an integer from 0 to 65535, got {port!r}")
-        title = self.aetitle.strip(" ")
-        if not title or len(title) > 16 or "\\" in title or not title.isascii():
-            raise ValueError(
-                f"aetitle must be 1 to 16 ASCII characters without backslash, got {self.aetitle!r}"
-            )
-        object.__setattr__(self, "aetitle", title)

@@ -25,7 +25,7 @@ from pydicom.uid import (
 
 from dicom_inlet import _core
 
-__all__ = ["read_stored", "write_dataset"]
+__all__ = ["read_part10", "read_stored", "write_dataset"]
 
 # Values larger than this are read from the stored file only when a callback touches them.
 _DEFER_SIZE = 64 * 1024
@@ -35,21 +35,25 @@ _META_START = _PREAMBLE_LEN + 4
 
 
 def read_stored(stored: _core.StoredInstance) -> FileDataset:
-    """Read a stored instance as ``pydicom.dcmread`` would, in about two thirds of its time.
+    """Read a stored instance as ``pydicom.dcmread`` would, in about two thirds of its time."""
+    return read_part10(stored.path, stored.transfer_syntax_uid, stored.bytes)
+
+
+def read_part10(path: str | os.PathLike[str], syntax: str, data_set_bytes: int) -> FileDataset:
+    """Read a Part 10 file the core wrote, values over 64 KiB deferred until touched.
 
     The core tells the transfer syntax and where the data set starts (it is the file's last
-    ``stored.bytes`` bytes), so the preamble check and the transfer syntax lookup are skipped:
-    on the callback path, pydicom's per-file overhead, not the data set, is what limits the
-    rate. A deflated data set goes through ``dcmread``, which inflates it.
+    ``data_set_bytes`` bytes), so the preamble check and the transfer syntax lookup are
+    skipped: on the callback path, pydicom's per-file overhead, not the data set, is what
+    limits the rate. A deflated data set goes through ``dcmread``, which inflates it.
     """
-    path = os.fspath(stored.path)
-    syntax = stored.transfer_syntax_uid
+    path = os.fspath(path)
     if syntax == DeflatedExplicitVRLittleEndian:
         return pydicom.dcmread(path, defer_size=_DEFER_SIZE)
     implicit = syntax == ImplicitVRLittleEndian
     little = syntax != ExplicitVRBigEndian
     with open(path, "rb") as fp:
-        data_start = os.fstat(fp.fileno()).st_size - stored.bytes
+        data_start = os.fstat(fp.fileno()).st_size - data_set_bytes
         fp.seek(_META_START)
         # File meta is always explicit VR little endian (PS3.10 §7.1).
         meta = read_dataset(fp, False, True, bytelength=data_start - _META_START)

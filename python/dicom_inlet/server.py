@@ -16,6 +16,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from dicom_inlet import _core
+from dicom_inlet.handlers import Handler, HandlerPool, IncomingInstance, Verdict, verdict_of
 from dicom_inlet.models import DicomNode, StorageSortKey
 from dicom_inlet.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 
@@ -42,9 +43,30 @@ class StoreSCPServer:
             optionally ``ip`` (the address to bind; default all interfaces).
         data_dir: Storage root, created if missing; ``""`` means the current directory.
         sort_by: The directory layout (:class:`StorageSortKey`).
+        db_session: pacsanini's SQLAlchemy session for recording instances in its tables;
+            not supported (a value raises ``NotImplementedError``): record from a handler
+            or callback, e.g. with :func:`dicom_inlet.convert.dcm2dict`.
         callbacks: Called with each stored instance, after its file is complete on disk,
-            on a dispatcher thread in arrival order. A raising callback is logged on the
-            ``dicom_inlet`` logger and the others still run.
+            on a dispatcher thread in arrival order, after the peer was answered. A raising
+            callback is logged on the ``dicom_inlet`` logger and the others still run. See
+            ``callbacks_before_response`` for pacsanini's order.
+        handler: Decides each instance's C-STORE status before it is stored: called with an
+            :class:`~dicom_inlet.handlers.IncomingInstance` (its ``dataset`` read lazily
+            from the complete spool file) on a pool of handler threads; returns the status
+            as an int, a pydicom Dataset with ``Status`` and optionally ``ErrorComment``
+            (as a pynetdicom ``EVT_C_STORE`` handler does), or a
+            :class:`~dicom_inlet.handlers.Verdict`. Success and warning statuses store the
+            file (unless the verdict says ``keep=False``), others leave none. A raising
+            handler is logged with its traceback and answers 0xC211, as pynetdicom does.
+        handler_threads: Python threads running the handler (default:
+            ``maximum_associations``, so a slow handler holds back only its own
+            association).
+        handler_timeout: Seconds an association waits for the handler's verdict (None: no
+            limit); past it the store fails with 0xA700 and an Error Comment.
+        callbacks_before_response: pacsanini's order: run ``callbacks`` on the handler
+            threads after the file is stored and before the peer is answered, the first
+            raising callback failing the store with 0xC211 (the file stays, as with
+            pacsanini). The sender waits for the callbacks.
         require_called_aet: Reject associations whose Called AE Title is not ours
             (A-ASSOCIATE-RJ, reason 7 "called AE title not recognized").
         require_calling_aet: If not empty, the only Calling AE Titles accepted
@@ -79,8 +101,13 @@ class StoreSCPServer:
         node: DicomNode | Mapping[str, Any],
         data_dir: str | os.PathLike[str] = "",
         sort_by: StorageSortKey | str = StorageSortKey.PATIENT,
+        db_session: Any = None,
         callbacks: Iterable[Callback] | None = None,
         *,
+        handler: Handler | None = None,
+        handler_threads: int | None = None,
+        handler_timeout: float | None = 30.0,
+        callbacks_before_response: bool = False,
         require_called_aet: bool = False,
         require_calling_aet: Sequence[str] = (),
         maximum_associations: int = 64,
@@ -95,15 +122,42 @@ class StoreSCPServer:
         callback_queue_size: int = 64,
         shutdown_timeout: float = 10.0,
     ) -> None:
+        if db_session is not None:
+            if isinstance(db_session, (list, tuple)):
+                hint = "; callbacks go by keyword: callbacks=[...]"
+            else:
+                hint = ": record from a handler or callback (dicom_inlet.convert.dcm2dict)"
+            raise NotImplementedError(
+                "db_session: dicom-inlet does not record into pacsanini's database tables "
+                f"(the 4th positional parameter is pacsanini's db_session){hint}"
+            )
         self.node = DicomNode.coerce(node)
+        if self.node.port is None:
+            raise ValueError(f"{self.node} needs a port to listen on")
+        self._listen_port: int = self.node.port
         self.data_dir = os.path.abspath(os.fspath(data_dir) or os.getcwd())
         self.sort_by = StorageSortKey(sort_by.upper() if isinstance(sort_by, str) else sort_by)
         self.callbacks: list[Callback] = list(callbacks or [])
         for callback in self.callbacks:
             if not callable(callback):
                 raise TypeError(f"callbacks must be callable, got {callback!r}")
+        if handler is not None and not callable(handler):
+            raise TypeError(f"handler must be callable, got {handler!r}")
+        if handler is not None and callbacks_before_response:
+            raise ValueError(
+                "handler and callbacks_before_response=True: give one (a handler can call "
+                "the callbacks itself)"
+            )
+        self.handler = handler
+        self.callbacks_before_response = callbacks_before_response
         if maximum_associations < 1:
             raise ValueError("maximum_associations must be at least 1")
+        self.handler_threads = maximum_associations if handler_threads is None else handler_threads
+        if self.handler_threads < 1:
+            raise ValueError("handler_threads must be at least 1")
+        if handler_timeout is not None and not handler_timeout > 0:
+            raise ValueError("handler_timeout must be positive seconds (None: no limit)")
+        self.handler_timeout = handler_timeout
         if not 0 <= maximum_pdu_size < 2**32:
             raise ValueError("maximum_pdu_size must fit in 32 bits (0: the largest supported)")
         self.require_called_aet = require_called_aet
@@ -126,7 +180,8 @@ class StoreSCPServer:
         self.scp: _core.Server | None = None
         self._lock = threading.Lock()
         self._dispatcher: threading.Thread | None = None
-        self._bound_port = self.node.port
+        self._handlers: HandlerPool | None = None
+        self._bound_port = self._listen_port
         self._stop = threading.Event()
         # Set whenever no server runs, so a concurrent shutdown() can wait for the first one.
         self._stopped = threading.Event()
@@ -156,8 +211,8 @@ class StoreSCPServer:
             self._stopped.clear()
             self.scp = _core.Server(
                 host=self.node.ip or "0.0.0.0",
-                port=self.node.port,
-                ae_title=self.node.aetitle,
+                port=self._listen_port,
+                ae_title=self.node.ae_title,
                 data_dir=self.data_dir,
                 sort_by=self.sort_by.value,
                 sop_classes=sorted(self.sop_classes),
@@ -171,10 +226,13 @@ class StoreSCPServer:
                 dimse_timeout=self.dimse_timeout,
                 max_instance_size=self.max_instance_size,
                 durable=self.durable,
-                emit_stored=bool(self.callbacks),
+                emit_stored=bool(self.callbacks) and not self.callbacks_before_response,
                 event_queue=self.callback_queue_size,
+                handler_stage=self._handler_stage(),
+                handler_timeout=self.handler_timeout,
             )
             self._bound_port = self.scp.port
+            self._handlers = self._start_handlers(self.scp)
             self._dispatcher = threading.Thread(
                 target=self._dispatch, args=(self.scp,), name="dicom-inlet-callbacks", daemon=True
             )
@@ -183,12 +241,34 @@ class StoreSCPServer:
             "listening on %s:%d as %s, storing in %s (sort by %s)",
             self.scp.host,
             self._bound_port,
-            self.node.aetitle,
+            self.node.ae_title,
             self.data_dir,
             self.sort_by.value.lower(),
         )
         if block:
             self._serve_until_stopped()
+
+    def _handler_stage(self) -> str | None:
+        if self.handler is not None:
+            return "before_publish"
+        if self.callbacks_before_response and self.callbacks:
+            return "after_publish"
+        return None
+
+    def _start_handlers(self, scp: _core.Server) -> HandlerPool | None:
+        handler = self.handler
+        if handler is not None:
+            name = getattr(handler, "__name__", repr(handler))
+            return HandlerPool(scp, lambda i: verdict_of(handler(i)), name, self.handler_threads)
+        if self._handler_stage() is not None:
+            return HandlerPool(scp, self._run_callbacks_first, "callback", self.handler_threads)
+        return None
+
+    def _run_callbacks_first(self, instance: IncomingInstance) -> Verdict:
+        # pacsanini's order: a raising callback propagates and fails the store (0xC211).
+        for callback in self.callbacks:
+            callback(instance.dataset)
+        return Verdict(0x0000)
 
     def _serve_until_stopped(self) -> None:
         restore: list[tuple[int, Any]] = []
@@ -215,18 +295,25 @@ class StoreSCPServer:
         seconds, then aborts them), and returns once the callbacks of every stored instance
         have run.
         """
-        if threading.current_thread() is self._dispatcher:
-            # From a callback: waiting here would stop the very thread that drains the queue.
+        current = threading.current_thread()
+        if current is self._dispatcher or (
+            self._handlers is not None and current in self._handlers
+        ):
+            # From a callback or handler: waiting here would stop a thread the shutdown
+            # waits for.
             threading.Thread(target=self.shutdown, name="dicom-inlet-shutdown").start()
             return
         with self._lock:
             scp, self.scp = self.scp, None
             dispatcher = self._dispatcher
+            handlers, self._handlers = self._handlers, None
         self._stop.set()
         if scp is None:
             self._stopped.wait()
             return
         scp.shutdown(self.shutdown_timeout)
+        if handlers is not None:
+            handlers.join()
         if dispatcher is not None:
             dispatcher.join()
         self._dispatcher = None
@@ -270,7 +357,7 @@ class StoreSCPServer:
     def __repr__(self) -> str:
         state = "running" if self.scp is not None else "stopped"
         return (
-            f"StoreSCPServer(aetitle={self.node.aetitle!r}, port={self.port}, "
+            f"StoreSCPServer(aetitle={self.node.ae_title!r}, port={self.port}, "
             f"data_dir={self.data_dir!r}, sort_by={self.sort_by.name}, {state})"
         )
 

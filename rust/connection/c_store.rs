@@ -9,7 +9,9 @@ use crate::layout;
 use crate::scan::{Encoding, Scanner};
 use crate::server::{Event, StoredInstance};
 use crate::store::Spool;
-use std::path::PathBuf;
+use crate::verdict::{self, Instance, Stage, Verdict};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use super::{Connection, Stop};
 
@@ -139,18 +141,26 @@ impl Connection<'_> {
         sink: Sink,
     ) -> Result<(), Stop> {
         let mut received = 0;
-        let (status, comment, path) = match sink {
-            Sink::Discard { status, comment } => (status, Some(comment), None),
+        let answer = match sink {
+            Sink::Discard { status, comment } => Answer::failure(status, comment),
             Sink::Spool(receiving) => {
                 received = receiving.bytes;
                 self.record.bytes += receiving.bytes;
-                match self.publish(command, *receiving) {
-                    Ok(path) => (status::SUCCESS, None, Some(path)),
-                    Err((status, comment)) => (status, Some(comment), None),
-                }
+                let origin = Origin {
+                    association,
+                    context_id,
+                    context,
+                    command,
+                };
+                self.store(&origin, *receiving)
             }
         };
-        self.count_instance(status == status::SUCCESS, received);
+        let Answer {
+            status,
+            comment,
+            path,
+        } = answer;
+        self.count_instance(verdict::is_stored(status), received);
         self.respond(association, context_id, command, status, comment.as_deref())?;
         if let Some(path) = path.filter(|_| self.shared.config.emit_stored) {
             let stored = StoredInstance {
@@ -172,12 +182,52 @@ impl Connection<'_> {
         Ok(())
     }
 
-    /// Check the data set against its command, then move it into its layout path.
-    fn publish(
+    /// Check the data set against its command, let the handler decide if there is one, and
+    /// publish: what to answer and where the file went.
+    fn store(&self, origin: &Origin<'_>, receiving: Receiving) -> Answer {
+        let bytes = receiving.bytes;
+        let (mut spool, relative) = match self.check(origin.command, receiving) {
+            Ok(checked) => checked,
+            Err((status, comment)) => return Answer::failure(status, comment),
+        };
+        let Some(verdicts) = &self.shared.verdicts else {
+            return self.place(spool, &relative).into();
+        };
+        let path = self.shared.storage.root().join(&relative);
+        let ask = |file: &Path| verdicts.ask(origin.instance(file, &path, self.peer, bytes));
+        let (verdict, stored) = match verdicts.config.stage {
+            Stage::BeforePublish => {
+                if let Err(e) = spool.flush() {
+                    let comment = format!("cannot write the data set: {e}");
+                    return Answer::failure(status::OUT_OF_RESOURCES, comment);
+                }
+                let verdict = ask(spool.path());
+                if !verdict.publishes() {
+                    // Dropping the spool removes its file: a refused instance leaves none.
+                    return Answer::from_verdict(verdict, None);
+                }
+                match self.place(spool, &relative) {
+                    Ok(stored) => (verdict, stored),
+                    Err(failure) => return Err(failure).into(),
+                }
+            }
+            Stage::AfterPublish => {
+                let stored = match self.place(spool, &relative) {
+                    Ok(stored) => stored,
+                    Err(failure) => return Err(failure).into(),
+                };
+                (ask(&stored), stored)
+            }
+        };
+        Answer::from_verdict(verdict, Some(stored))
+    }
+
+    /// Check the data set against its command and find its layout path.
+    fn check(
         &self,
         command: &Command,
         Receiving { spool, scanner, .. }: Receiving,
-    ) -> Result<PathBuf, (u16, String)> {
+    ) -> Result<(Spool, PathBuf), (u16, String)> {
         let attrs = scanner.finish().map_err(|e| {
             (
                 status::CANNOT_UNDERSTAND,
@@ -208,9 +258,82 @@ impl Connection<'_> {
         let relative =
             layout::relative_path(self.shared.config.sort_key, &attrs, sop_instance.as_bytes())
                 .map_err(|missing| (status::CANNOT_UNDERSTAND, missing.to_string()))?;
+        Ok((spool, relative))
+    }
+
+    /// Move a checked spool file into its layout path.
+    fn place(&self, spool: Spool, relative: &Path) -> Result<PathBuf, (u16, String)> {
         self.shared
             .storage
-            .publish(spool, &relative)
+            .publish(spool, relative)
             .map_err(|e| (status::OUT_OF_RESOURCES, format!("cannot store: {e}")))
+    }
+}
+
+/// Where a C-STORE came from, as the handler is told.
+struct Origin<'a> {
+    association: &'a Association,
+    context_id: u8,
+    context: &'a AcceptedContext,
+    command: &'a Command,
+}
+
+impl Origin<'_> {
+    fn instance(&self, file: &Path, path: &Path, peer: SocketAddr, bytes: u64) -> Instance {
+        Instance {
+            file: file.to_path_buf(),
+            path: path.to_path_buf(),
+            sop_class_uid: self.context.abstract_syntax.clone(),
+            sop_instance_uid: self
+                .command
+                .affected_sop_instance_uid
+                .clone()
+                .unwrap_or_default(),
+            transfer_syntax_uid: self.context.transfer_syntax.clone(),
+            calling_ae: self.association.calling_ae.clone(),
+            called_ae: self.association.called_ae.clone(),
+            peer,
+            bytes,
+            message_id: self.command.message_id.unwrap_or(0),
+            context_id: self.context_id,
+        }
+    }
+}
+
+/// What a C-STORE is answered with, and the file it left (None: no file).
+struct Answer {
+    status: u16,
+    comment: Option<String>,
+    path: Option<PathBuf>,
+}
+
+impl Answer {
+    fn failure(status: u16, comment: String) -> Answer {
+        Answer {
+            status,
+            comment: Some(comment),
+            path: None,
+        }
+    }
+
+    fn from_verdict(verdict: Verdict, path: Option<PathBuf>) -> Answer {
+        Answer {
+            status: verdict.status,
+            comment: verdict.error_comment,
+            path,
+        }
+    }
+}
+
+impl From<Result<PathBuf, (u16, String)>> for Answer {
+    fn from(placed: Result<PathBuf, (u16, String)>) -> Answer {
+        match placed {
+            Ok(path) => Answer {
+                status: status::SUCCESS,
+                comment: None,
+                path: Some(path),
+            },
+            Err((status, comment)) => Answer::failure(status, comment),
+        }
     }
 }

@@ -15,6 +15,7 @@ use crate::layout::SortKey;
 use crate::pdu::{self, ae_field, AssociateRq, PresentationContextRq, UserInfo};
 use crate::server::{Event, Server, ServerConfig};
 use crate::store::INCOMING_DIR;
+use crate::verdict::{HandlerConfig, Instance, Stage, Verdict, HANDLER_FAILED};
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
@@ -55,6 +56,7 @@ fn start_with(
         max_instance_size: None,
         emit_stored: true,
         event_queue: 16,
+        handler: None,
     };
     tweak(&mut config);
     let (server, events) = Server::start(config).unwrap();
@@ -565,4 +567,104 @@ fn unlimited_shutdown_grace_lets_the_open_association_finish() {
         stopping.join().unwrap();
     });
     fs::remove_dir_all(&root).unwrap();
+}
+
+/// Start a server whose handler answers each instance by `decide`, on a scoped thread.
+fn with_handler(
+    name: &str,
+    stage: Stage,
+    decide: impl Fn(&Instance) -> Verdict + Send + Sync,
+    run: impl FnOnce(&Server, &Path),
+) {
+    let (server, _events, root) = start_with(name, |config| {
+        config.handler = Some(HandlerConfig {
+            timeout: None,
+            stage,
+        });
+    });
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while let Some(request) = server.next_store_request() {
+                let verdict = decide(&request.instance);
+                assert!(request.answer(verdict));
+            }
+        });
+        run(&server, &root);
+        server.shutdown(Duration::from_secs(5));
+    });
+    fs::remove_dir_all(&root).unwrap();
+}
+
+fn verdict(status: u16, keep: bool) -> Verdict {
+    Verdict {
+        status,
+        error_comment: None,
+        keep,
+    }
+}
+
+#[test]
+fn the_handler_verdict_is_the_status_and_decides_the_file() {
+    let data = |uid: &str| data_set(uid, 300);
+    let decide = |instance: &Instance| {
+        // The handler sees the complete data set in the spool, and where it will be stored.
+        let file = fs::read(&instance.file).unwrap();
+        assert!(file.ends_with(&data(&instance.sop_instance_uid)));
+        assert_eq!(
+            instance.bytes,
+            data(&instance.sop_instance_uid).len() as u64
+        );
+        assert!(instance
+            .file
+            .starts_with(instance.path.ancestors().nth(2).unwrap()));
+        assert!(instance
+            .path
+            .ends_with(format!("1.2.3.4/{}.dcm", instance.sop_instance_uid)));
+        assert_eq!(
+            (instance.calling_ae.as_str(), instance.context_id),
+            ("RUST_SCU", 1)
+        );
+        match instance.sop_instance_uid.as_str() {
+            "1.1" => verdict(0xA701, true),
+            "1.2" => verdict(0xB000, true),
+            _ => verdict(0x0000, false),
+        }
+    };
+    with_handler("verdict", Stage::BeforePublish, decide, |server, root| {
+        let mut peer = Peer::associate(server);
+        for (uid, status, stored) in [
+            ("1.1", 0xA701, false),
+            ("1.2", 0xB000, true),
+            ("1.3", 0x0000, false),
+        ] {
+            peer.send_pdvs(&[
+                (1, true, true, &store_command(uid, 1)),
+                (1, false, true, &data(uid)),
+            ]);
+            assert_eq!(peer.response().status, Some(status), "{uid}");
+            let path = root.join("1.2.3.4").join(format!("{uid}.dcm"));
+            assert_eq!(path.exists(), stored, "{uid}");
+            assert!(incoming_is_empty(root));
+        }
+        peer.release();
+    });
+}
+
+#[test]
+fn after_publish_the_handler_sees_the_stored_file_and_a_failure_keeps_it() {
+    let decide = |instance: &Instance| {
+        assert_eq!(instance.file, instance.path);
+        assert!(instance.path.is_file());
+        verdict(HANDLER_FAILED, true)
+    };
+    with_handler("after", Stage::AfterPublish, decide, |server, root| {
+        let mut peer = Peer::associate(server);
+        peer.send_pdvs(&[
+            (1, true, true, &store_command("2.1", 1)),
+            (1, false, true, &data_set("2.1", 10)),
+        ]);
+        assert_eq!(peer.response().status, Some(HANDLER_FAILED));
+        assert!(root.join("1.2.3.4/2.1.dcm").is_file());
+        peer.release();
+    });
 }

@@ -64,6 +64,7 @@ fn server_with(dir: &Path, policy: AcceptorPolicy) -> (Server, std::sync::mpsc::
         max_instance_size: None,
         emit_stored: false,
         event_queue: 64,
+        handler: None,
     })
     .unwrap()
 }

@@ -1,0 +1,219 @@
+"""Store handlers: Python code that decides the C-STORE status of each received instance.
+
+With a handler configured, the Rust core holds every instance that arrived complete and
+matches its command in its spool file and asks for a verdict before publishing it and
+answering the peer. A pool of Python threads takes these requests (the core waits for them
+with the GIL released), so a slow handler holds back only the association whose instance it
+is deciding.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from dicom_inlet import _core
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+
+__all__ = [
+    "HANDLER_FAILED",
+    "Handler",
+    "IncomingInstance",
+    "Verdict",
+    "is_stored",
+]
+
+logger = logging.getLogger("dicom_inlet")
+
+#: The status a raising handler gives, as with pynetdicom (its Storage SCP answers 0xC211
+#: when the ``evt.EVT_C_STORE`` handler raises).
+HANDLER_FAILED = 0xC211
+# pynetdicom's answers to a handler result it cannot use (Storage Service Class,
+# validate_status): a Dataset without Status, and a value that is neither int nor Dataset.
+_STATUS_DATASET_WITHOUT_STATUS = 0xC001
+_STATUS_INVALID = 0xC002
+# Error Comment is an LO value: at most 64 characters (PS3.7 Annex C, PS3.5 Table 6.2-1).
+_ERROR_COMMENT_MAX = 64
+
+
+def is_stored(status: int) -> bool:
+    """Whether a C-STORE status tells the peer its instance is kept: success or a warning."""
+    return status in (0x0000, 0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A handler's full answer, when a status alone does not say it.
+
+    Attributes:
+        status: The C-STORE-RSP Status (PS3.4 §B.2.3): 0x0000 success, 0xB000-0xBFFF
+            warnings (the instance is stored), anything else a failure (it is not).
+        error_comment: Error Comment (0000,0902) sent with the status, up to 64 characters.
+        keep: False when the handler stored the data itself: dicom-inlet then keeps no file
+            (the peer still hears ``status``).
+    """
+
+    status: int
+    error_comment: str | None = None
+    keep: bool = True
+
+
+class IncomingInstance:
+    """A received instance, complete and checked against its C-STORE-RQ, awaiting a verdict.
+
+    The data set is read from the file only when :attr:`dataset` is first touched; values
+    larger than 64 KiB (pixel data) are read only when touched themselves, while the handler
+    runs. Once the instance is published, ``dataset.filename`` names the stored file.
+
+    Attributes:
+        file: The complete Part 10 file as received (in ``data_dir/.incoming/`` until
+            published).
+        path: Where dicom-inlet stores it if the verdict keeps it.
+        sop_class_uid: Affected SOP Class UID of the request.
+        sop_instance_uid: Affected SOP Instance UID of the request.
+        transfer_syntax_uid: The accepted transfer syntax the data set is encoded in.
+        calling_ae: The peer's AE title (Calling AE Title).
+        called_ae: The AE title the peer called.
+        peer_host: The peer's address.
+        peer_port: The peer's TCP port.
+        bytes: Size of the data set in bytes (file meta excluded).
+        message_id: The request's Message ID.
+        context_id: The presentation context it came on.
+    """
+
+    def __init__(self, request: _core.StoreRequest) -> None:
+        self.file = Path(request.file)
+        self.path = Path(request.path)
+        self.sop_class_uid = request.sop_class_uid
+        self.sop_instance_uid = request.sop_instance_uid
+        self.transfer_syntax_uid = request.transfer_syntax_uid
+        self.calling_ae = request.calling_ae
+        self.called_ae = request.called_ae
+        self.peer_host = request.peer_host
+        self.peer_port = request.peer_port
+        self.bytes = request.bytes
+        self.message_id = request.message_id
+        self.context_id = request.context_id
+
+    @functools.cached_property
+    def dataset(self) -> Dataset:
+        """The data set as a pydicom ``FileDataset``, read on first access."""
+        from dicom_inlet.part10 import read_part10
+
+        return read_part10(self.file, self.transfer_syntax_uid, self.bytes)
+
+    @property
+    def file_meta(self) -> FileMetaDataset:
+        """The file meta information dicom-inlet wrote for it (PS3.10 §7.1)."""
+        return self.dataset.file_meta
+
+    def __repr__(self) -> str:
+        return (
+            f"IncomingInstance({self.sop_instance_uid!r} from {self.calling_ae!r} "
+            f"at {self.peer_host}:{self.peer_port}, {self.bytes} bytes)"
+        )
+
+
+#: A handler: called with each :class:`IncomingInstance`; returns its status as an int, a
+#: pydicom Dataset with ``Status`` (and optionally ``ErrorComment``), as a pynetdicom
+#: ``EVT_C_STORE`` handler does, or a :class:`Verdict`.
+Handler: TypeAlias = "Callable[[IncomingInstance], Any]"
+
+
+def verdict_of(result: object) -> Verdict:
+    """The verdict a handler's return value means, as pynetdicom reads one."""
+    if isinstance(result, Verdict):
+        return result
+    if isinstance(result, int) and not isinstance(result, bool):
+        return Verdict(result)
+    # A Dataset exists only once pydicom is imported: a handler returning ints never pays for it.
+    pydicom = sys.modules.get("pydicom")
+    if pydicom is not None and isinstance(result, pydicom.Dataset):
+        if "Status" not in result:
+            logger.error("handler returned a Dataset without a Status element")
+            return Verdict(_STATUS_DATASET_WITHOUT_STATUS)
+        comment = result.get("ErrorComment")
+        return Verdict(int(result.Status), None if comment is None else str(comment))
+    logger.error("handler returned %r, neither a status int nor a Dataset", result)
+    return Verdict(_STATUS_INVALID)
+
+
+def _comment(text: str | None) -> str | None:
+    if text is None:
+        return None
+    # The core encodes it as given: keep it a valid LO (ASCII, no backslash, 64 characters).
+    text = text.encode("ascii", "replace").decode().replace("\\", "/")
+    return text[:_ERROR_COMMENT_MAX]
+
+
+def decide(
+    request: _core.StoreRequest, judge: Callable[[IncomingInstance], Verdict], name: str
+) -> None:
+    """Run ``judge`` on one request and answer it; a raising judge fails the store."""
+    instance = IncomingInstance(request)
+    try:
+        verdict = judge(instance)
+    except Exception as exc:
+        logger.exception("%s raised for %s; answering 0x%04X", name, instance, HANDLER_FAILED)
+        verdict = Verdict(HANDLER_FAILED, f"{name} failed: {type(exc).__name__}")
+    status = verdict.status
+    if not 0 <= status <= 0xFFFF:
+        logger.error("%s returned status %r, outside 0x0000-0xFFFF", name, status)
+        verdict = Verdict(_STATUS_INVALID)
+    if not request.answer(verdict.status, _comment(verdict.error_comment), verdict.keep):
+        logger.warning(
+            "%s answered %s after handler_timeout: the store had failed with 0xA700",
+            name,
+            instance,
+        )
+        return
+    dataset = instance.__dict__.get("dataset")
+    if dataset is not None and verdict.keep and is_stored(verdict.status):
+        # Deferred values are read from the stored file from now on.
+        dataset.filename = os.fspath(instance.path)
+
+
+class HandlerPool:
+    """Python threads taking the core's requests for a verdict until the server stops."""
+
+    def __init__(
+        self,
+        scp: _core.Server,
+        judge: Callable[[IncomingInstance], Verdict],
+        name: str,
+        threads: int,
+    ) -> None:
+        self._threads = [
+            threading.Thread(
+                target=self._serve,
+                args=(scp, judge, name),
+                name=f"dicom-inlet-handler-{i}",
+                daemon=True,
+            )
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _serve(scp: _core.Server, judge: Callable[[IncomingInstance], Verdict], name: str) -> None:
+        while (request := scp.next_store_request()) is not None:
+            decide(request, judge, name)
+
+    def join(self) -> None:
+        """Wait for every thread to end (they end once the server has shut down)."""
+        for thread in self._threads:
+            thread.join()
+
+    def __contains__(self, thread: threading.Thread) -> bool:
+        return thread in self._threads

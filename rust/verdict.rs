@@ -1,0 +1,355 @@
+//! The verdict: with a user handler configured, an instance complete in its spool file and
+//! checked against its command waits for the handler to decide its C-STORE status before it is
+//! published (DESIGN.md, "verdict?"). Requests queue for a pool of handler threads, so a slow
+//! handler holds back only the association waiting for it; each wait is bounded.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::dimse::status;
+
+/// The status pynetdicom answers when the EVT_C_STORE handler raises (its Storage Service
+/// Class, `ctx.error_status`), which pacsanini's callbacks inherit: 0xC211, "cannot
+/// understand" range of PS3.4 §B.2.3.
+pub const HANDLER_FAILED: u16 = 0xC211;
+
+/// When the handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Between "complete and checked" and "publish": the handler's status decides whether
+    /// the instance is stored.
+    BeforePublish,
+    /// After the file is in place, before the answer (pacsanini's order): the status only
+    /// changes what the peer hears; the file stays, as with pacsanini.
+    AfterPublish,
+}
+
+/// How the server consults the handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandlerConfig {
+    /// How long an association waits for a verdict (None: no limit); past it the store fails
+    /// with 0xA700 and an Error Comment.
+    pub timeout: Option<Duration>,
+    pub stage: Stage,
+}
+
+/// What the handler is shown: the instance and where it came from.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// The complete Part 10 file to read: the spool file before publishing, the stored file
+    /// after.
+    pub file: PathBuf,
+    /// Where the instance is (or will be) stored.
+    pub path: PathBuf,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub transfer_syntax_uid: String,
+    pub calling_ae: String,
+    pub called_ae: String,
+    pub peer: SocketAddr,
+    /// Data set bytes (file meta excluded): the file's last `bytes` bytes.
+    pub bytes: u64,
+    pub message_id: u16,
+    pub context_id: u8,
+}
+
+/// The handler's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub status: u16,
+    pub error_comment: Option<String>,
+    /// False when the handler stored the data itself: dicom-inlet then keeps no file.
+    pub keep: bool,
+}
+
+impl Verdict {
+    pub fn failure(status: u16, comment: impl Into<String>) -> Verdict {
+        Verdict {
+            status,
+            error_comment: Some(comment.into()),
+            keep: false,
+        }
+    }
+
+    /// Whether dicom-inlet publishes its file: a success or warning status (the peer is told
+    /// the instance is kept, PS3.4 §B.2.3) that the handler did not take over.
+    pub fn publishes(&self) -> bool {
+        self.keep && is_stored(self.status)
+    }
+}
+
+/// Success (0000) or a warning (0001, 0107, 0116, Bxxx) of a C-STORE-RSP (PS3.7 Annex C).
+pub fn is_stored(status: u16) -> bool {
+    matches!(status, 0x0000 | 0x0001 | 0x0107 | 0x0116 | 0xB000..=0xBFFF)
+}
+
+#[derive(Debug)]
+enum State {
+    Waiting,
+    Answered(Verdict),
+    /// The handler side dropped the request unanswered.
+    Dropped,
+    /// The association stopped waiting (timeout).
+    Abandoned,
+}
+
+#[derive(Debug)]
+struct Slot {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One instance waiting for its verdict. Dropped unanswered, it fails the store with
+/// [`HANDLER_FAILED`].
+#[derive(Debug)]
+pub struct Request {
+    pub instance: Instance,
+    slot: Arc<Slot>,
+}
+
+impl Request {
+    /// Deliver the verdict; false when the association no longer waits for it (timed out).
+    pub fn answer(self, verdict: Verdict) -> bool {
+        self.settle(State::Answered(verdict))
+    }
+
+    fn settle(&self, new: State) -> bool {
+        let mut state = lock(&self.slot.state);
+        if !matches!(*state, State::Waiting) {
+            return false;
+        }
+        *state = new;
+        self.slot.changed.notify_all();
+        true
+    }
+
+    fn abandoned(&self) -> bool {
+        matches!(*lock(&self.slot.state), State::Abandoned)
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        self.settle(State::Dropped);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    requests: VecDeque<Request>,
+    closed: bool,
+}
+
+/// The requests waiting for a handler thread.
+#[derive(Debug)]
+pub struct Verdicts {
+    pub config: HandlerConfig,
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+impl Verdicts {
+    pub fn new(config: HandlerConfig) -> Verdicts {
+        Verdicts {
+            config,
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+        }
+    }
+
+    /// Queue `instance` for a handler and wait, up to the timeout, for its verdict.
+    pub fn ask(&self, instance: Instance) -> Verdict {
+        let slot = Arc::new(Slot {
+            state: Mutex::new(State::Waiting),
+            changed: Condvar::new(),
+        });
+        {
+            let mut queue = lock(&self.queue);
+            if queue.closed {
+                return Verdict::failure(status::OUT_OF_RESOURCES, "the handlers have stopped");
+            }
+            queue.requests.push_back(Request {
+                instance,
+                slot: Arc::clone(&slot),
+            });
+        }
+        self.ready.notify_one();
+        let state = lock(&slot.state);
+        let waiting = |s: &mut State| matches!(s, State::Waiting);
+        let mut state = match self.config.timeout {
+            None => slot
+                .changed
+                .wait_while(state, waiting)
+                .unwrap_or_else(|p| p.into_inner()),
+            Some(timeout) => {
+                slot.changed
+                    .wait_timeout_while(state, timeout, waiting)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+        match std::mem::replace(&mut *state, State::Abandoned) {
+            State::Answered(verdict) => verdict,
+            State::Dropped => Verdict::failure(HANDLER_FAILED, "the handler gave no verdict"),
+            State::Waiting | State::Abandoned => {
+                let seconds = self.config.timeout.unwrap_or_default().as_secs_f64();
+                // PS3.4 §B.2.3: A7xx "refused: out of resources" for what we cannot finish.
+                Verdict::failure(
+                    status::OUT_OF_RESOURCES,
+                    format!("the handler gave no verdict within {seconds} s"),
+                )
+            }
+        }
+    }
+
+    /// The next request still awaited, waiting for one; None once closed and empty.
+    pub fn next(&self) -> Option<Request> {
+        let mut queue = lock(&self.queue);
+        loop {
+            while let Some(request) = queue.requests.pop_front() {
+                if !request.abandoned() {
+                    return Some(request);
+                }
+            }
+            if queue.closed {
+                return None;
+            }
+            queue = self.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Wake every handler thread to end (once no association can ask any more).
+    pub fn close(&self) {
+        lock(&self.queue).closed = true;
+        self.ready.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    fn instance(uid: &str) -> Instance {
+        Instance {
+            file: PathBuf::from("spool"),
+            path: PathBuf::from("a/b.dcm"),
+            sop_class_uid: "1.2".into(),
+            sop_instance_uid: uid.into(),
+            transfer_syntax_uid: "1.2.840.10008.1.2".into(),
+            calling_ae: "SCU".into(),
+            called_ae: "SCP".into(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            bytes: 10,
+            message_id: 1,
+            context_id: 1,
+        }
+    }
+
+    fn verdicts(timeout: Option<Duration>) -> Arc<Verdicts> {
+        Arc::new(Verdicts::new(HandlerConfig {
+            timeout,
+            stage: Stage::BeforePublish,
+        }))
+    }
+
+    #[test]
+    fn the_answer_reaches_the_asker() {
+        let v = verdicts(None);
+        let handler = {
+            let v = Arc::clone(&v);
+            thread::spawn(move || {
+                let request = v.next().unwrap();
+                assert_eq!(request.instance.sop_instance_uid, "1.2.3");
+                assert!(request.answer(Verdict {
+                    status: 0xB000,
+                    error_comment: None,
+                    keep: true
+                }));
+            })
+        };
+        let verdict = v.ask(instance("1.2.3"));
+        handler.join().unwrap();
+        assert_eq!(verdict.status, 0xB000);
+        assert!(verdict.publishes());
+    }
+
+    #[test]
+    fn a_dropped_request_fails_like_a_raising_handler() {
+        let v = verdicts(None);
+        let handler = {
+            let v = Arc::clone(&v);
+            thread::spawn(move || drop(v.next().unwrap()))
+        };
+        let verdict = v.ask(instance("1"));
+        handler.join().unwrap();
+        assert_eq!(verdict.status, HANDLER_FAILED);
+        assert!(!verdict.publishes());
+    }
+
+    #[test]
+    fn an_unanswered_request_times_out_and_is_skipped_by_the_handlers() {
+        let v = verdicts(Some(Duration::from_millis(1)));
+        // No handler thread yet: the wait expires with the request still queued.
+        let verdict = v.ask(instance("late"));
+        assert_eq!(verdict.status, status::OUT_OF_RESOURCES);
+        assert!(verdict.error_comment.unwrap().contains("no verdict within"));
+        v.close();
+        assert!(
+            v.next().is_none(),
+            "an abandoned request reaches no handler"
+        );
+    }
+
+    #[test]
+    fn a_late_answer_is_refused_and_close_ends_the_handlers() {
+        let v = verdicts(None);
+        // A request whose association stopped waiting, as after a timeout.
+        let request = Request {
+            instance: instance("x"),
+            slot: Arc::new(Slot {
+                state: Mutex::new(State::Abandoned),
+                changed: Condvar::new(),
+            }),
+        };
+        assert!(!request.answer(Verdict::failure(0, "too late")));
+        let handler = {
+            let v = Arc::clone(&v);
+            thread::spawn(move || v.next().is_none())
+        };
+        v.close();
+        assert!(handler.join().unwrap(), "a waiting handler thread ends");
+        assert_eq!(
+            v.ask(instance("after")).status,
+            status::OUT_OF_RESOURCES,
+            "nobody is asked once closed"
+        );
+    }
+
+    #[test]
+    fn statuses_that_publish() {
+        for (status, keep, publishes) in [
+            (0x0000, true, true),
+            (0xB007, true, true),
+            (0x0107, true, true),
+            (0x0000, false, false),
+            (0xA700, true, false),
+            (0xC211, true, false),
+            (0x0122, true, false),
+        ] {
+            let verdict = Verdict {
+                status,
+                error_comment: None,
+                keep,
+            };
+            assert_eq!(verdict.publishes(), publishes, "{status:#06x} keep={keep}");
+        }
+    }
+}

@@ -1,0 +1,306 @@
+"""Store handlers: the handler's verdict is the status the sender sees and decides the file;
+handlers of concurrent associations run in parallel; pacsanini's callback order."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from conftest import (
+    CT_IMAGE_STORAGE,
+    HOST,
+    SCP_AET,
+    SCU_AET,
+    TIMEOUT,
+    dataset_bytes,
+    dcmtk_tool,
+    incoming_entries,
+    make_dataset,
+    patient_layout,
+    send,
+    statuses,
+    stored_files,
+    write_file,
+)
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_inlet.handlers import HANDLER_FAILED, IncomingInstance, Verdict
+
+# Each instance carries the status its handler is to answer, in InstanceNumber.
+FAILURE, WARNING = 0xA701, 0xB000
+
+
+def instances(tmp_path: Path, answers: list[int]) -> list[Path]:
+    paths = []
+    for i, answer in enumerate(answers):
+        ds = make_dataset(instance_number=answer, undefined_length_sequences=False)
+        paths.append(write_file(ds, tmp_path / "send" / f"{i}.dcm"))
+    return paths
+
+
+def answer_from_instance_number(instance: IncomingInstance) -> Any:
+    number = int(instance.dataset.InstanceNumber)
+    if number == HANDLER_FAILED:
+        raise RuntimeError("handler refuses")
+    if number == FAILURE:
+        status = Dataset()
+        status.Status = FAILURE
+        status.ErrorComment = "refused by the handler"
+        return status
+    return number
+
+
+def test_handler_status_is_what_pynetdicom_sees_and_a_refusal_leaves_no_file(
+    server_factory, data_dir, tmp_path, caplog
+):
+    server = server_factory(handler=answer_from_instance_number)
+    answers = [0x0000, WARNING, FAILURE, HANDLER_FAILED]
+    paths = instances(tmp_path, answers)
+    with caplog.at_level(logging.ERROR, logger="dicom_inlet"):
+        results = send(server.port, paths)
+    assert statuses(results) == answers
+    assert results[2].ErrorComment == "refused by the handler"
+    assert "handler refuses" in caplog.text  # the traceback is logged
+    stored = {p.name for p in stored_files(data_dir)}
+    assert stored == {f"{sop_instance_uid(p)}.dcm" for p in paths[:2]}
+    for path in paths[:2]:
+        stored_path = next(p for p in stored_files(data_dir) if p.stem == sop_instance_uid(path))
+        assert dataset_bytes(data_dir / stored_path) == dataset_bytes(path)
+    assert incoming_entries(data_dir) == []
+
+
+def sop_instance_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_handler_status_is_what_dcmtk_storescu_sees(server_factory, data_dir, tmp_path):
+    server = server_factory(handler=answer_from_instance_number)
+    answers = [FAILURE, 0x0000, HANDLER_FAILED, WARNING]
+    paths = instances(tmp_path, answers)
+    result = subprocess.run(
+        [dcmtk_tool("storescu"), "-d", "--no-halt", "-aec", SCP_AET, HOST, str(server.port)]
+        + [str(p) for p in paths],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    seen = [int(s, 16) for s in re.findall(r"DIMSE Status\s*: 0x([0-9a-f]{4})", output)]
+    assert seen == answers, output[-2000:]
+    assert len(stored_files(data_dir)) == 2
+    assert incoming_entries(data_dir) == []
+
+
+def test_handler_sees_the_instance_lazily_and_where_it_will_be_stored(
+    server_factory, data_dir, tmp_path
+):
+    seen: dict[str, Any] = {}
+
+    def handler(instance: IncomingInstance) -> Verdict:
+        ds = instance.dataset
+        pixels = ds.get_item("PixelData", keep_deferred=True)
+        seen.update(
+            pixels_deferred=pixels.value is None,  # not read: only its position is known
+            patient=ds.PatientID,
+            meta_ts=instance.file_meta.TransferSyntaxUID,
+            meta_uid=instance.file_meta.MediaStorageSOPInstanceUID,
+            file_complete=instance.file.stat().st_size >= instance.bytes,
+            file_in_spool=instance.file.parent.name == ".incoming",
+            attrs=(
+                instance.sop_class_uid,
+                instance.sop_instance_uid,
+                instance.transfer_syntax_uid,
+                instance.calling_ae,
+                instance.called_ae,
+                instance.peer_host,
+            ),
+            path=instance.path,
+            ds=ds,
+        )
+        return Verdict(0x0000)
+
+    server = server_factory(handler=handler)
+    ds = make_dataset(rows=256, columns=256)  # 128 KiB of pixel data: deferred
+    path = write_file(ds, tmp_path / "x.dcm")
+    assert statuses(send(server.port, [path], called_aet=SCP_AET)) == [0]
+    assert seen["pixels_deferred"]
+    assert seen["patient"] == "PAT001"
+    assert (seen["meta_ts"], seen["meta_uid"]) == (ExplicitVRLittleEndian, ds.SOPInstanceUID)
+    assert seen["file_complete"] and seen["file_in_spool"]
+    assert seen["attrs"] == (
+        CT_IMAGE_STORAGE,
+        ds.SOPInstanceUID,
+        ExplicitVRLittleEndian,
+        SCU_AET,
+        SCP_AET,
+        HOST,
+    )
+    assert seen["path"] == Path(server.data_dir) / patient_layout(ds)
+    assert seen["path"].is_file()
+    # Published: the deferred pixel data now comes from the stored file.
+    assert seen["ds"].PixelData == ds.PixelData
+
+
+def test_handler_that_stores_itself_keeps_no_file(server_factory, data_dir, tmp_path):
+    taken: list[bytes] = []
+
+    def handler(instance: IncomingInstance) -> Verdict:
+        taken.append(instance.file.read_bytes())
+        return Verdict(0x0000, keep=False)
+
+    server = server_factory(handler=handler)
+    (path,) = instances(tmp_path, [0])
+    assert statuses(send(server.port, [path])) == [0]
+    assert stored_files(data_dir) == []
+    assert taken[0].endswith(dataset_bytes(path))
+
+
+def test_a_late_handler_fails_the_store_with_a7xx_and_the_association_goes_on(
+    server_factory, data_dir, tmp_path, caplog
+):
+    release = threading.Event()
+    answered = threading.Event()
+
+    paths = instances(tmp_path, [0, 0])
+    late = sop_instance_uid(paths[0])
+
+    def handler(instance: IncomingInstance) -> int:
+        if instance.sop_instance_uid == late:
+            release.wait(TIMEOUT)
+            answered.set()
+        return 0
+
+    server = server_factory(handler=handler, handler_timeout=0.2)
+    with caplog.at_level(logging.WARNING, logger="dicom_inlet"):
+        results = send(server.port, paths)
+        release.set()
+        assert answered.wait(TIMEOUT)
+        server.shutdown()
+    assert statuses(results) == [0xA700, 0x0000]
+    assert "no verdict within 0.2 s" in results[0].ErrorComment
+    assert "after handler_timeout" in caplog.text
+    assert len(stored_files(data_dir)) == 1
+    assert incoming_entries(data_dir) == []
+
+
+def test_handlers_of_16_associations_run_in_parallel(server_factory, data_dir, tmp_path):
+    # Every handler waits at the barrier: the stores complete only if all 16 run at once.
+    barrier = threading.Barrier(16, timeout=TIMEOUT)
+
+    def handler(instance: IncomingInstance) -> int:
+        barrier.wait()
+        return 0
+
+    server = server_factory(handler=handler)
+    paths = instances(tmp_path, [0] * 16)
+    results: dict[int, list[int | None]] = {}
+
+    def sender(i: int) -> None:
+        results[i] = statuses(send(server.port, [paths[i]]))
+
+    threads = [threading.Thread(target=sender, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT * 2)
+    assert results == {i: [0] for i in range(16)}
+    assert not barrier.broken
+    assert len(stored_files(data_dir)) == 16
+
+
+def test_a_slow_handler_holds_back_only_its_own_association(server_factory, data_dir, tmp_path):
+    slow_started, release = threading.Event(), threading.Event()
+    slow_uid = "1.2.826.0.1.3680043.10.999.1"
+
+    def handler(instance: IncomingInstance) -> int:
+        if instance.sop_instance_uid == slow_uid:
+            slow_started.set()
+            release.wait(TIMEOUT)
+        return 0
+
+    server = server_factory(handler=handler)
+    slow_path = write_file(make_dataset(sop_instance_uid=slow_uid), tmp_path / "slow.dcm")
+    slow_result: list[int | None] = []
+    slow_sender = threading.Thread(
+        target=lambda: slow_result.extend(statuses(send(server.port, [slow_path])))
+    )
+    slow_sender.start()
+    assert slow_started.wait(TIMEOUT)
+    # While that handler blocks, 15 other associations are served to the end.
+    others = instances(tmp_path, [0] * 15)
+    for path in others:
+        assert statuses(send(server.port, [path])) == [0]
+    assert slow_result == []
+    release.set()
+    slow_sender.join(TIMEOUT)
+    assert slow_result == [0]
+    assert len(stored_files(data_dir)) == 16
+
+
+def test_pacsanini_order_callbacks_done_when_the_sender_hears_back(
+    server_factory, data_dir, tmp_path
+):
+    seen: list[str] = []
+
+    def callback(ds: Dataset) -> None:
+        seen.append(ds.SOPInstanceUID)
+        if int(ds.InstanceNumber) == HANDLER_FAILED:
+            raise ValueError("callback refuses")
+
+    server = server_factory(callbacks=[callback], callbacks_before_response=True)
+    paths = instances(tmp_path, [0, HANDLER_FAILED, 0])
+    for path in paths:
+        (result,) = send(server.port, [path])
+        # pacsanini's guarantee: the file is stored and the callback has run by now.
+        uid = sop_instance_uid(path)
+        assert seen[-1] == uid
+        assert any(p.stem == uid for p in stored_files(data_dir))
+        assert int(result.Status) == (HANDLER_FAILED if path == paths[1] else 0)
+    assert len(seen) == 3
+
+
+def test_handler_options_are_checked(tmp_path):
+    from dicom_inlet import StoreSCPServer
+
+    node = {"aetitle": "X", "port": 0}
+    with pytest.raises(TypeError, match="handler must be callable"):
+        StoreSCPServer(node, tmp_path, handler=42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="give one"):
+        StoreSCPServer(node, tmp_path, handler=lambda i: 0, callbacks_before_response=True)
+    with pytest.raises(ValueError, match="handler_threads"):
+        StoreSCPServer(node, tmp_path, handler=lambda i: 0, handler_threads=0)
+    with pytest.raises(ValueError, match="handler_timeout"):
+        StoreSCPServer(node, tmp_path, handler=lambda i: 0, handler_timeout=0)
+
+
+def test_a_handler_returning_statuses_only_never_imports_pydicom(tmp_path):
+    # The instance is never read unless the handler touches it.
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from dicom_inlet import StoreSCPServer, send
+        with StoreSCPServer({{"aetitle": "X", "port": 0, "ip": "{HOST}"}}, data_dir=sys.argv[1],
+                            handler=lambda instance: 0xB000) as s:
+            result = send("{HOST}", s.port, [sys.argv[2]])
+        print(result.results[0].status, "pydicom" in sys.modules)
+        """
+    )
+    (path,) = instances(tmp_path, [0])
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "d"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        check=True,
+    ).stdout.split()
+    assert out == [str(WARNING), "False"]
