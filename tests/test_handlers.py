@@ -304,3 +304,44 @@ def test_a_handler_returning_statuses_only_never_imports_pydicom(tmp_path):
         check=True,
     ).stdout.split()
     assert out == [str(WARNING), "False"]
+
+
+def test_cli_serve_handler_module_function(tmp_path):
+    from test_cli import LISTENING, ServeProcess
+
+    (tmp_path / "inlet_rules.py").write_text(
+        "def only_ct(instance):\n"
+        "    return 0 if instance.sop_class_uid == '1.2.840.10008.5.1.4.1.1.2' else 0xA702\n"
+    )
+    data_dir = tmp_path / "cli-data"
+    process = ServeProcess(
+        [str(data_dir), "--port", "0", "--host", HOST, "--handler", "inlet_rules:only_ct"],
+        cwd=tmp_path,
+    )
+    try:
+        port = int(process.wait_for(LISTENING).group(2))
+        ct = write_file(make_dataset(), tmp_path / "src" / "ct.dcm")
+        other = make_dataset(sop_class_uid="1.2.840.10008.5.1.4.1.1.7")
+        sc = write_file(other, tmp_path / "src" / "sc.dcm")
+        assert statuses(send(port, [ct, sc])) == [0x0000, 0xA702]
+        assert process.interrupt() == 0, process.text()
+    finally:
+        process.kill()
+    assert stored_files(data_dir) == [patient_layout(pydicom.dcmread(ct))]
+
+
+def test_cli_serve_handler_errors_in_one_line(tmp_path):
+    result = subprocess.run(
+        [
+            *[sys.executable, "-m", "dicom_inlet", "serve", str(tmp_path / "d")],
+            *["--port", "0", "--handler", "no_such_module_here:f"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "cannot import 'no_such_module_here'" in result.stderr

@@ -75,6 +75,15 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
     return positive
 
 
+def _handler(text: str) -> Callable[..., Any]:
+    from dicom_inlet.handlers import load_handler
+
+    try:
+        return load_handler(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 # ---------------------------------------------------------------------------------------------
 # serve
 
@@ -199,6 +208,28 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="fsync every file and its directory before answering success",
     )
+    serve.add_argument(
+        "--handler",
+        type=_handler,
+        metavar="MODULE:FUNCTION",
+        help="decide each instance's status before it is stored: FUNCTION(instance) returns "
+        "the C-STORE status (0 success, 0xBxxx warning, else refused and not stored), as "
+        "with StoreSCPServer(handler=...); MODULE is imported from the current directory "
+        "or the Python path",
+    )
+    serve.add_argument(
+        "--handler-threads",
+        type=_positive(int),
+        metavar="N",
+        help="Python threads running the handler (default: --max-associations)",
+    )
+    serve.add_argument(
+        "--handler-timeout",
+        type=_positive(float),
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds to wait for the handler's verdict before refusing with 0xA700 (default: 30)",
+    )
     serve.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")
     serve.set_defaults(run=_serve)
     return serve
@@ -221,6 +252,9 @@ def _serve(args: argparse.Namespace) -> int:
         transfer_syntaxes=args.transfer_syntaxes,
         durable=args.durable,
         shutdown_timeout=args.shutdown_timeout,
+        handler=args.handler,
+        handler_threads=args.handler_threads,
+        handler_timeout=args.handler_timeout,
     )
     with console.server_status(server, enabled=sys.stderr.isatty() and not args.quiet):
         server.run(block=True)

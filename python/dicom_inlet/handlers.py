@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from dicom_inlet import _core
 
@@ -31,6 +31,7 @@ __all__ = [
     "IncomingInstance",
     "Verdict",
     "is_stored",
+    "load_handler",
 ]
 
 logger = logging.getLogger("dicom_inlet")
@@ -128,6 +129,36 @@ class IncomingInstance:
 #: pydicom Dataset with ``Status`` (and optionally ``ErrorComment``), as a pynetdicom
 #: ``EVT_C_STORE`` handler does, or a :class:`Verdict`.
 Handler: TypeAlias = "Callable[[IncomingInstance], Any]"
+
+
+def load_handler(spec: str) -> Handler:
+    """Import a handler named ``module:function`` (``package.module:object.method`` too).
+
+    The current directory is searched first, as ``python -m`` would.
+
+    Raises:
+        ValueError: The name is malformed, the module cannot be imported, the name is
+            missing, or it is not callable; the message says which, in one line.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"expected module:function, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    import importlib
+
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ValueError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"{module_name!r} has no {attribute!r}") from None
+    if not callable(target):
+        raise ValueError(f"{spec} is not callable")
+    return cast("Handler", target)
 
 
 def verdict_of(result: object) -> Verdict:
