@@ -299,6 +299,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("IMPLEMENTATION_VERSION_NAME", IMPLEMENTATION_VERSION_NAME)?;
     storage_scu::register(m)?;
     handlers::register(m)?;
+    requestor::register(m)?;
     bench::register(m)?;
     Ok(())
 }
@@ -550,6 +551,198 @@ mod handlers {
 
     pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add_class::<StoreRequest>()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One SCU association driven from Python (dicom_inlet.pynetdicom): associate with the given
+// contexts, C-STORE encoded data sets and C-ECHO one at a time, release or abort. The core's
+// requestor does the work with the GIL released.
+mod requestor {
+    use std::sync::Mutex;
+
+    use pyo3::exceptions::PyRuntimeError;
+    use pyo3::prelude::*;
+
+    use super::seconds;
+    use crate::association::VERIFICATION_SOP_CLASS;
+    use crate::dimse::{self, Command};
+    use crate::error::Error;
+    use crate::scu::{Proposal, Requestor, ScuConfig};
+
+    /// An established association, requestor side.
+    #[pyclass(frozen, module = "dicom_inlet._core")]
+    struct ScuAssociation {
+        requestor: Mutex<Option<Requestor>>,
+        /// The accepted presentation contexts: (id, abstract syntax, transfer syntax).
+        #[pyo3(get)]
+        accepted: Vec<(u8, String, String)>,
+    }
+
+    impl ScuAssociation {
+        /// Run `work` on the open association, GIL released; a failure ends it.
+        fn with<T: Send>(
+            &self,
+            py: Python<'_>,
+            work: impl FnOnce(&mut Requestor) -> Result<T, Error> + Send,
+        ) -> PyResult<T> {
+            py.detach(|| {
+                let mut guard = self.requestor.lock().unwrap_or_else(|p| p.into_inner());
+                let requestor = guard
+                    .as_mut()
+                    .ok_or_else(|| PyRuntimeError::new_err("the association is not open"))?;
+                let result = work(requestor);
+                if result.is_err() {
+                    // The requestor aborted or lost the association already.
+                    *guard = None;
+                }
+                result.map_err(PyErr::from)
+            })
+        }
+
+        fn request(
+            &self,
+            py: Python<'_>,
+            context_id: u8,
+            mut command: Command,
+            data_set: Option<&[u8]>,
+        ) -> PyResult<(u16, Option<String>)> {
+            self.with(py, |requestor| {
+                let message_id = requestor.message_id();
+                command.message_id = Some(message_id);
+                requestor.queue_command(context_id, &command);
+                match data_set {
+                    Some(mut data) => {
+                        let length = data.len() as u64;
+                        // Reading a byte slice cannot fail.
+                        let _ = requestor.send_data_set(context_id, &mut data, length)?;
+                    }
+                    None => requestor.flush()?,
+                }
+                let reply = requestor.reply()?;
+                if reply.message_id != message_id {
+                    return Err(requestor.unexpected_reply(reply.message_id));
+                }
+                Ok((reply.status, reply.error_comment))
+            })
+        }
+    }
+
+    #[pymethods]
+    impl ScuAssociation {
+        /// C-STORE one encoded data set on an accepted context; (status, error comment).
+        fn send_c_store(
+            &self,
+            py: Python<'_>,
+            context_id: u8,
+            sop_class_uid: String,
+            sop_instance_uid: String,
+            data_set: &[u8],
+        ) -> PyResult<(u16, Option<String>)> {
+            let command = Command {
+                command_field: dimse::C_STORE_RQ,
+                affected_sop_class_uid: Some(sop_class_uid),
+                affected_sop_instance_uid: Some(sop_instance_uid),
+                has_data_set: true,
+                ..Command::default()
+            };
+            self.request(py, context_id, command, Some(data_set))
+        }
+
+        /// C-ECHO on an accepted Verification context; (status, error comment).
+        fn send_c_echo(&self, py: Python<'_>, context_id: u8) -> PyResult<(u16, Option<String>)> {
+            let command = Command {
+                command_field: dimse::C_ECHO_RQ,
+                affected_sop_class_uid: Some(VERIFICATION_SOP_CLASS.into()),
+                ..Command::default()
+            };
+            self.request(py, context_id, command, None)
+        }
+
+        /// A-RELEASE-RQ and wait for the A-RELEASE-RP; nothing if already ended.
+        fn release(&self, py: Python<'_>) -> PyResult<()> {
+            let requestor = self
+                .requestor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            match requestor {
+                Some(requestor) => Ok(py.detach(|| requestor.release())?),
+                None => Ok(()),
+            }
+        }
+
+        /// A-ABORT at once; nothing if already ended.
+        fn abort(&self, py: Python<'_>) {
+            let requestor = self
+                .requestor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(requestor) = requestor {
+                py.detach(|| requestor.abort());
+            }
+        }
+
+        /// Whether the association is still open.
+        #[getter]
+        fn is_open(&self) -> bool {
+            self.requestor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+        }
+    }
+
+    /// Associate proposing each (abstract syntax, transfer syntax) pair as its own context.
+    #[pyfunction]
+    #[pyo3(signature = (host, port, contexts, *, called_ae, calling_ae, max_pdu=16_382,
+        timeout=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn associate(
+        py: Python<'_>,
+        host: String,
+        port: u16,
+        contexts: Vec<(String, String)>,
+        called_ae: String,
+        calling_ae: String,
+        max_pdu: u32,
+        timeout: Option<f64>,
+    ) -> PyResult<ScuAssociation> {
+        let config = ScuConfig {
+            host,
+            port,
+            called_ae,
+            calling_ae,
+            max_pdu,
+            timeout: seconds(timeout)?,
+            async_window: 1,
+        };
+        config.validate()?;
+        let proposals: Vec<Proposal> = contexts
+            .into_iter()
+            .map(|(abstract_syntax, transfer_syntax)| Proposal {
+                abstract_syntax,
+                transfer_syntax,
+            })
+            .collect();
+        let requestor = py.detach(|| Requestor::open(&config, &proposals))?;
+        let accepted = proposals
+            .iter()
+            .filter_map(|p| {
+                let id = requestor.context_for(&p.abstract_syntax, &p.transfer_syntax)?;
+                Some((id, p.abstract_syntax.clone(), p.transfer_syntax.clone()))
+            })
+            .collect();
+        Ok(ScuAssociation {
+            requestor: Mutex::new(Some(requestor)),
+            accepted,
+        })
+    }
+
+    pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add_class::<ScuAssociation>()?;
+        m.add_function(wrap_pyfunction!(associate, m)?)
     }
 }
 

@@ -14,6 +14,7 @@ __all__ = [
     "AssociationError",
     "AssociationRecord",
     "AssociationRejected",
+    "ScuAssociation",
     "SentInstance",
     "Server",
     "ServerStats",
@@ -22,6 +23,7 @@ __all__ = [
     "_bench_parse_pdata",
     "_bench_scan",
     "_bench_store",
+    "associate",
     "echo",
     "send",
 ]
@@ -218,6 +220,38 @@ def send(
     progress: Callable[[SentInstance], object] | None = None,
 ) -> list[SentInstance]:
     """C-STORE Part 10 files; one result per path, in order."""
+
+@final
+class ScuAssociation:
+    """An established association, requestor side (for dicom_inlet.pynetdicom)."""
+
+    @property
+    def accepted(self) -> list[tuple[int, str, str]]:
+        """The accepted contexts: (id, abstract syntax, transfer syntax)."""
+    @property
+    def is_open(self) -> bool: ...
+    def send_c_store(
+        self, context_id: int, sop_class_uid: str, sop_instance_uid: str, data_set: bytes
+    ) -> tuple[int, str | None]:
+        """C-STORE one encoded data set; (status, error comment)."""
+    def send_c_echo(self, context_id: int) -> tuple[int, str | None]:
+        """C-ECHO on a Verification context; (status, error comment)."""
+    def release(self) -> None:
+        """A-RELEASE-RQ and wait for the A-RELEASE-RP."""
+    def abort(self) -> None:
+        """A-ABORT at once."""
+
+def associate(
+    host: str,
+    port: int,
+    contexts: Sequence[tuple[str, str]],
+    *,
+    called_ae: str,
+    calling_ae: str,
+    max_pdu: int = 16382,
+    timeout: float | None = None,
+) -> ScuAssociation:
+    """Associate proposing each (abstract syntax, transfer syntax) pair as its own context."""
 
 # Benchmark entry points (benches/test_bench_core.py); not API.
 def _bench_parse_pdata(pdu: bytes) -> int:
