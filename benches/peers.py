@@ -21,6 +21,11 @@ propose an asynchronous operations window), which is faster and so shows receive
 the same bytes also go from a plain socket source to a plain socket sink (``raw_tcp.py``): the
 loopback TCP ceiling every receiver's MB/s is divided by.
 
+Store handlers: dicom-inlet with a handler that only answers 0x0000 (``inlet_handler.py``,
+compared with dicom-inlet without one), and the SCP of pynetdicom's storage examples, whose
+handler decodes each data set and writes it with ``save_as`` (``seed_scp.py``), under
+pynetdicom and under ``dicom_inlet.pynetdicom`` (the same code, only the import differs).
+
 pacsanini (``pacsanini_scp.py``), whose API dicom-inlet keeps, pins old pydicom/pynetdicom, so it
 runs from its own venv given by ``--pacsanini``, and is skipped without it. At ~20 CT files/s it
 receives the CT and small workloads only: the 200 MB instances would take minutes per run.
@@ -94,6 +99,8 @@ def receivers(python: str, inlets: list[tuple[str, str]], pacsanini: str | None)
     """Every receiver measured; ``inlets`` are (label, interpreter) of dicom-inlet builds,
     ``pacsanini`` the interpreter of a venv with pacsanini (None: not measured)."""
     single = ("ct", "small", "big")
+    # The seed's SCP decodes and re-encodes every data set: the 200 MB ones take minutes.
+    seed = ("ct", "small")
     inlet_args = ("-m", "dicom_inlet", "serve", "{dir}", "--port", "{port}", "--host")
     found = [
         Receiver(
@@ -112,6 +119,14 @@ def receivers(python: str, inlets: list[tuple[str, str]], pacsanini: str | None)
             (python, str(HERE / "inlet_callback.py"), "{dir}", "{port}", "--expect", "{expect}"),
             ("ct", "small"),
             reports_done=True,
+        ),
+        Receiver(HANDLER, (python, str(HERE / "inlet_handler.py"), "{dir}", "{port}"), single),
+        *(
+            Receiver(label, (python, str(HERE / "seed_scp.py"), module, "{dir}", "{port}"), seed)
+            for label, module in (
+                (SEED_INLET, "dicom_inlet.pynetdicom"),
+                (SEED_PYNETDICOM, "pynetdicom"),
+            )
         ),
         Receiver(
             "storescp +B", (STORESCP, "-aet", "STORESCP", "+B", "-od", "{dir}", "{port}"), single
@@ -162,6 +177,9 @@ def sender_commands(
 
 # The DCMTK figure each ratio divides by.
 CALLBACK = "dicom-inlet + callback"
+HANDLER = "dicom-inlet + handler 0x0000"
+SEED_INLET = "seed SCP on dicom_inlet.pynetdicom"
+SEED_PYNETDICOM = "seed SCP on pynetdicom"
 BASELINE = {
     "ct": "storescp +B",
     "small": "storescp +B",
@@ -410,6 +428,10 @@ def summarize(results: list[Result], inlet: str) -> list[dict]:
         ]
         if r.receiver == CALLBACK:
             others.append(("no_callback", (r.sender, inlet)))
+        if r.receiver == HANDLER:
+            others.append(("no_handler", (r.sender, inlet)))
+        if r.receiver == SEED_INLET:
+            others.append(("seed_pynetdicom", (r.sender, SEED_PYNETDICOM)))
         if r.receiver == inlet:
             others.append((PACSANINI, (r.sender, PACSANINI)))
         for label, other in others:
@@ -476,7 +498,12 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
                 if shown:
                     cells.append(f"{ratio:.2f}x" if ratio is not None else "")
             lines.append("| " + " | ".join(cells) + " |")
-            for label, other in (("no_callback", "without callbacks"), (PACSANINI, PACSANINI)):
+            for label, other in (
+                ("no_callback", "without callbacks"),
+                ("no_handler", "without a handler"),
+                ("seed_pynetdicom", "the same SCP under pynetdicom"),
+                (PACSANINI, PACSANINI),
+            ):
                 if f"x_{label}" in r:
                     ratio = r[f"x_{label}"]["files_per_s"]
                     notes.append(

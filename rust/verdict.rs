@@ -5,11 +5,15 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::dimse::status;
+use crate::store::Spool;
+
+/// A failed step: the status to answer and its Error Comment.
+pub type Failure = (u16, String);
 
 /// The status pynetdicom answers when the EVT_C_STORE handler raises (its Storage Service
 /// Class, `ctx.error_status`), which pacsanini's callbacks inherit: 0xC211, "cannot
@@ -206,6 +210,39 @@ impl Verdicts {
                     format!("the handler gave no verdict within {seconds} s"),
                 )
             }
+        }
+    }
+
+    /// Publish a complete, checked spool file with `place`, asking the handler as its stage
+    /// says: before (a verdict that does not publish drops the spool, so no file is left) or
+    /// after (the verdict changes only the answer). `instance` describes it for the handler,
+    /// given the file to read. Returns the verdict to answer and the stored path, if any.
+    pub fn around_publish(
+        &self,
+        mut spool: Spool,
+        instance: impl FnOnce(&Path) -> Instance,
+        place: impl FnOnce(Spool) -> Result<PathBuf, Failure>,
+    ) -> (Verdict, Option<PathBuf>) {
+        let failed = |(status, comment): Failure| (Verdict::failure(status, comment), None);
+        match self.config.stage {
+            Stage::BeforePublish => {
+                if let Err(e) = spool.flush() {
+                    let comment = format!("cannot write the data set: {e}");
+                    return failed((status::OUT_OF_RESOURCES, comment));
+                }
+                let verdict = self.ask(instance(spool.path()));
+                if !verdict.publishes() {
+                    return (verdict, None);
+                }
+                match place(spool) {
+                    Ok(stored) => (verdict, Some(stored)),
+                    Err(failure) => failed(failure),
+                }
+            }
+            Stage::AfterPublish => match place(spool) {
+                Ok(stored) => (self.ask(instance(&stored)), Some(stored)),
+                Err(failure) => failed(failure),
+            },
         }
     }
 

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,26 +188,80 @@ def _comment(text: str | None) -> str | None:
     return text[:_ERROR_COMMENT_MAX]
 
 
+class _Watchdog:
+    """Logs at WARNING each handler call still running past ``handler_timeout``: the core has
+    answered its peer 0xA700 by then, and will refuse the handler's late verdict."""
+
+    def __init__(self, timeout: float, name: str) -> None:
+        self._timeout, self._name = timeout, name
+        self._running: dict[int, tuple[float, IncomingInstance]] = {}
+        self._changed = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(
+            target=self._watch, name="dicom-inlet-handler-watchdog", daemon=True
+        )
+        self._thread.start()
+
+    def started(self, instance: IncomingInstance) -> None:
+        with self._changed:
+            self._running[threading.get_ident()] = (time.monotonic() + self._timeout, instance)
+            self._changed.notify()
+
+    def finished(self) -> None:
+        with self._changed:
+            self._running.pop(threading.get_ident(), None)
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        with self._changed:
+            while not self._stopped:
+                if not self._running:
+                    self._changed.wait()
+                    continue
+                key, (due, instance) = min(self._running.items(), key=lambda item: item[1][0])
+                left = due - time.monotonic()
+                if left > 0:
+                    self._changed.wait(left)
+                    continue
+                del self._running[key]
+                logger.warning(
+                    "%s gave no verdict for %s within handler_timeout (%g s): the store "
+                    "failed with 0xA700",
+                    self._name,
+                    instance,
+                    self._timeout,
+                )
+
+
 def decide(
-    request: _core.StoreRequest, judge: Callable[[IncomingInstance], Verdict], name: str
+    request: _core.StoreRequest,
+    judge: Callable[[IncomingInstance], Verdict],
+    name: str,
+    watchdog: _Watchdog | None = None,
 ) -> None:
     """Run ``judge`` on one request and answer it; a raising judge fails the store."""
     instance = IncomingInstance(request)
+    if watchdog is not None:
+        watchdog.started(instance)
     try:
         verdict = judge(instance)
     except Exception as exc:
         logger.exception("%s raised for %s; answering 0x%04X", name, instance, HANDLER_FAILED)
         verdict = Verdict(HANDLER_FAILED, f"{name} failed: {type(exc).__name__}")
+    finally:
+        if watchdog is not None:
+            watchdog.finished()
     status = verdict.status
     if not 0 <= status <= 0xFFFF:
         logger.error("%s returned status %r, outside 0x0000-0xFFFF", name, status)
         verdict = Verdict(_STATUS_INVALID)
     if not request.answer(verdict.status, _comment(verdict.error_comment), verdict.keep):
-        logger.warning(
-            "%s answered %s after handler_timeout: the store had failed with 0xA700",
-            name,
-            instance,
-        )
+        logger.info("%s answered %s after handler_timeout: too late", name, instance)
         return
     dataset = instance.__dict__.get("dataset")
     if dataset is not None and verdict.keep and is_stored(verdict.status):
@@ -223,11 +278,13 @@ class HandlerPool:
         judge: Callable[[IncomingInstance], Verdict],
         name: str,
         threads: int,
+        timeout: float | None,
     ) -> None:
+        self._watchdog = None if timeout is None else _Watchdog(timeout, name)
         self._threads = [
             threading.Thread(
                 target=self._serve,
-                args=(scp, judge, name),
+                args=(scp, judge, name, self._watchdog),
                 name=f"dicom-inlet-handler-{i}",
                 daemon=True,
             )
@@ -237,14 +294,21 @@ class HandlerPool:
             thread.start()
 
     @staticmethod
-    def _serve(scp: _core.Server, judge: Callable[[IncomingInstance], Verdict], name: str) -> None:
+    def _serve(
+        scp: _core.Server,
+        judge: Callable[[IncomingInstance], Verdict],
+        name: str,
+        watchdog: _Watchdog | None,
+    ) -> None:
         while (request := scp.next_store_request()) is not None:
-            decide(request, judge, name)
+            decide(request, judge, name, watchdog)
 
     def join(self) -> None:
         """Wait for every thread to end (they end once the server has shut down)."""
         for thread in self._threads:
             thread.join()
+        if self._watchdog is not None:
+            self._watchdog.stop()
 
     def __contains__(self, thread: threading.Thread) -> bool:
         return thread in self._threads

@@ -259,9 +259,21 @@ class StoreSCPServer:
         handler = self.handler
         if handler is not None:
             name = getattr(handler, "__name__", repr(handler))
-            return HandlerPool(scp, lambda i: verdict_of(handler(i)), name, self.handler_threads)
+            return HandlerPool(
+                scp,
+                lambda i: verdict_of(handler(i)),
+                name,
+                self.handler_threads,
+                self.handler_timeout,
+            )
         if self._handler_stage() is not None:
-            return HandlerPool(scp, self._run_callbacks_first, "callback", self.handler_threads)
+            return HandlerPool(
+                scp,
+                self._run_callbacks_first,
+                "callback",
+                self.handler_threads,
+                self.handler_timeout,
+            )
         return None
 
     def _run_callbacks_first(self, instance: IncomingInstance) -> Verdict:

@@ -9,7 +9,8 @@ use crate::layout;
 use crate::scan::{Encoding, Scanner};
 use crate::server::{Event, StoredInstance};
 use crate::store::Spool;
-use crate::verdict::{self, Instance, Stage, Verdict};
+use crate::verdict::Failure;
+use crate::verdict::{self, Instance, Verdict};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -186,7 +187,7 @@ impl Connection<'_> {
     /// publish: what to answer and where the file went.
     fn store(&self, origin: &Origin<'_>, receiving: Receiving) -> Answer {
         let bytes = receiving.bytes;
-        let (mut spool, relative) = match self.check(origin.command, receiving) {
+        let (spool, relative) = match self.check(origin.command, receiving) {
             Ok(checked) => checked,
             Err((status, comment)) => return Answer::failure(status, comment),
         };
@@ -194,32 +195,12 @@ impl Connection<'_> {
             return self.place(spool, &relative).into();
         };
         let path = self.shared.storage.root().join(&relative);
-        let ask = |file: &Path| verdicts.ask(origin.instance(file, &path, self.peer, bytes));
-        let (verdict, stored) = match verdicts.config.stage {
-            Stage::BeforePublish => {
-                if let Err(e) = spool.flush() {
-                    let comment = format!("cannot write the data set: {e}");
-                    return Answer::failure(status::OUT_OF_RESOURCES, comment);
-                }
-                let verdict = ask(spool.path());
-                if !verdict.publishes() {
-                    // Dropping the spool removes its file: a refused instance leaves none.
-                    return Answer::from_verdict(verdict, None);
-                }
-                match self.place(spool, &relative) {
-                    Ok(stored) => (verdict, stored),
-                    Err(failure) => return Err(failure).into(),
-                }
-            }
-            Stage::AfterPublish => {
-                let stored = match self.place(spool, &relative) {
-                    Ok(stored) => stored,
-                    Err(failure) => return Err(failure).into(),
-                };
-                (ask(&stored), stored)
-            }
-        };
-        Answer::from_verdict(verdict, Some(stored))
+        let (verdict, stored) = verdicts.around_publish(
+            spool,
+            |file| origin.instance(file, &path, self.peer, bytes),
+            |spool| self.place(spool, &relative),
+        );
+        Answer::from_verdict(verdict, stored)
     }
 
     /// Check the data set against its command and find its layout path.
@@ -227,7 +208,7 @@ impl Connection<'_> {
         &self,
         command: &Command,
         Receiving { spool, scanner, .. }: Receiving,
-    ) -> Result<(Spool, PathBuf), (u16, String)> {
+    ) -> Result<(Spool, PathBuf), Failure> {
         let attrs = scanner.finish().map_err(|e| {
             (
                 status::CANNOT_UNDERSTAND,
@@ -262,7 +243,7 @@ impl Connection<'_> {
     }
 
     /// Move a checked spool file into its layout path.
-    fn place(&self, spool: Spool, relative: &Path) -> Result<PathBuf, (u16, String)> {
+    fn place(&self, spool: Spool, relative: &Path) -> Result<PathBuf, Failure> {
         self.shared
             .storage
             .publish(spool, relative)
@@ -325,8 +306,8 @@ impl Answer {
     }
 }
 
-impl From<Result<PathBuf, (u16, String)>> for Answer {
-    fn from(placed: Result<PathBuf, (u16, String)>) -> Answer {
+impl From<Result<PathBuf, Failure>> for Answer {
+    fn from(placed: Result<PathBuf, Failure>) -> Answer {
         match placed {
             Ok(path) => Answer {
                 status: status::SUCCESS,
