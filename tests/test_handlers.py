@@ -211,13 +211,13 @@ def test_a_late_handler_fails_the_store_with_a7xx_and_the_association_goes_on(
 
 def test_handlers_of_16_associations_run_in_parallel(server_factory, data_dir, tmp_path):
     # Every handler waits at the barrier: the stores complete only if all 16 run at once.
-    barrier = threading.Barrier(16, timeout=TIMEOUT)
+    barrier = threading.Barrier(16, timeout=TIMEOUT * 2)
 
     def handler(instance: IncomingInstance) -> int:
         barrier.wait()
         return 0
 
-    server = server_factory(handler=handler)
+    server = server_factory(handler=handler, handler_timeout=None)
     paths = instances(tmp_path, [0] * 16)
     results: dict[int, list[int | None]] = {}
 
@@ -241,10 +241,10 @@ def test_a_slow_handler_holds_back_only_its_own_association(server_factory, data
     def handler(instance: IncomingInstance) -> int:
         if instance.sop_instance_uid == slow_uid:
             slow_started.set()
-            release.wait(TIMEOUT)
+            release.wait(TIMEOUT * 2)
         return 0
 
-    server = server_factory(handler=handler)
+    server = server_factory(handler=handler, handler_timeout=None)
     slow_path = write_file(make_dataset(sop_instance_uid=slow_uid), tmp_path / "slow.dcm")
     slow_result: list[int | None] = []
     slow_sender = threading.Thread(

@@ -16,6 +16,7 @@ and the sending side, a storage SCU::
 """
 
 from dicom_inlet._core import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicom_inlet.handlers import IncomingInstance, Verdict
 from dicom_inlet.models import DicomNode, StorageSortKey
 from dicom_inlet.scu import (
     AssociationAborted,
@@ -35,10 +36,12 @@ __all__ = [
     "AssociationError",
     "AssociationRejected",
     "DicomNode",
+    "IncomingInstance",
     "InstanceResult",
     "SendResult",
     "StorageSortKey",
     "StoreSCPServer",
+    "Verdict",
     "echo",
     "run_server",
     "send",

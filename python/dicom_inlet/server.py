@@ -62,7 +62,8 @@ class StoreSCPServer:
             ``maximum_associations``, so a slow handler holds back only its own
             association).
         handler_timeout: Seconds an association waits for the handler's verdict (None: no
-            limit); past it the store fails with 0xA700 and an Error Comment.
+            limit); past it the store fails with 0xA700 and an Error Comment, logged at
+            WARNING. :meth:`shutdown` waits for running handlers up to this long.
         callbacks_before_response: pacsanini's order: run ``callbacks`` on the handler
             threads after the file is stored and before the peer is answered, the first
             raising callback failing the store with 0xC211 (the file stays, as with
