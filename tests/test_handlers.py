@@ -361,3 +361,28 @@ def test_cli_serve_handler_errors_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "cannot import 'no_such_module_here'" in result.stderr
+
+
+def test_shutdown_from_a_handler_lets_its_instance_finish(server_factory, data_dir, tmp_path):
+    def handler(instance: IncomingInstance) -> int:
+        server.shutdown()  # returns at once: it cannot wait for its own handler thread
+        return 0
+
+    server = server_factory(handler=handler)
+    (path,) = instances(tmp_path, [0])
+    assert statuses(send(server.port, [path])) == [0]
+    server.shutdown()  # waits for the shutdown the handler started
+    assert server.scp is None
+    assert len(stored_files(data_dir)) == 1
+
+
+def test_callbacks_see_only_what_the_handler_kept(server_factory, tmp_path):
+    import queue
+
+    called: queue.Queue = queue.Queue()
+    server = server_factory(handler=answer_from_instance_number, callbacks=[called.put])
+    paths = instances(tmp_path, [FAILURE, WARNING, 0x0000])
+    assert statuses(send(server.port, paths)) == [FAILURE, WARNING, 0x0000]
+    server.shutdown()  # returns once every callback has run
+    seen = [called.get_nowait().SOPInstanceUID for _ in range(called.qsize())]
+    assert seen == [sop_instance_uid(p) for p in paths[1:]]
