@@ -32,7 +32,11 @@ logger = logging.getLogger("dicom_inlet")
 # pynetdicom's AE features dicom-inlet does not offer.
 _UNSUPPORTED = {
     "make_server": "AE.make_server (socketserver subclassing)",
-    "implementation_version_name_setter": "a custom Implementation Version Name",
+    "active_associations": "AE.active_associations",
+    "remove_requested_context": "AE.remove_requested_context",
+    "remove_supported_context": "AE.remove_supported_context",
+    "add_negotiator": "extended negotiation (AE.add_negotiator)",
+    "unrestricted_storage_service": "an unrestricted Storage Service (any SOP class)",
 }
 
 _Handler = Callable[..., Any]
