@@ -313,6 +313,7 @@ mod storage_scu {
         status: Option<u16>,
         error_comment: Option<String>,
         bytes: u64,
+        warning: Option<String>,
     }
 
     impl From<InstanceResult> for SentInstance {
@@ -325,6 +326,7 @@ mod storage_scu {
                 status: r.status,
                 error_comment: r.error_comment,
                 bytes: r.bytes,
+                warning: r.warning,
             }
         }
     }
@@ -393,23 +395,28 @@ mod storage_scu {
             timeout,
             async_window,
         )?;
+        // The first exception is raised at the end. After a signal (Ctrl-C) the callback
+        // still sees the instances answered meanwhile; after its own exception it does not.
         let mut failure = None;
+        let mut callback_failed = false;
         let results = py.detach(|| {
             scu::send(&config, &paths, associations, &mut |result| {
                 Python::attach(|py| {
-                    let called = py.check_signals().and_then(|()| match (&progress, result) {
-                        (Some(progress), Some(result)) => progress
-                            .call1(py, (SentInstance::from(result.clone()),))
-                            .map(drop),
-                        _ => Ok(()),
-                    });
-                    called.map_or_else(
-                        |e| {
-                            failure = Some(e);
-                            ControlFlow::Break(())
-                        },
-                        ControlFlow::Continue,
-                    )
+                    if let Err(e) = py.check_signals() {
+                        failure.get_or_insert(e);
+                    }
+                    if let (Some(progress), Some(result), false) =
+                        (&progress, result, callback_failed)
+                    {
+                        if let Err(e) = progress.call1(py, (SentInstance::from(result.clone()),)) {
+                            callback_failed = true;
+                            failure.get_or_insert(e);
+                        }
+                    }
+                    match failure {
+                        Some(_) => ControlFlow::Break(()),
+                        None => ControlFlow::Continue(()),
+                    }
                 })
             })
         })?;

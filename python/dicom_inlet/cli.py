@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from dicom_inlet import console
 from dicom_inlet.models import DEFAULT_AE_TITLE, DicomNode, StorageSortKey
-from dicom_inlet.scu import DEFAULT_CALLED_AET, echo, files_in, send, status_text
+from dicom_inlet.scu import DEFAULT_CALLED_AET, InstanceResult, echo, files_in, send, status_text
 from dicom_inlet.server import StoreSCPServer
 
 __all__ = ["main"]
@@ -261,13 +264,17 @@ def _add_send(commands: Any) -> None:
         "send",
         help="send DICOM files to a Storage SCP (C-STORE)",
         description="Storage SCU: send Part 10 files with C-STORE, each data set streamed "
-        "from disk exactly as stored. Proposes one presentation context per SOP class and "
-        "transfer syntax found, plus Implicit VR Little Endian for Explicit VR Little Endian "
-        "files (converted on the fly if the peer accepts only that). Directories are searched "
-        "recursively; files that are not DICOM are listed as failed, the others still sent. "
-        "Exit code 0 when the peer stored every instance (success or warning status), 1 when "
-        "any failed (each listed with its status and Error Comment), 2 when nothing could be "
-        "sent (unreachable peer, association rejected: the reason is printed).",
+        "from disk exactly as stored, under the data set's own SOP Class and Instance UIDs "
+        "(a file meta that disagrees is logged as a warning). Proposes one presentation "
+        "context per SOP class and transfer syntax found, plus Explicit VR Little Endian for "
+        "big endian and deflated files and Implicit VR Little Endian for all three (converted "
+        "on the fly when the peer accepts only those). Directories are searched recursively; "
+        "files that are not DICOM or cannot be read are listed as failed, the others still "
+        "sent. Ctrl-C stops taking files, waits for the answers to those under way and prints "
+        "what was done (exit code 130). Exit code 0 when the peer stored every instance "
+        "(success or warning status), 1 when any failed (each listed with its status and "
+        "Error Comment), 2 when nothing could be sent (unreachable peer, association "
+        "rejected: the reason is printed).",
         epilog="example: dicom-inlet send pacs.example 104 study/ --call PACS -n 4",
     )
     _add_peer_arguments(send_parser)
@@ -311,31 +318,66 @@ def _send(args: argparse.Namespace) -> int:
     if not files:
         raise ValueError(f"no files under {' '.join(map(str, args.paths))}")
     progress = console.SendProgress(len(files), bar=sys.stderr.isatty(), quiet=args.quiet)
-    result = send(
-        args.host,
-        args.port,
-        files,
-        called_aet=args.call,
-        calling_aet=args.aet,
-        associations=args.associations,
-        max_pdu=args.max_pdu,
-        timeout=args.timeout,
-        async_window=args.async_window,
-        progress=progress.update,
-    )
+    peer = f"{args.call}@{args.host}:{args.port}"
+    try:
+        with _interrupt_notice(progress):
+            result = send(
+                args.host,
+                args.port,
+                files,
+                called_aet=args.call,
+                calling_aet=args.aet,
+                associations=args.associations,
+                max_pdu=args.max_pdu,
+                timeout=args.timeout,
+                async_window=args.async_window,
+                progress=progress.update,
+            )
+    except KeyboardInterrupt:
+        progress.close()
+        print(
+            f"Interrupted: stored {progress.stored} of {console.instances(len(files))} "
+            f"({progress.bytes / 1e6:.1f} MB) at {peer} in {progress.elapsed:.2f} s; "
+            f"{len(files) - progress.done} not sent."
+        )
+        _list_failures(progress.failures)
+        return EXIT_INTERRUPTED
     progress.close()
-    stored = result.instances - result.failed
     rate = result.bytes / 1e6 / result.seconds if result.seconds > 0 else 0.0
     print(
-        f"Stored {stored} of {result.instances} instances ({result.bytes / 1e6:.1f} MB) "
-        f"at {args.call}@{args.host}:{args.port} in {result.seconds:.2f} s ({rate:.1f} MB/s)."
+        f"Stored {result.stored} of {console.instances(result.instances)} "
+        f"({result.bytes / 1e6:.1f} MB) at {peer} in {result.seconds:.2f} s ({rate:.1f} MB/s)."
     )
     if result.failed:
-        print(f"{result.failed} failed:")
-        for failure in result.failures:
-            print(f"  {console.describe(failure)}")
+        _list_failures(result.failures)
         return EXIT_FAILED_INSTANCES
     return 0
+
+
+def _list_failures(failures: list[InstanceResult]) -> None:
+    if failures:
+        print(f"{len(failures)} failed:")
+        for failure in failures:
+            print(f"  {console.describe(failure)}")
+
+
+@contextlib.contextmanager
+def _interrupt_notice(progress: console.SendProgress) -> Iterator[None]:
+    """While sending, Ctrl-C says at once what it does (the answers to the instances under
+    way are awaited, up to the timeout) before it stops the send as KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(signum: int, frame: object) -> None:
+        progress.say("Interrupted: waiting for the answers to the instances under way.")
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _add_echo(commands: Any) -> None:

@@ -8,13 +8,13 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from dicom_inlet.scu import InstanceResult, status_text
 from dicom_inlet.server import StoreSCPServer
 
-__all__ = ["SendProgress", "describe", "server_status"]
+__all__ = ["SendProgress", "clock", "describe", "instances", "server_status"]
 
 _CLEAR_LINE = "\r\x1b[K"
 # How often the serve status line and the send progress bar are redrawn.
@@ -26,6 +26,18 @@ _PLAIN_PERIOD = 5.0
 
 def _mb(count: int) -> float:
     return count / 1e6
+
+
+def instances(count: int) -> str:
+    """``1 instance``, ``2 instances``."""
+    return f"{count} instance{'' if count == 1 else 's'}"
+
+
+def clock(seconds: float) -> str:
+    """A duration as ``m:ss``, or ``h:mm:ss`` from an hour on."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
 
 
 def describe(result: InstanceResult) -> str:
@@ -120,34 +132,65 @@ def server_status(server: StoreSCPServer, *, enabled: bool) -> Iterator[None]:
 
 
 class SendProgress:
-    """Progress of ``send``: a bar redrawn in place (instances, MB, rate) on a terminal,
-    a plain line every few seconds otherwise, nothing when quiet."""
+    """Progress of ``send``: a bar redrawn in place (instances, MB, rate, elapsed time and
+    an estimate of the time left) on a terminal, a plain line every few seconds otherwise,
+    nothing when quiet. It also keeps what has completed, for a summary when interrupted."""
 
     def __init__(
-        self, total: int, *, bar: bool, quiet: bool = False, stream: TextIO | None = None
+        self,
+        total: int,
+        *,
+        bar: bool,
+        quiet: bool = False,
+        stream: TextIO | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total = total
         self.done = 0
-        self.failed = 0
+        self.stored = 0
         self.bytes = 0
-        self.started = self.shown = time.monotonic()
+        self.failures: list[InstanceResult] = []
+        self.monotonic = monotonic
+        self.started = self.shown = monotonic()
         self.stream = stream or sys.stderr
         self.live = _LiveLine(self.stream) if bar and not quiet else None
         self.plain = not bar and not quiet
+        # Log records (warnings about files) print above the bar, as with serve's status line.
+        root = logging.getLogger()
+        self.saved_handlers = root.handlers[:]
+        if self.live is not None:
+            formatter = self.saved_handlers[0].formatter if self.saved_handlers else None
+            root.handlers = [_AboveLiveLine(self.live, formatter)]
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the send started."""
+        return self.monotonic() - self.started
 
     def _text(self, now: float) -> str:
-        rate = _mb(self.bytes) / max(now - self.started, 1e-9)
-        failed = f", {self.failed} failed" if self.failed else ""
+        elapsed = now - self.started
+        rate = _mb(self.bytes) / max(elapsed, 1e-9)
+        # Files take about the same time each as far as the user can tell in advance.
+        left = (
+            f", about {clock(elapsed * (self.total - self.done) / self.done)} left"
+            if 0 < self.done < self.total
+            else ""
+        )
+        failed = f", {len(self.failures)} failed" if self.failures else ""
         return (
-            f"{self.done}/{self.total} instances, {_mb(self.bytes):.1f} MB, {rate:.1f} MB/s{failed}"
+            f"{self.done}/{instances(self.total)}, {_mb(self.bytes):.1f} MB, {rate:.1f} MB/s, "
+            f"{clock(elapsed)} elapsed{left}{failed}"
         )
 
     def update(self, result: InstanceResult) -> None:
         """Count one completed instance and redraw when due."""
         self.done += 1
         self.bytes += result.bytes
-        self.failed += not result.ok
-        now = time.monotonic()
+        if result.ok:
+            self.stored += 1
+        else:
+            self.failures.append(result)
+        now = self.monotonic()
         if self.live is not None and (now - self.shown >= _BAR_PERIOD or self.done == self.total):
             width = 24
             filled = width * self.done // max(self.total, 1)
@@ -157,7 +200,15 @@ class SendProgress:
             print(f"sent {self._text(now)}", file=self.stream, flush=True)
             self.shown = now
 
+    def say(self, line: str) -> None:
+        """Print a line above the bar (or plainly), even when quiet."""
+        if self.live is not None:
+            self.live.print_above(line)
+        else:
+            print(line, file=self.stream, flush=True)
+
     def close(self) -> None:
         """Leave the terminal line clean for the summary."""
         if self.live is not None:
             self.live.clear()
+            logging.getLogger().handlers = self.saved_handlers
