@@ -67,7 +67,8 @@ pub fn convert(
     Ok((Box::new(transcoder(file, length, from, to)), converted))
 }
 
-fn transcoder<'a>(
+/// The converting reader over `length` bytes of `input` (the fuzz target's entry too).
+pub(crate) fn transcoder<'a>(
     input: impl Read + 'a,
     length: u64,
     from: &str,
@@ -274,14 +275,30 @@ impl<R: Read> Transcoder<R> {
         self.pending.extend_from_slice(&group.to_le_bytes());
         self.pending.extend_from_slice(&element.to_le_bytes());
         self.unit = 1;
+        // Items only in sequences, elements only in items or at the top, each delimiter
+        // closing its kind (PS3.5 §7.5), as the SCP's scanner requires: it reads the items
+        // converted to undefined length that it would have passed over whole.
+        let within = self.frames.last().map(|f| (f.delimiter, f.end.is_none()));
+        let misplaced = match (group, element, within) {
+            (0xFFFE, ITEM, Some((SEQUENCE_DELIMITATION, _))) => None,
+            (0xFFFE, ITEM, _) => Some("an item outside a sequence"),
+            (0xFFFE, SEQUENCE_DELIMITATION, Some((SEQUENCE_DELIMITATION, true))) => None,
+            (0xFFFE, ITEM_DELIMITATION, Some((ITEM_DELIMITATION, true))) => None,
+            (0xFFFE, ITEM_DELIMITATION | SEQUENCE_DELIMITATION, _) => {
+                Some("a delimitation item closes nothing")
+            }
+            (0xFFFE, ..) => Some("unknown item tag"),
+            (_, _, None | Some((ITEM_DELIMITATION, _))) => None,
+            _ => Some("an element outside an item"),
+        };
+        if let Some(why) = misplaced {
+            return Err(self.invalid(why));
+        }
         // Items and delimiters have no VR in any syntax (PS3.5 §7.5).
         if implicit || group == 0xFFFE {
             let length = u32_in([head[4], head[5], head[6], head[7]], big);
             match (group, element, length) {
                 (0xFFFE, ITEM_DELIMITATION | SEQUENCE_DELIMITATION, _) => {
-                    if self.frames.last().is_none_or(|f| f.end.is_some()) {
-                        return Err(self.invalid("a delimitation item closes nothing"));
-                    }
                     self.frames.pop();
                 }
                 (0xFFFE, ITEM, UNDEFINED) => self.push(None, ITEM_DELIMITATION, implicit)?,
@@ -292,8 +309,7 @@ impl<R: Read> Transcoder<R> {
                     return Ok(true);
                 }
                 // A defined-length item of implicit VR contents is copied as it is.
-                (0xFFFE, ITEM, _) => {}
-                (0xFFFE, ..) => return Err(self.invalid("unknown item tag")),
+                (0xFFFE, ..) => {}
                 // Inside implicit VR contents, undefined length means a sequence.
                 (_, _, UNDEFINED) => self.push(None, SEQUENCE_DELIMITATION, true)?,
                 _ => {}

@@ -338,6 +338,25 @@ fn what_cannot_be_converted() {
     assert!(refused(&open).contains("ends inside a sequence"));
     let stray = implicit((0xFFFE, 0xE0DD), 0, &[]);
     assert!(refused(&stray).contains("closes nothing"));
+    let item_at_top = LE.item(ITEM, 0, &[]);
+    assert!(refused(&item_at_top).contains("an item outside a sequence"));
+    // An item directly inside an item, hidden in items of defined length.
+    let inner = LE.item(ITEM, 0, &[]);
+    let outer = LE.item(ITEM, inner.len() as u32, &inner);
+    let nested = LE.explicit((0x0008, 0x1140), b"SQ", &outer);
+    assert!(refused(&nested).contains("an item outside a sequence"));
+    let element_in_sequence = LE.explicit(
+        (0x0008, 0x1140),
+        b"SQ",
+        &LE.explicit((0x0008, 0x0100), b"SH", b"AB"),
+    );
+    assert!(refused(&element_in_sequence).contains("an element outside an item"));
+    let wrong_delimiter = [
+        LE.explicit_len((0x0008, 0x1140), b"SQ", UNDEFINED, &[]),
+        LE.item(ITEM_DELIMITATION, 0, &[]),
+    ]
+    .concat();
+    assert!(refused(&wrong_delimiter).contains("closes nothing"));
     let unknown = LE.explicit((0x0010, 0x0020), b"XX", b"ID");
     assert!(refused(&unknown).contains("unknown VR"));
     // An item claiming more than its sequence holds.
