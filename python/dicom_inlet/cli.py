@@ -319,6 +319,7 @@ def _send(args: argparse.Namespace) -> int:
         raise ValueError(f"no files under {' '.join(map(str, args.paths))}")
     progress = console.SendProgress(len(files), bar=sys.stderr.isatty(), quiet=args.quiet)
     peer = f"{args.call}@{args.host}:{args.port}"
+    interrupted = False
     try:
         with _interrupt_notice(progress):
             result = send(
@@ -334,7 +335,10 @@ def _send(args: argparse.Namespace) -> int:
                 progress=progress.update,
             )
     except KeyboardInterrupt:
+        interrupted = True
+    finally:
         progress.close()
+    if interrupted:
         print(
             f"Interrupted: stored {progress.stored} of {console.instances(len(files))} "
             f"({progress.bytes / 1e6:.1f} MB) at {peer} in {progress.elapsed:.2f} s; "
@@ -342,7 +346,6 @@ def _send(args: argparse.Namespace) -> int:
         )
         _list_failures(progress.failures)
         return EXIT_INTERRUPTED
-    progress.close()
     rate = result.bytes / 1e6 / result.seconds if result.seconds > 0 else 0.0
     print(
         f"Stored {result.stored} of {console.instances(result.instances)} "
