@@ -17,7 +17,11 @@ use crate::file_meta::FileMeta;
 use crate::layout::SortKey;
 use crate::pdu::{Pdu, HEADER_LEN};
 use crate::server::{Event, Server, ServerConfig};
-use crate::transfer_syntax::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
+use crate::transfer_syntax::{
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+};
+use flate2::{write::DeflateEncoder, Compression};
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
@@ -486,3 +490,106 @@ fn explicit_vr_files_are_converted_for_a_peer_accepting_only_implicit_vr() {
 }
 
 mod scripted;
+
+/// A Part 10 file of `data_set` in `transfer_syntax`.
+fn file_in(dir: &Path, name: &str, transfer_syntax: &str, data_set: &[u8]) -> PathBuf {
+    let mut bytes = Vec::new();
+    FileMeta {
+        sop_class_uid: CT,
+        sop_instance_uid: name,
+        transfer_syntax_uid: transfer_syntax,
+        source_ae_title: "",
+    }
+    .encode(&mut bytes);
+    bytes.extend_from_slice(data_set);
+    let path = dir.join(format!("{name}.dcm"));
+    fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Raw deflate (PS3.5 §A.5).
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut encoder = DeflateEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[test]
+fn big_endian_and_deflated_files_go_as_explicit_vr_little_endian_when_that_is_all() {
+    let dir = scratch("to-explicit");
+    let mut policy = policy(false);
+    policy.transfer_syntaxes = Some(vec![EXPLICIT_VR_LITTLE_ENDIAN.into()]);
+    let (server, _events) = server_with(&dir, policy);
+    let uids = data_set(CT, "1.2.30", Some("1.2.3.4"), 0);
+    let uids = &uids[..uids.len() - 12]; // without the empty pixel data
+                                         // The same UI elements big endian: tag numbers and lengths swapped, the text not.
+    let mut big = uids.to_vec();
+    let mut at = 0;
+    while at < big.len() {
+        let length = usize::from(u16::from_le_bytes([big[at + 6], big[at + 7]]));
+        for field in [at, at + 2, at + 6] {
+            big.swap(field, field + 1);
+        }
+        at += 8 + length;
+    }
+    // Pixels as 16-bit words (OW): swapped in big endian.
+    let mut little = uids.to_vec();
+    little.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0]);
+    little.extend_from_slice(&100u32.to_le_bytes());
+    big.extend_from_slice(&[0x7F, 0xE0, 0x00, 0x10, b'O', b'W', 0, 0]);
+    big.extend_from_slice(&100u32.to_be_bytes());
+    for word in (0..50u16).map(|i| i * 1000 + 7) {
+        little.extend_from_slice(&word.to_le_bytes());
+        big.extend_from_slice(&word.to_be_bytes());
+    }
+    let big_path = file_in(&dir, "1.2.30", EXPLICIT_VR_BIG_ENDIAN, &big);
+    let inflated = data_set(CT, "1.2.31", Some("1.2.3.4"), 999);
+    let deflated = deflate(&inflated);
+    let deflated_path = file_in(
+        &dir,
+        "1.2.31",
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        &deflated,
+    );
+    let paths = [big_path, deflated_path];
+    let results = send(&config(server.local_addr()), &paths, 1, &mut quiet).unwrap();
+    for result in &results {
+        assert_eq!(result.status, Some(0), "{result:?}");
+        assert_eq!(
+            result.transfer_syntax_uid.as_deref(),
+            Some(EXPLICIT_VR_LITTLE_ENDIAN)
+        );
+    }
+    assert_eq!(stored_data_set(&dir, "1.2.30"), little);
+    assert_eq!(stored_data_set(&dir, "1.2.31"), inflated);
+    server.shutdown(TIMEOUT);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_deflated_data_set_of_odd_length_is_padded() {
+    let dir = scratch("odd-deflated");
+    let (server, _events) = server(&dir, false);
+    let deflated = (1..)
+        .map(|pixels| deflate(&data_set(CT, "1.2.32", Some("1.2.3.4"), pixels)))
+        .find(|deflated| deflated.len() % 2 == 1)
+        .unwrap();
+    let path = file_in(
+        &dir,
+        "1.2.32",
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        &deflated,
+    );
+    let results = send(&config(server.local_addr()), &[path], 1, &mut quiet).unwrap();
+    assert_eq!(results[0].status, Some(0), "{results:?}");
+    assert_eq!(
+        results[0].transfer_syntax_uid.as_deref(),
+        Some(DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+    );
+    // One trailing NUL makes it even (PS3.5 §A.5); the stream before it is untouched.
+    let padded = [&deflated[..], &[0]].concat();
+    assert_eq!(results[0].bytes, padded.len() as u64);
+    assert_eq!(stored_data_set(&dir, "1.2.32"), padded);
+    server.shutdown(TIMEOUT);
+    fs::remove_dir_all(&dir).unwrap();
+}
