@@ -3,13 +3,16 @@ as real subprocesses, ``serve --config``, and the live lines on a pseudo-termina
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import pty
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 from pathlib import Path
 from typing import Any
@@ -206,8 +209,10 @@ def test_serve_bad_config_is_a_one_line_error(tmp_path: Path, content: str, word
 class Terminal:
     """A command whose stderr is a pseudo-terminal, read by a thread as it comes."""
 
-    def __init__(self, *args: str, cwd: Path) -> None:
+    def __init__(self, *args: str, cwd: Path, columns: int | None = None) -> None:
         master, slave = pty.openpty()
+        if columns is not None:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
         self.proc = subprocess.Popen(
             [*CLI, *args],
             cwd=cwd,
@@ -261,6 +266,20 @@ def test_send_progress_bar_on_a_terminal(server: Any, tmp_path: Path):
     )
     assert terminal.output.endswith("\r\x1b[K"), "the bar is cleared for the summary"
     assert "Stored 3 of 3 instances" in stdout
+
+
+def test_send_progress_bar_fits_a_narrow_terminal(server: Any, tmp_path: Path):
+    for i in range(3):
+        write_file(make_dataset(), tmp_path / "src" / f"{i}.dcm")
+    terminal = Terminal(
+        "send", HOST, str(server.port), str(tmp_path / "src"), cwd=tmp_path, columns=50
+    )
+    code, _ = terminal.finish()
+    assert code == 0, terminal.output
+    # A wrapped line would not be redrawn in place: each drawing is cut to the width.
+    drawings = [d for d in terminal.output.split("\r\x1b[K") if d]
+    assert drawings, terminal.output
+    assert all(d.startswith("[#") and len(d) <= 49 for d in drawings), drawings
 
 
 def test_serve_status_line_on_a_terminal(tmp_path: Path):
@@ -390,11 +409,11 @@ def test_send_progress_shows_elapsed_time_and_time_left():
     ok = InstanceResult(None, None, None, None, 0x0000, None, 1_000_000)
     progress.update(ok)
     assert stream.getvalue().endswith(
-        "[######..................] 1/4 instances, 1.0 MB, 0.1 MB/s, 0:10 elapsed, about 0:30 left"
+        "[######..................] 1/4 instances, 1.0 MB, 0.1 MB/s, 0:10 elapsed, 0:30 left"
     )
     progress.update(InstanceResult(None, None, None, None, None, "gone", 0))
     assert stream.getvalue().endswith(
-        "2/4 instances, 1.0 MB, 0.1 MB/s, 0:20 elapsed, about 0:20 left, 1 failed"
+        "2/4 instances, 1.0 MB, 0.1 MB/s, 0:20 elapsed, 0:20 left, 1 failed"
     )
     assert console.clock(3725) == "1:02:05"
     assert console.instances(1) == "1 instance"

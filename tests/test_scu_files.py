@@ -27,6 +27,9 @@ from test_scu import Peer, running_storescp
 
 from dicom_inlet import InstanceResult, send
 
+# pydicom's liver_expb_1frame.dcm has a UID longer than 64 characters.
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
+
 # Big endian files of pydicom's with sequences, odd-length values and every numeric VR
 # between them; image_dfl.dcm is deflated with an odd-length stream.
 BIG_ENDIAN_FILES = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -47,6 +48,14 @@ def describe(result: InstanceResult) -> str:
     return f"{result.path or result.sop_instance_uid}: {why or 'failed'}"
 
 
+def _columns(stream: TextIO) -> int | None:
+    """The terminal's width, None when unknown (not a terminal, or no size set)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class _LiveLine:
     """One line redrawn in place at the bottom of a terminal; other lines print above it."""
 
@@ -56,6 +65,11 @@ class _LiveLine:
         self.lock = threading.Lock()
 
     def show(self, text: str) -> None:
+        # A line longer than the terminal wraps, and the carriage return then redraws only
+        # its last part: cut it to the width.
+        width = _columns(self.stream)
+        if width:
+            text = text[: width - 1]
         with self.lock:
             self.text = text
             self.stream.write(_CLEAR_LINE + text)
@@ -172,7 +186,7 @@ class SendProgress:
         rate = _mb(self.bytes) / max(elapsed, 1e-9)
         # Files take about the same time each as far as the user can tell in advance.
         left = (
-            f", about {clock(elapsed * (self.total - self.done) / self.done)} left"
+            f", {clock(elapsed * (self.total - self.done) / self.done)} left"
             if 0 < self.done < self.total
             else ""
         )
