@@ -183,7 +183,9 @@ def send(
     async_window: int = 1,
     progress: Callable[[SentInstance], object] | None = None,
 ) -> list[SentInstance]:
-    """C-STORE Part 10 files; one result per path, in order."""
+    """C-STORE Part 10 files; one result per path, in order. An exception from ``progress``
+    or a signal (Ctrl-C) stops taking files and is raised once the associations are
+    released; after a signal ``progress`` still sees the instances answered meanwhile."""
 
 # Benchmark entry points (benches/test_bench_core.py); not API.
 def _bench_parse_pdata(pdu: bytes) -> int:

@@ -236,7 +236,8 @@ def send(
             Operations Window, proposed when above 1 and used as far as the peer grants it).
         progress: Called with each :class:`InstanceResult` as it completes, on this thread.
             An exception from it (or Ctrl-C) stops the sending (outstanding instances are
-            answered and the associations released) and is raised.
+            answered and the associations released) and is raised; after Ctrl-C it is still
+            called for the instances answered meanwhile.
 
     Raises:
         FileNotFoundError: A source path does not exist (nothing is sent); a dangling
