@@ -75,9 +75,10 @@ def test_send_summary_and_success(server: Any, data_dir: Path, tmp_path: Path):
     assert stored_files(data_dir) == sorted(patient_layout(ds) for ds in datasets)
 
 
-def test_send_lists_failed_instances_with_exit_code_1(server: Any, tmp_path: Path):
+def test_send_lists_failed_instances_with_exit_code_1(server_factory, tmp_path: Path):
+    server = server_factory(max_instance_size=100_000)  # refused with 0xA700
     good = write_file(make_dataset(), tmp_path / "good.dcm")
-    refused = write_file(make_dataset(remove=["StudyInstanceUID"]), tmp_path / "refused.dcm")
+    refused = write_file(make_dataset(rows=512, columns=512), tmp_path / "refused.dcm")
     junk = tmp_path / "notes.txt"
     junk.write_text("not DICOM")
     result = run("send", HOST, str(server.port), str(good), str(refused), str(junk), "-q")
@@ -86,7 +87,7 @@ def test_send_lists_failed_instances_with_exit_code_1(server: Any, tmp_path: Pat
     assert "2 failed:" in result.stdout
     listed = {line.split(": ")[0].strip(): line for line in result.stdout.splitlines()[2:]}
     assert set(listed) == {str(refused), str(junk)}
-    assert "0xC000 error: cannot understand" in listed[str(refused)]
+    assert "0xA700 refused: out of resources" in listed[str(refused)]
     assert "not a DICOM Part 10 file" in listed[str(junk)]
     assert result.stderr == ""
 

@@ -275,14 +275,15 @@ def test_directories_datasets_and_several_associations(server: Any, data_dir: Pa
     assert incoming_entries(data_dir) == []
 
 
-def test_refused_instance_has_status_and_comment(server: Any, data_dir: Path, tmp_path):
+def test_refused_instance_has_status_and_comment(server_factory, data_dir: Path, tmp_path):
+    server = server_factory(max_instance_size=100_000)
     good = write_file(make_dataset(), tmp_path / "good.dcm")
-    # The PATIENT layout needs the StudyInstanceUID: the SCP answers 0xC000 with a comment.
-    bad = write_file(make_dataset(remove=["StudyInstanceUID"]), tmp_path / "bad.dcm")
+    # Over the SCP's size limit: it answers 0xA700 with a comment.
+    bad = write_file(make_dataset(rows=512, columns=512), tmp_path / "bad.dcm")
     result = send(HOST, server.port, [bad, good])
     refused, stored = result.results
-    assert refused.status is not None and 0xC000 <= refused.status <= 0xCFFF
-    assert "StudyInstanceUID" in (refused.error_comment or "")
+    assert refused.status == 0xA700
+    assert "limit" in (refused.error_comment or "")
     assert not refused.ok and stored.ok
     assert result.failed == 1 and result.failures == [refused]
 
