@@ -7,12 +7,13 @@ Python thread, in arrival order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -134,6 +135,8 @@ class StoreSCPServer:
         self._stopped = threading.Event()
         self._stopped.set()
         self._started = 0.0
+        # The core server while shutdown() waits for it, for a second signal to cut short.
+        self._closing: _core.Server | None = None
 
     @property
     def port(self) -> int:
@@ -152,11 +155,32 @@ class StoreSCPServer:
             RuntimeError: The server is already running.
             OSError: The port cannot be bound or ``data_dir`` cannot be used.
         """
+        if block and threading.current_thread() is threading.main_thread():
+            # Signals are ours before the server listens, so none can come unhandled.
+            self._stop.clear()
+            with self._stopping_on_signals():
+                self._start()
+                self._stop.wait()
+                # In a thread of its own, so this one stays free to run the handler of a
+                # second signal.
+                stopper = threading.Thread(
+                    target=self._shutdown,
+                    args=("; Ctrl-C again aborts them",),
+                    name="dicom-inlet-shutdown",
+                )
+                stopper.start()
+                stopper.join()
+            return
+        self._stop.clear()
+        self._start()
+        if block:
+            self._stop.wait()
+            self.shutdown()
+
+    def _start(self) -> None:
         with self._lock:
             if self.scp is not None:
                 raise RuntimeError("this StoreSCPServer is already running")
-            self._stop.clear()
-            self._stopped.clear()
             self._started = time.monotonic()
             self.scp = _core.Server(
                 host=self.node.ip or "0.0.0.0",
@@ -178,6 +202,8 @@ class StoreSCPServer:
                 emit_stored=bool(self.callbacks),
                 event_queue=self.callback_queue_size,
             )
+            # Only once it runs: a server that failed to start leaves shutdown() nothing to await.
+            self._stopped.clear()
             self._bound_port = self.scp.port
             self._dispatcher = threading.Thread(
                 target=self._dispatch, args=(self.scp,), name="dicom-inlet-callbacks", daemon=True
@@ -193,8 +219,6 @@ class StoreSCPServer:
             "durable: fsync before each success" if self.durable else "not durable: no fsync",
             self._limits(),
         )
-        if block:
-            self._serve_until_stopped()
 
     def _limits(self) -> str:
         def seconds(value: float | None) -> str:
@@ -210,32 +234,22 @@ class StoreSCPServer:
             f"shutdown {seconds(self.shutdown_timeout)}"
         )
 
-    def _serve_until_stopped(self) -> None:
-        scp = self.scp
-        if threading.current_thread() is not threading.main_thread() or scp is None:
-            self._stop.wait()
-            self.shutdown()
-            return
+    @contextlib.contextmanager
+    def _stopping_on_signals(self) -> Iterator[None]:
+        """SIGINT or SIGTERM stops the server; a second one aborts what is still open."""
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             if not self._stop.is_set():
                 self._stop.set()
                 return
-            # A second Ctrl-C: the user will not wait for the grace period.
-            logger.warning("aborting the open associations now")
-            scp.abort_associations()
+            scp = self._closing or self.scp
+            if scp is not None:
+                logger.warning("aborting the open associations now")
+                scp.abort_associations()
 
         restore = [(n, signal.signal(n, on_signal)) for n in (signal.SIGINT, signal.SIGTERM)]
         try:
-            self._stop.wait()
-            # In a thread of its own, so this one stays free to run the second signal's handler.
-            stopper = threading.Thread(
-                target=self._shutdown,
-                args=("; Ctrl-C again aborts them",),
-                name="dicom-inlet-shutdown",
-            )
-            stopper.start()
-            stopper.join()
+            yield
         finally:
             for number, handler in restore:
                 signal.signal(number, handler)
@@ -258,6 +272,7 @@ class StoreSCPServer:
         with self._lock:
             scp, self.scp = self.scp, None
             dispatcher = self._dispatcher
+            self._closing = scp or self._closing
         self._stop.set()
         if scp is None:
             self._stopped.wait()
@@ -284,6 +299,7 @@ class StoreSCPServer:
             totals.failures,
             _size(totals.bytes),
         )
+        self._closing = None
         self._stopped.set()
 
     def _dispatch(self, scp: _core.Server) -> None:
