@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePath
 from typing import Any, NoReturn
 
-from dicom_inlet import console
+from dicom_inlet import __version__, console
 from dicom_inlet.models import DEFAULT_AE_TITLE, DicomNode, StorageSortKey
 from dicom_inlet.scu import DEFAULT_CALLED_AET, echo, files_in, send, status_text
 from dicom_inlet.server import StoreSCPServer
@@ -377,6 +377,7 @@ def _parser() -> tuple[_Parser, argparse.ArgumentParser]:
         epilog="Run 'dicom-inlet COMMAND --help' for a command's options.",
         allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", title="commands"
     )
