@@ -32,7 +32,8 @@ def test_one_version_from_cargo_toml():
     version = cargo_version()
     assert dicom_inlet.__version__ == version
     assert metadata.version("dicom-inlet") == version
-    assert dicom_inlet.IMPLEMENTATION_VERSION_NAME == f"DCMINLET_{version}"
+    name = dicom_inlet.IMPLEMENTATION_VERSION_NAME
+    assert name == f"DCMINLET_{version}"
     result = subprocess.run(
         [sys.executable, "-m", "dicom_inlet", "--version"],
         capture_output=True,
