@@ -8,8 +8,10 @@ import socket
 
 import pytest
 from conftest import (
+    CT_IMAGE_STORAGE,
     HOST,
     SCU_AET,
+    associate,
     echo,
     make_dataset,
     rejection,
@@ -17,7 +19,7 @@ from conftest import (
     statuses,
     write_file,
 )
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 
 @pytest.fixture
@@ -88,3 +90,14 @@ def test_startup_line_shows_durability_and_limits(server_factory, log):
     assert "max PDU 65536" in line
     assert "DIMSE 7 s" in line and "ACSE 30 s" in line and "network 60 s" in line
     assert "shutdown 10 s" in line
+
+
+def test_abort_by_the_peer_is_a_warning(server, log):
+    with associate(server.port, [(CT_IMAGE_STORAGE, [ExplicitVRLittleEndian])]) as assoc:
+        assoc.abort()
+    server.shutdown()
+
+    [line] = lines(log, logging.WARNING)
+    assert line.startswith(f"association {HOST}:")
+    assert f"{SCU_AET} -> " in line
+    assert "(aborted by peer)" in line

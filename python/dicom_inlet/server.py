@@ -149,7 +149,9 @@ class StoreSCPServer:
 
         Args:
             block: False (the default) returns once the server listens; True serves until
-                :meth:`shutdown` is called from another thread, or SIGINT/SIGTERM.
+                :meth:`shutdown` is called from another thread, or SIGINT/SIGTERM. In the
+                main thread, a second SIGINT/SIGTERM ends the wait for open associations
+                (``shutdown_timeout``) at once, aborting them.
 
         Raises:
             RuntimeError: The server is already running.
