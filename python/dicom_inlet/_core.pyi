@@ -14,6 +14,7 @@ __all__ = [
     "AssociationError",
     "AssociationRecord",
     "AssociationRejected",
+    "FailedStore",
     "SentInstance",
     "Server",
     "ServerStats",
@@ -70,6 +71,8 @@ class AssociationRecord:
     @property
     def failures(self) -> int: ...
     @property
+    def echoes(self) -> int: ...
+    @property
     def bytes(self) -> int: ...
     @property
     def duration(self) -> float: ...
@@ -77,6 +80,27 @@ class AssociationRecord:
     def outcome(self) -> str: ...
     @property
     def detail(self) -> str | None: ...
+
+@final
+class FailedStore:
+    """A C-STORE the server refused: the failure status and Error Comment the peer was sent."""
+
+    @property
+    def peer_host(self) -> str: ...
+    @property
+    def peer_port(self) -> int: ...
+    @property
+    def calling_ae(self) -> str: ...
+    @property
+    def called_ae(self) -> str: ...
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def error_comment(self) -> str: ...
 
 @final
 class ServerStats:
@@ -125,10 +149,12 @@ class Server:
     def data_dir(self) -> Path: ...
     def stats(self) -> ServerStats:
         """Associations open now, and instances stored, refused and bytes received so far."""
-    def next_event(self) -> StoredInstance | AssociationRecord | None:
+    def next_event(self) -> StoredInstance | AssociationRecord | FailedStore | None:
         """Wait for the next event; None once shut down and drained."""
     def shutdown(self, timeout: float) -> None:
         """Stop accepting, let open associations finish for ``timeout`` s, abort the rest."""
+    def abort_associations(self) -> None:
+        """End a shutdown's grace now (or the next one's): abort the open associations."""
 
 # The storage SCU.
 class AssociationError(ConnectionError):

@@ -10,10 +10,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, NoReturn
 
-from dicom_inlet import console
+from dicom_inlet import __version__, console
 from dicom_inlet.models import DEFAULT_AE_TITLE, DicomNode, StorageSortKey
 from dicom_inlet.scu import DEFAULT_CALLED_AET, InstanceResult, echo, files_in, send, status_text
 from dicom_inlet.server import StoreSCPServer
@@ -39,13 +39,6 @@ class _ConfigError(ValueError):
     pass
 
 
-class _ConfigChecker(_Parser):
-    """The same options, checking a config file's values: errors raise, nothing exits."""
-
-    def error(self, message: str) -> NoReturn:
-        raise _ConfigError(message)
-
-
 def _integer(name: str, lowest: int, highest: int) -> Callable[[str], int]:
     def integer(text: str) -> int:
         try:
@@ -59,6 +52,13 @@ def _integer(name: str, lowest: int, highest: int) -> Callable[[str], int]:
         return value
 
     return integer
+
+
+def _ae_title(text: str) -> str:
+    try:
+        return DicomNode(aetitle=text, port=0).aetitle
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _port(lowest: int) -> Callable[[str], int]:
@@ -116,7 +116,11 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         help=f"TCP port to listen on; 0 picks a free one (default: {DEFAULT_PORT})",
     )
     serve.add_argument(
-        "--aet", "-a", default=DEFAULT_AE_TITLE, help=f"our AE title (default: {DEFAULT_AE_TITLE})"
+        "--aet",
+        "-a",
+        type=_ae_title,
+        default=DEFAULT_AE_TITLE,
+        help=f"our AE title (default: {DEFAULT_AE_TITLE})",
     )
     serve.add_argument(
         "--host", default="0.0.0.0", help="address to bind (default: all interfaces)"
@@ -409,15 +413,16 @@ def _echo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _parser(kind: type[_Parser] = _Parser) -> tuple[_Parser, argparse.ArgumentParser]:
+def _parser() -> tuple[_Parser, argparse.ArgumentParser]:
     """The command line parser and its ``serve`` subparser."""
-    parser = kind(
+    parser = _Parser(
         prog="dicom-inlet",
         description="A fast DICOM Storage SCP (receive with C-STORE, answer C-ECHO) and "
         "storage SCU (send files, verify peers).",
         epilog="Run 'dicom-inlet COMMAND --help' for a command's options.",
         allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", title="commands"
     )
@@ -432,32 +437,84 @@ def _read_toml(path: Path) -> dict[str, Any]:
         import tomllib
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
-    with open(path, "rb") as file:
-        return tomllib.load(file)
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise _ConfigError(f"cannot read {path}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise _ConfigError(f"{path} is not valid TOML: {error}") from None
 
 
-def _config_defaults(path: Path) -> dict[str, Any]:
-    """The serve options a TOML file sets, checked and converted by the option parser
-    itself: each key becomes its ``--long-option`` (``data_dir`` the positional)."""
-    argv: list[str] = []
-    for key, value in _read_toml(path).items():
-        flag = "--" + key.replace("_", "-")
-        if key in ("data_dir", "data-dir") and isinstance(value, str):
-            argv.append(value)
+def _config_keys(serve: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Each option a config file may set, by its long name and its destination, ``_`` for
+    ``-``: every option of ``serve`` but ``--config`` and ``--help``."""
+    keys: dict[str, argparse.Action] = {}
+    for action in serve._actions:
+        if action.dest in ("config", "help") or action.dest == argparse.SUPPRESS:
             continue
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            if isinstance(item, bool) and item:
-                argv.append(flag)
-            elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
-                argv.extend([flag, str(item)])
-            elif not isinstance(item, bool):
-                raise _ConfigError(f"{key}: unsupported value {item!r}")
-    checker, _ = _parser(_ConfigChecker)
-    given = vars(checker.parse_args(["serve", *argv]))
-    defaults = vars(checker.parse_args(["serve"]))
-    given.pop("config")
-    return {dest: value for dest, value in given.items() if value != defaults[dest]}
+        names = [name[2:] for name in action.option_strings if name.startswith("--")]
+        for name in [*names, action.dest]:
+            keys[name.replace("-", "_")] = action
+    return keys
+
+
+def _config_scalar(action: argparse.Action, value: Any, base: Path) -> Any:
+    """One TOML value for ``action``, checked as the command line checks it and of the TOML
+    type the option means: a string is not a number, nor a boolean a value."""
+    if isinstance(value, bool):
+        raise _ConfigError(f"takes a value, not {str(value).lower()}")
+    if not isinstance(value, (str, int, float)):
+        raise _ConfigError(f"takes a single value, got {value!r}")
+    convert: Callable[[str], Any] = action.type if callable(action.type) else str
+    try:
+        converted = convert(str(value))
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
+        raise _ConfigError(str(error)) from None
+    textual = isinstance(converted, (str, PurePath))
+    if isinstance(value, str) and not textual:
+        raise _ConfigError(f"must be a number, got the string {value!r}")
+    if not isinstance(value, str) and textual:
+        raise _ConfigError(f"must be a string, got {value!r}")
+    if action.choices is not None and converted not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise _ConfigError(f"must be one of {choices}, got {value!r}")
+    # A file's relative paths mean the same wherever the server is started from.
+    if isinstance(converted, PurePath):
+        return type(converted)(base / converted)
+    if action.dest == "data_dir":
+        return str(base / converted)
+    return converted
+
+
+def _config_value(action: argparse.Action, value: Any, base: Path) -> Any:
+    if action.nargs == 0:
+        # A flag (--durable): only true or false; "false" would otherwise be truthy.
+        if not isinstance(value, bool):
+            raise _ConfigError(f"must be true or false, got {value!r}")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return value
+        return action.const if value else action.default
+    if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
+        items = value if isinstance(value, list) else [value]
+        return [_config_scalar(action, item, base) for item in items]
+    return _config_scalar(action, value, base)
+
+
+def _config_defaults(serve: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """The serve options a TOML file sets, each checked against the definition of its
+    command line option (type, range, choices), so a new option needs no code here."""
+    keys = _config_keys(serve)
+    defaults: dict[str, Any] = {}
+    for key, value in _read_toml(path).items():
+        action = keys.get(key.replace("-", "_"))
+        if action is None:
+            raise _ConfigError(f"unknown option {key!r} in {path}")
+        try:
+            defaults[action.dest] = _config_value(action, value, path.parent)
+        except _ConfigError as error:
+            raise _ConfigError(f"option {key!r} in {path}: {error}") from None
+    return defaults
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -466,9 +523,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if getattr(args, "config", None) is not None:
         # The file's values become the defaults, so the command line still wins.
         try:
-            serve.set_defaults(**_config_defaults(args.config))
-        except (OSError, ValueError) as error:
-            serve.error(f"config file {args.config}: {error}")
+            serve.set_defaults(**_config_defaults(serve, args.config))
+        except _ConfigError as error:
+            serve.error(str(error))
         args = parser.parse_args(argv)
     return args
 

@@ -151,7 +151,7 @@ fn instances_per_association(events: &std::sync::mpsc::Receiver<Event>) -> Vec<u
         .iter()
         .filter_map(|e| match e {
             Event::AssociationEnded(r) => Some(r.instances),
-            Event::Stored(_) => None,
+            _ => None,
         })
         .collect()
 }
