@@ -31,7 +31,11 @@ impl Error {
 }
 
 /// A-ASSOCIATE-RJ result, source and reason in words (PS3.8 Table 9-21).
-fn rejection_words(result: u8, source: u8, reason: u8) -> (&'static str, &'static str, String) {
+pub(crate) fn rejection_words(
+    result: u8,
+    source: u8,
+    reason: u8,
+) -> (&'static str, &'static str, String) {
     let result = match result {
         1 => "permanent",
         2 => "transient",

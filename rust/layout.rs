@@ -43,50 +43,42 @@ impl fmt::Display for MissingAttribute {
     }
 }
 
-fn required<'a>(
-    value: &'a Option<Vec<u8>>,
-    name: &'static str,
-) -> Result<&'a [u8], MissingAttribute> {
-    match value.as_deref() {
-        Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(MissingAttribute(name)),
-    }
-}
-
 /// The path of an instance relative to `data_dir`. `sop_instance_uid` is the instance's UID
 /// (the data set's, checked against the command by the caller).
+///
+/// A layout whose attributes the data set lacks (PatientID, StudyInstanceUID,
+/// SeriesInstanceUID) gives way to the next one that has what it needs: PATIENT, then STUDY,
+/// then SERIES, then IMAGE, which needs nothing but the SOP Instance UID. An odd instance is
+/// filed, not refused: DCMTK and pynetdicom store it too. Only a missing SOP Instance UID fails.
 pub fn relative_path(
     key: SortKey,
     attrs: &SortAttributes,
     sop_instance_uid: &[u8],
 ) -> Result<PathBuf, MissingAttribute> {
-    let mut path = PathBuf::new();
-    let patient = attrs.patient_id.as_deref().filter(|v| !v.is_empty());
-    // pacsanini files an instance without PatientID under the STUDY layout.
-    let key = match (key, patient) {
-        (SortKey::Patient, None) => SortKey::Study,
-        (key, _) => key,
-    };
-    if let (SortKey::Patient, Some(patient)) = (key, patient) {
-        path.push(sanitize_component(patient));
-    }
-    if matches!(key, SortKey::Patient | SortKey::Study) {
-        path.push(sanitize_component(required(
-            &attrs.study_instance_uid,
-            "StudyInstanceUID",
-        )?));
-    }
-    if key != SortKey::Image {
-        path.push(sanitize_component(required(
-            &attrs.series_instance_uid,
-            "SeriesInstanceUID",
-        )?));
-    }
     if sop_instance_uid.is_empty() {
         return Err(MissingAttribute("SOPInstanceUID"));
     }
+    let (patient, study, series) = (
+        present(&attrs.patient_id),
+        present(&attrs.study_instance_uid),
+        present(&attrs.series_instance_uid),
+    );
+    let levels: Vec<&[u8]> = match (key, patient, study, series) {
+        (SortKey::Patient, Some(patient), Some(study), Some(series)) => {
+            vec![patient, study, series]
+        }
+        (SortKey::Patient | SortKey::Study, _, Some(study), Some(series)) => vec![study, series],
+        (SortKey::Image, ..) | (_, _, _, None) => Vec::new(),
+        (_, _, _, Some(series)) => vec![series],
+    };
+    let mut path: PathBuf = levels.into_iter().map(sanitize_component).collect();
     path.push(format!("{}.dcm", sanitize_component(sop_instance_uid)));
     Ok(path)
+}
+
+/// An attribute's value, unless absent or empty.
+fn present(value: &Option<Vec<u8>>) -> Option<&[u8]> {
+    value.as_deref().filter(|v| !v.is_empty())
 }
 
 fn allowed(byte: u8) -> bool {
@@ -166,22 +158,42 @@ mod tests {
     }
 
     #[test]
-    fn missing_uids_are_named() {
-        let a = attrs(Some("P"), None, Some("1.3"));
-        assert_eq!(
-            relative_path(SortKey::Study, &a, b"1.4"),
-            Err(MissingAttribute("StudyInstanceUID"))
-        );
-        let a = attrs(Some("P"), Some("1.2"), None);
-        assert_eq!(
-            relative_path(SortKey::Series, &a, b"1.4"),
-            Err(MissingAttribute("SeriesInstanceUID"))
-        );
-        assert!(relative_path(SortKey::Image, &a, b"1.4").is_ok());
-        assert_eq!(
-            relative_path(SortKey::Image, &a, b""),
-            Err(MissingAttribute("SOPInstanceUID"))
-        );
+    fn missing_uids_fall_back_to_the_next_layout_ending_at_image() {
+        let cases = [
+            // (layout, patient, study, series, path)
+            (
+                SortKey::Patient,
+                Some("P"),
+                None,
+                Some("1.3"),
+                "1.3/1.4.dcm",
+            ),
+            (SortKey::Patient, Some("P"), Some("1.2"), None, "1.4.dcm"),
+            (SortKey::Patient, None, None, None, "1.4.dcm"),
+            (SortKey::Study, Some("P"), None, Some("1.3"), "1.3/1.4.dcm"),
+            (SortKey::Study, None, Some("1.2"), Some(""), "1.4.dcm"),
+            (SortKey::Series, Some("P"), Some("1.2"), None, "1.4.dcm"),
+            (SortKey::Image, None, None, None, "1.4.dcm"),
+        ];
+        for (key, patient, study, series, expected) in cases {
+            let a = attrs(patient, study, series);
+            assert_eq!(
+                relative_path(key, &a, b"1.4").unwrap(),
+                Path::new(expected),
+                "{key:?} {patient:?} {study:?} {series:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_sop_instance_uid_is_named() {
+        let a = attrs(Some("P"), Some("1.2"), Some("1.3"));
+        for key in [SortKey::Patient, SortKey::Image] {
+            assert_eq!(
+                relative_path(key, &a, b""),
+                Err(MissingAttribute("SOPInstanceUID"))
+            );
+        }
     }
 
     #[test]

@@ -198,6 +198,7 @@ impl Server {
                 Event::AssociationEnded(r) => {
                     Py::new(py, AssociationRecord::from(r)).map(Py::into_any)
                 }
+                Event::StoreFailed(f) => Py::new(py, FailedStore::from(f)).map(Py::into_any),
             })
             .transpose()
     }
@@ -214,6 +215,11 @@ impl Server {
         // Negative or NaN means no grace; past Duration's range (infinity included), no limit.
         let grace = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
         py.detach(|| self.inner.shutdown(grace));
+    }
+
+    /// End the grace of a shutdown under way (or of the next one): abort open associations now.
+    fn abort_associations(&self) {
+        self.inner.abort_open_associations();
     }
 }
 
@@ -256,6 +262,7 @@ struct AssociationRecord {
     called_ae: String,
     instances: u64,
     failures: u64,
+    echoes: u64,
     bytes: u64,
     duration: f64,
     outcome: &'static str,
@@ -271,10 +278,39 @@ impl From<server::AssociationRecord> for AssociationRecord {
             called_ae: r.called_ae,
             instances: r.instances,
             failures: r.failures,
+            echoes: r.echoes,
             bytes: r.bytes,
             duration: r.duration.as_secs_f64(),
             outcome: r.outcome.as_str(),
             detail: r.detail,
+        }
+    }
+}
+
+/// A C-STORE the server refused: the failure status and Error Comment the peer was sent.
+#[pyclass(frozen, get_all, module = "dicom_inlet._core")]
+struct FailedStore {
+    peer_host: String,
+    peer_port: u16,
+    calling_ae: String,
+    called_ae: String,
+    sop_class_uid: String,
+    sop_instance_uid: String,
+    status: u16,
+    error_comment: String,
+}
+
+impl From<server::FailedStore> for FailedStore {
+    fn from(f: server::FailedStore) -> Self {
+        FailedStore {
+            peer_host: f.peer.ip().to_string(),
+            peer_port: f.peer.port(),
+            calling_ae: f.calling_ae,
+            called_ae: f.called_ae,
+            sop_class_uid: f.sop_class_uid,
+            sop_instance_uid: f.sop_instance_uid,
+            status: f.status,
+            error_comment: f.error_comment,
         }
     }
 }
@@ -294,6 +330,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StoredInstance>()?;
     m.add_class::<AssociationRecord>()?;
     m.add_class::<ServerStats>()?;
+    m.add_class::<FailedStore>()?;
     m.add("TRANSFER_SYNTAXES", transfer_syntax::SUPPORTED.to_vec())?;
     m.add("IMPLEMENTATION_CLASS_UID", IMPLEMENTATION_CLASS_UID)?;
     m.add("IMPLEMENTATION_VERSION_NAME", IMPLEMENTATION_VERSION_NAME)?;
@@ -326,6 +363,7 @@ mod storage_scu {
         status: Option<u16>,
         error_comment: Option<String>,
         bytes: u64,
+        warning: Option<String>,
     }
 
     impl From<InstanceResult> for SentInstance {
@@ -338,6 +376,7 @@ mod storage_scu {
                 status: r.status,
                 error_comment: r.error_comment,
                 bytes: r.bytes,
+                warning: r.warning,
             }
         }
     }
@@ -406,23 +445,28 @@ mod storage_scu {
             timeout,
             async_window,
         )?;
+        // The first exception is raised at the end. After a signal (Ctrl-C) the callback
+        // still sees the instances answered meanwhile; after its own exception it does not.
         let mut failure = None;
+        let mut callback_failed = false;
         let results = py.detach(|| {
             scu::send(&config, &paths, associations, &mut |result| {
                 Python::attach(|py| {
-                    let called = py.check_signals().and_then(|()| match (&progress, result) {
-                        (Some(progress), Some(result)) => progress
-                            .call1(py, (SentInstance::from(result.clone()),))
-                            .map(drop),
-                        _ => Ok(()),
-                    });
-                    called.map_or_else(
-                        |e| {
-                            failure = Some(e);
-                            ControlFlow::Break(())
-                        },
-                        ControlFlow::Continue,
-                    )
+                    if let Err(e) = py.check_signals() {
+                        failure.get_or_insert(e);
+                    }
+                    if let (Some(progress), Some(result), false) =
+                        (&progress, result, callback_failed)
+                    {
+                        if let Err(e) = progress.call1(py, (SentInstance::from(result.clone()),)) {
+                            callback_failed = true;
+                            failure.get_or_insert(e);
+                        }
+                    }
+                    match failure {
+                        Some(_) => ControlFlow::Break(()),
+                        None => ControlFlow::Continue(()),
+                    }
                 })
             })
         })?;

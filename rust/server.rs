@@ -2,10 +2,11 @@
 //! the bounded channel that carries events to the Python side.
 
 use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
 };
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -67,6 +68,18 @@ pub struct StoredInstance {
     pub bytes: u64,
 }
 
+/// One C-STORE answered with a failure status (PS3.4 §B.2.3), nothing stored.
+#[derive(Debug, Clone)]
+pub struct FailedStore {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub calling_ae: String,
+    pub called_ae: String,
+    pub peer: SocketAddr,
+    pub status: u16,
+    pub error_comment: String,
+}
+
 /// How an association ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -99,6 +112,8 @@ pub struct AssociationRecord {
     pub called_ae: String,
     pub instances: u64,
     pub failures: u64,
+    /// C-ECHO requests answered.
+    pub echoes: u64,
     pub bytes: u64,
     pub duration: Duration,
     pub outcome: Outcome,
@@ -110,6 +125,7 @@ pub struct AssociationRecord {
 pub enum Event {
     Stored(StoredInstance),
     AssociationEnded(AssociationRecord),
+    StoreFailed(FailedStore),
 }
 
 /// Every open connection, so shutdown can wake them, and how many of them are only being
@@ -156,6 +172,8 @@ pub(crate) struct Shared {
     pub config: ServerConfig,
     pub storage: Storage,
     pub shutting_down: AtomicBool,
+    /// Shutdown grace ended early (a second Ctrl-C): abort what is still open now.
+    cut_short: AtomicBool,
     pub stats: Stats,
     pub verdicts: Option<Verdicts>,
     active: Mutex<Open>,
@@ -184,9 +202,6 @@ impl Server {
                 "max_associations must be at least 1".into(),
             ));
         }
-        let storage = Storage::open(&config.data_dir, config.durable).map_err(Error::io(
-            format!("cannot use data_dir {}", config.data_dir.display()),
-        ))?;
         let address = (config.host.as_str(), config.port);
         let listener = address
             .to_socket_addrs()
@@ -203,6 +218,8 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(Error::io("cannot read the bound address"))?;
+        // Only once the port is ours: a failed bind leaves no data_dir behind.
+        let storage = open_storage(&config.data_dir, config.durable)?;
         let (events, receiver) = sync_channel(config.event_queue.max(1));
         let verdicts = config.handler.map(Verdicts::new);
         let shared = Arc::new(Shared {
@@ -210,6 +227,7 @@ impl Server {
             config,
             storage,
             shutting_down: AtomicBool::new(false),
+            cut_short: AtomicBool::new(false),
             active: Mutex::new(Open::default()),
             drained: Condvar::new(),
             workers: Mutex::new(Vec::new()),
@@ -270,7 +288,7 @@ impl Server {
         // None: a grace beyond the clock's range, so no limit.
         let deadline = Instant::now().checked_add(grace);
         let mut active = lock(&self.shared.active);
-        while !active.streams.is_empty() {
+        while !active.streams.is_empty() && !self.shared.cut_short.load(Ordering::SeqCst) {
             let left = deadline.map_or(Duration::MAX, |d| {
                 d.saturating_duration_since(Instant::now())
             });
@@ -297,12 +315,33 @@ impl Server {
             verdicts.close();
         }
     }
+
+    /// End the grace of a shutdown under way, or of the next one: associations still open are
+    /// aborted at once.
+    pub fn abort_open_associations(&self) {
+        // Under the lock shutdown waits with, so the wake-up cannot fall between its check
+        // and its wait.
+        let _active = lock(&self.shared.active);
+        self.shared.cut_short.store(true, Ordering::SeqCst);
+        self.shared.drained.notify_all();
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown(Duration::ZERO);
     }
+}
+
+/// The storage root, created if missing; a file in its place is named as such, not as the
+/// "File exists" that creating a directory over it would say.
+fn open_storage(data_dir: &Path, durable: bool) -> Result<Storage> {
+    let context = format!("cannot use data_dir {}", data_dir.display());
+    if data_dir.exists() && !data_dir.is_dir() {
+        let source = std::io::Error::new(ErrorKind::NotADirectory, "is not a directory");
+        return Err(Error::Io { context, source });
+    }
+    Storage::open(data_dir, durable).map_err(Error::io(context))
 }
 
 fn wake_address(bound: SocketAddr) -> SocketAddr {

@@ -3,18 +3,24 @@ as real subprocesses, ``serve --config``, and the live lines on a pseudo-termina
 
 from __future__ import annotations
 
+import fcntl
+import io
 import os
 import pty
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from conftest import (
+    CT_IMAGE_STORAGE,
     HOST,
     SCP_AET,
     TIMEOUT,
@@ -25,9 +31,17 @@ from conftest import (
     stored_files,
     write_file,
 )
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, evt
 from test_cli import LISTENING, ServeProcess
+from test_scu_files import (
+    DEFLATED_FILE,
+    assert_same_values,
+    explicit_le_only_storescp,
+    pydicom_file,
+)
 
-from dicom_inlet import echo, send
+from dicom_inlet import InstanceResult, console, echo, send
 
 CLI = [sys.executable, "-m", "dicom_inlet"]
 
@@ -75,9 +89,10 @@ def test_send_summary_and_success(server: Any, data_dir: Path, tmp_path: Path):
     assert stored_files(data_dir) == sorted(patient_layout(ds) for ds in datasets)
 
 
-def test_send_lists_failed_instances_with_exit_code_1(server: Any, tmp_path: Path):
+def test_send_lists_failed_instances_with_exit_code_1(server_factory: Any, tmp_path: Path):
+    server = server_factory(max_instance_size=20_000)
     good = write_file(make_dataset(), tmp_path / "good.dcm")
-    refused = write_file(make_dataset(remove=["StudyInstanceUID"]), tmp_path / "refused.dcm")
+    refused = write_file(make_dataset(rows=128, columns=128), tmp_path / "refused.dcm")
     junk = tmp_path / "notes.txt"
     junk.write_text("not DICOM")
     result = run("send", HOST, str(server.port), str(good), str(refused), str(junk), "-q")
@@ -86,7 +101,7 @@ def test_send_lists_failed_instances_with_exit_code_1(server: Any, tmp_path: Pat
     assert "2 failed:" in result.stdout
     listed = {line.split(": ")[0].strip(): line for line in result.stdout.splitlines()[2:]}
     assert set(listed) == {str(refused), str(junk)}
-    assert "0xC000 error: cannot understand" in listed[str(refused)]
+    assert "0xA700 refused: out of resources" in listed[str(refused)]
     assert "not a DICOM Part 10 file" in listed[str(junk)]
     assert result.stderr == ""
 
@@ -174,16 +189,16 @@ def test_serve_config_file_sets_every_option_and_the_command_line_wins(tmp_path:
 @pytest.mark.parametrize(
     ("content", "words"),
     [
-        ("port = 70000", ["port must be 0 to 65535"]),
-        ("colour = 'blue'", ["--colour"]),
-        ("max_associations = 'many'", ["max-associations", "'many'"]),
-        ("port = ", ["inlet.toml"]),
+        ("port = 70000", ["option 'port' in", "port must be 0 to 65535"]),
+        ("colour = 'blue'", ["unknown option 'colour' in"]),
+        ("max_associations = 'many'", ["option 'max_associations' in", "'many'"]),
+        ("port = ", ["is not valid TOML"]),
     ],
 )
 def test_serve_bad_config_is_a_one_line_error(tmp_path: Path, content: str, words: list[str]):
     config = tmp_path / "inlet.toml"
     config.write_text(content + "\n")
-    assert_one_line_error(run("serve", "--config", str(config)), "config file", *words)
+    assert_one_line_error(run("serve", "--config", str(config)), str(config), *words)
     assert_one_line_error(run("serve", "--config", str(tmp_path / "none.toml")), "none.toml")
 
 
@@ -194,8 +209,10 @@ def test_serve_bad_config_is_a_one_line_error(tmp_path: Path, content: str, word
 class Terminal:
     """A command whose stderr is a pseudo-terminal, read by a thread as it comes."""
 
-    def __init__(self, *args: str, cwd: Path) -> None:
+    def __init__(self, *args: str, cwd: Path, columns: int | None = None) -> None:
         master, slave = pty.openpty()
+        if columns is not None:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
         self.proc = subprocess.Popen(
             [*CLI, *args],
             cwd=cwd,
@@ -243,9 +260,26 @@ def test_send_progress_bar_on_a_terminal(server: Any, tmp_path: Path):
     code, stdout = terminal.finish()
     assert code == 0, terminal.output
     # Drawn in place (carriage return, erase line), ending with every instance counted.
-    assert re.search(r"\r\x1b\[K\[#+\] 3/3 instances, \d+\.\d MB, [\d.]+ MB/s", terminal.output)
+    assert re.search(
+        r"\r\x1b\[K\[#+\] 3/3 instances, \d+\.\d MB, [\d.]+ MB/s, \d:\d\d elapsed",
+        terminal.output,
+    )
     assert terminal.output.endswith("\r\x1b[K"), "the bar is cleared for the summary"
     assert "Stored 3 of 3 instances" in stdout
+
+
+def test_send_progress_bar_fits_a_narrow_terminal(server: Any, tmp_path: Path):
+    for i in range(3):
+        write_file(make_dataset(), tmp_path / "src" / f"{i}.dcm")
+    terminal = Terminal(
+        "send", HOST, str(server.port), str(tmp_path / "src"), cwd=tmp_path, columns=50
+    )
+    code, _ = terminal.finish()
+    assert code == 0, terminal.output
+    # A wrapped line would not be redrawn in place: each drawing is cut to the width.
+    drawings = [d for d in terminal.output.split("\r\x1b[K") if d]
+    assert drawings, terminal.output
+    assert all(d.startswith("[#") and len(d) <= 49 for d in drawings), drawings
 
 
 def test_serve_status_line_on_a_terminal(tmp_path: Path):
@@ -260,3 +294,126 @@ def test_serve_status_line_on_a_terminal(tmp_path: Path):
     code, _ = terminal.finish()
     assert code == 0, terminal.output
     assert "Traceback" not in terminal.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Files as they come (issue 9)
+
+
+def test_send_warns_about_a_file_meta_naming_another_instance(server: Any, tmp_path: Path):
+    # pydicom's rtdose.dcm: its file meta names another SOP Instance UID than its data set.
+    path = pydicom_file("rtdose.dcm", tmp_path)
+    ds = pydicom.dcmread(path)
+    result = run("send", HOST, str(server.port), str(path), "--call", SCP_AET)
+    assert result.returncode == 0, result
+    assert "Stored 1 of 1 instance (" in result.stdout
+    [warning] = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert str(path) in warning
+    assert ds.file_meta.MediaStorageSOPInstanceUID in warning
+    assert ds.SOPInstanceUID in warning
+
+
+def test_send_lists_unreadable_entries_and_sends_the_rest(server: Any, tmp_path: Path):
+    tree = tmp_path / "tree"
+    for i in range(2):
+        write_file(make_dataset(instance_number=i), tree / f"{i}.dcm")
+    (tree / "dangling.dcm").symlink_to(tree / "gone.dcm")
+    os.mkfifo(tree / "fifo")
+    result = run("send", HOST, str(server.port), str(tree), "-q")
+    assert result.returncode == 1, result
+    assert "Stored 2 of 4 instances" in result.stdout
+    assert f"  {tree / 'dangling.dcm'}: a dangling symbolic link" in result.stdout
+    assert f"  {tree / 'fifo'}: not a regular file (a FIFO" in result.stdout
+    assert result.stderr == ""
+
+
+def test_send_converts_big_endian_and_deflated_for_an_explicit_vr_only_dcmtk(tmp_path: Path):
+    names = ["MR_small_bigendian.dcm", "rtdose_expb.dcm", DEFLATED_FILE]
+    paths = [pydicom_file(name, tmp_path / "src") for name in names]
+    with explicit_le_only_storescp(tmp_path) as peer:
+        result = run("send", HOST, str(peer.port), *map(str, paths), "--call", SCP_AET)
+    assert result.returncode == 0, result
+    assert "Stored 3 of 3 instances" in result.stdout
+    stored = {pydicom.dcmread(p).SOPInstanceUID: p for p in (tmp_path / "storescp").iterdir()}
+    for path in paths:
+        copy = stored[pydicom.dcmread(path).SOPInstanceUID]
+        assert pydicom.dcmread(copy).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert_same_values(copy, path)
+
+
+class StallingSCP:
+    """A pynetdicom Storage SCP that holds its answer to the second C-STORE until released."""
+
+    def __init__(self) -> None:
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+        self.count = 0
+        ae = AE(ae_title=SCP_AET)
+        ae.add_supported_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+        self.ae = ae
+        self.server = ae.start_server(
+            (HOST, 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self.on_store)]
+        )
+        self.port = self.server.server_address[1]
+
+    def on_store(self, event: Any) -> int:
+        self.count += 1
+        if self.count == 2:
+            self.stalled.set()
+            self.release.wait(TIMEOUT)
+        return 0x0000
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.ae.shutdown()
+
+
+def test_send_interrupted_prints_what_was_done(tmp_path: Path):
+    for i in range(5):
+        write_file(make_dataset(), tmp_path / "src" / f"{i}.dcm")
+    scp = StallingSCP()
+    try:
+        proc = subprocess.Popen(
+            [*CLI, "send", HOST, str(scp.port), str(tmp_path / "src"), "--call", SCP_AET, "-q"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert scp.stalled.wait(TIMEOUT), "the second instance never arrived"
+        proc.send_signal(signal.SIGINT)
+        # The notice comes at once, while the answer to the second instance is still awaited.
+        assert proc.stderr is not None
+        notice = proc.stderr.readline()
+        assert notice == "Interrupted: waiting for the answers to the instances under way.\n"
+        scp.release.set()
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        scp.close()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert re.search(
+        rf"^Interrupted: stored 2 of 5 instances \(\d+\.\d MB\) at {SCP_AET}@{HOST}:{scp.port} "
+        r"in [\d.]+ s; 3 not sent\.$",
+        stdout,
+        re.MULTILINE,
+    ), stdout
+    assert "Traceback" not in stderr
+    assert scp.count == 2
+
+
+def test_send_progress_shows_elapsed_time_and_time_left():
+    moments = iter([100.0, 110.0, 120.0])
+    stream = io.StringIO()
+    progress = console.SendProgress(4, bar=True, stream=stream, monotonic=lambda: next(moments))
+    ok = InstanceResult(None, None, None, None, 0x0000, None, 1_000_000)
+    progress.update(ok)
+    assert stream.getvalue().endswith(
+        "[######..................] 1/4 instances, 1.0 MB, 0.1 MB/s, 0:10 elapsed, 0:30 left"
+    )
+    progress.update(InstanceResult(None, None, None, None, None, "gone", 0))
+    assert stream.getvalue().endswith(
+        "2/4 instances, 1.0 MB, 0.1 MB/s, 0:20 elapsed, 0:20 left, 1 failed"
+    )
+    assert console.clock(3725) == "1:02:05"
+    assert console.instances(1) == "1 instance"

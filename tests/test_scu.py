@@ -208,20 +208,21 @@ def test_explicit_vr_is_converted_for_a_peer_accepting_only_implicit_vr(tmp_path
     with running_storescp(tmp_path / "storescp", "+xi") as peer:
         result = send(HOST, peer.port, [explicit, big_endian], called_aet=SCP_AET)
         received = peer.received()
-    converted, refused = result.results
-    assert converted.status == 0x0000
-    assert converted.transfer_syntax_uid == ImplicitVRLittleEndian
-    # Big endian cannot be converted while streaming: reported, not fatal.
-    assert refused.status is None
-    assert "no presentation context" in (refused.error_comment or "")
-    original = pydicom.dcmread(explicit)
-    [stored] = received.values()
-    assert converted.bytes == len(stored)
-    again = read_dataset(io.BytesIO(stored), is_implicit_VR=True, is_little_endian=True)
-    # Every element, sequences included, decodes to the same value.
-    assert [(e.tag, e.value) for e in again.iterall()] == [
-        (e.tag, e.value) for e in original.iterall()
-    ]
+    assert [r.status for r in result.results] == [0x0000, 0x0000]
+    assert [r.transfer_syntax_uid for r in result.results] == [ImplicitVRLittleEndian] * 2
+    for path, sent in zip([explicit, big_endian], result.results, strict=True):
+        original = pydicom.dcmread(path)
+        stored = received[sent.sop_instance_uid]
+        assert sent.bytes == len(stored)
+        again = read_dataset(io.BytesIO(stored), is_implicit_VR=True, is_little_endian=True)
+        # Every element, sequences included, decodes to the same value (the pixel data of
+        # the big endian file is swapped: OW words).
+        pixels = original.pixel_array.astype("<u2").tobytes()
+        assert again.PixelData == pixels
+        del again.PixelData, original.PixelData
+        assert [(e.tag, e.value) for e in again.iterall()] == [
+            (e.tag, e.value) for e in original.iterall()
+        ]
 
 
 def test_echo_each_peer(peer: Peer) -> None:
@@ -275,16 +276,18 @@ def test_directories_datasets_and_several_associations(server: Any, data_dir: Pa
     assert incoming_entries(data_dir) == []
 
 
-def test_refused_instance_has_status_and_comment(server: Any, data_dir: Path, tmp_path):
+def test_refused_instance_has_status_and_comment(server_factory, data_dir: Path, tmp_path):
+    server = server_factory(max_instance_size=20_000)
     good = write_file(make_dataset(), tmp_path / "good.dcm")
-    # The PATIENT layout needs the StudyInstanceUID: the SCP answers 0xC000 with a comment.
-    bad = write_file(make_dataset(remove=["StudyInstanceUID"]), tmp_path / "bad.dcm")
+    # Larger than the SCP takes: it answers 0xA700 with a comment.
+    bad = write_file(make_dataset(rows=128, columns=128), tmp_path / "bad.dcm")
     result = send(HOST, server.port, [bad, good])
     refused, stored = result.results
-    assert refused.status is not None and 0xC000 <= refused.status <= 0xCFFF
-    assert "StudyInstanceUID" in (refused.error_comment or "")
+    assert refused.status == 0xA700
+    assert "20000" in (refused.error_comment or "")
     assert not refused.ok and stored.ok
     assert result.failed == 1 and result.failures == [refused]
+    assert result.stored == 1 and result.instances == 2
 
 
 def test_rejected_association_names_the_reason(server_factory, tmp_path):

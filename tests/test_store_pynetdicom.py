@@ -19,10 +19,12 @@ from conftest import (
     associate,
     dataset_bytes,
     echo,
+    image_layout,
     incoming_entries,
     make_dataset,
     patient_layout,
     send,
+    series_layout,
     statuses,
     stored_files,
     write_file,
@@ -260,33 +262,27 @@ def test_duplicate_sop_instance_keeps_second_version(server, data_dir, tmp_path)
 
 
 @pytest.mark.parametrize(
-    ("sort_by", "missing"),
+    ("sort_by", "missing", "layout"),
     [
-        ("STUDY", "StudyInstanceUID"),
-        ("SERIES", "SeriesInstanceUID"),
-        ("PATIENT", "StudyInstanceUID"),
-        ("PATIENT", "SeriesInstanceUID"),
+        ("STUDY", "StudyInstanceUID", series_layout),
+        ("SERIES", "SeriesInstanceUID", image_layout),
+        ("PATIENT", "StudyInstanceUID", series_layout),
+        ("PATIENT", "SeriesInstanceUID", image_layout),
     ],
 )
-def test_missing_layout_uid_fails_without_file(
-    server_factory, data_dir, tmp_path, sort_by, missing
+def test_missing_layout_uid_falls_back_to_the_next_layout(
+    server_factory, data_dir, tmp_path, sort_by, missing, layout
 ):
     from dicom_inlet import StorageSortKey
 
     server = server_factory(sort_by=StorageSortKey[sort_by])
-    bad = make_dataset(remove=[missing])
-    good = make_dataset()
-    bad_path = write_file(bad, tmp_path / "src" / "bad.dcm")
-    good_path = write_file(good, tmp_path / "src" / "good.dcm")
+    odd = make_dataset(remove=[missing])
+    odd_path = write_file(odd, tmp_path / "src" / "odd.dcm")
 
-    bad_status, good_status = send(server.port, [bad_path, good_path])
-
-    assert 0xC000 <= bad_status.Status <= 0xCFFF, hex(bad_status.Status)
-    assert "ErrorComment" in bad_status
-    assert missing in str(bad_status.ErrorComment)
-    # The association goes on: the next instance is stored normally.
-    assert good_status.Status == 0x0000
-    assert [p.name for p in stored_files(data_dir)] == [f"{good.SOPInstanceUID}.dcm"]
+    # Stored, not refused: the next layout that has what it needs, ending at IMAGE.
+    assert statuses(send(server.port, [odd_path])) == [0x0000]
+    assert stored_files(data_dir) == [layout(odd)]
+    assert dataset_bytes(data_dir / layout(odd)) == dataset_bytes(odd_path)
     assert incoming_entries(data_dir) == []
 
 

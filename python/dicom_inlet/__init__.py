@@ -15,6 +15,8 @@ and the sending side, a storage SCU::
     result = send("pacs.example", 104, ["study/"], called_aet="PACS")
 """
 
+from importlib.metadata import version as _version
+
 from dicom_inlet._core import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_inlet.handlers import IncomingInstance, Verdict
 from dicom_inlet.models import DicomNode, StorageSortKey
@@ -28,6 +30,9 @@ from dicom_inlet.scu import (
     send,
 )
 from dicom_inlet.server import StoreSCPServer, run_server
+
+#: The installed distribution's version, which maturin takes from Cargo.toml.
+__version__ = _version("dicom-inlet")
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",

@@ -14,6 +14,7 @@ __all__ = [
     "AssociationError",
     "AssociationRecord",
     "AssociationRejected",
+    "FailedStore",
     "ScuAssociation",
     "SentInstance",
     "Server",
@@ -73,6 +74,8 @@ class AssociationRecord:
     @property
     def failures(self) -> int: ...
     @property
+    def echoes(self) -> int: ...
+    @property
     def bytes(self) -> int: ...
     @property
     def duration(self) -> float: ...
@@ -80,6 +83,27 @@ class AssociationRecord:
     def outcome(self) -> str: ...
     @property
     def detail(self) -> str | None: ...
+
+@final
+class FailedStore:
+    """A C-STORE the server refused: the failure status and Error Comment the peer was sent."""
+
+    @property
+    def peer_host(self) -> str: ...
+    @property
+    def peer_port(self) -> int: ...
+    @property
+    def calling_ae(self) -> str: ...
+    @property
+    def called_ae(self) -> str: ...
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def error_comment(self) -> str: ...
 
 @final
 class ServerStats:
@@ -130,10 +154,12 @@ class Server:
     def data_dir(self) -> Path: ...
     def stats(self) -> ServerStats:
         """Associations open now, and instances stored, refused and bytes received so far."""
-    def next_event(self) -> StoredInstance | AssociationRecord | None:
+    def next_event(self) -> StoredInstance | AssociationRecord | FailedStore | None:
         """Wait for the next event; None once shut down and drained."""
     def shutdown(self, timeout: float) -> None:
         """Stop accepting, let open associations finish for ``timeout`` s, abort the rest."""
+    def abort_associations(self) -> None:
+        """End a shutdown's grace now (or the next one's): abort the open associations."""
     def next_store_request(self) -> StoreRequest | None:
         """Wait for the next instance awaiting a verdict; None once shut down (or no handler)."""
 
@@ -200,6 +226,8 @@ class SentInstance:
     def error_comment(self) -> str | None: ...
     @property
     def bytes(self) -> int: ...
+    @property
+    def warning(self) -> str | None: ...
 
 def echo(
     host: str, port: int, *, called_ae: str, calling_ae: str, timeout: float | None = None
@@ -219,7 +247,9 @@ def send(
     async_window: int = 1,
     progress: Callable[[SentInstance], object] | None = None,
 ) -> list[SentInstance]:
-    """C-STORE Part 10 files; one result per path, in order."""
+    """C-STORE Part 10 files; one result per path, in order. An exception from ``progress``
+    or a signal (Ctrl-C) stops taking files and is raised once the associations are
+    released; after a signal ``progress`` still sees the instances answered meanwhile."""
 
 @final
 class ScuAssociation:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path, PurePath
 from typing import Any, NoReturn
 
-from dicom_inlet import console
+from dicom_inlet import __version__, console
 from dicom_inlet.models import DEFAULT_AE_TITLE, DicomNode, StorageSortKey
-from dicom_inlet.scu import DEFAULT_CALLED_AET, echo, files_in, send, status_text
+from dicom_inlet.scu import DEFAULT_CALLED_AET, InstanceResult, echo, files_in, send, status_text
 from dicom_inlet.server import StoreSCPServer
 
 __all__ = ["main"]
@@ -36,13 +39,6 @@ class _ConfigError(ValueError):
     pass
 
 
-class _ConfigChecker(_Parser):
-    """The same options, checking a config file's values: errors raise, nothing exits."""
-
-    def error(self, message: str) -> NoReturn:
-        raise _ConfigError(message)
-
-
 def _integer(name: str, lowest: int, highest: int) -> Callable[[str], int]:
     def integer(text: str) -> int:
         try:
@@ -56,6 +52,13 @@ def _integer(name: str, lowest: int, highest: int) -> Callable[[str], int]:
         return value
 
     return integer
+
+
+def _ae_title(text: str) -> str:
+    try:
+        return DicomNode(aetitle=text, port=0).ae_title
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _port(lowest: int) -> Callable[[str], int]:
@@ -122,7 +125,11 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         help=f"TCP port to listen on; 0 picks a free one (default: {DEFAULT_PORT})",
     )
     serve.add_argument(
-        "--aet", "-a", default=DEFAULT_AE_TITLE, help=f"our AE title (default: {DEFAULT_AE_TITLE})"
+        "--aet",
+        "-a",
+        type=_ae_title,
+        default=DEFAULT_AE_TITLE,
+        help=f"our AE title (default: {DEFAULT_AE_TITLE})",
     )
     serve.add_argument(
         "--host", default="0.0.0.0", help="address to bind (default: all interfaces)"
@@ -295,13 +302,17 @@ def _add_send(commands: Any) -> None:
         "send",
         help="send DICOM files to a Storage SCP (C-STORE)",
         description="Storage SCU: send Part 10 files with C-STORE, each data set streamed "
-        "from disk exactly as stored. Proposes one presentation context per SOP class and "
-        "transfer syntax found, plus Implicit VR Little Endian for Explicit VR Little Endian "
-        "files (converted on the fly if the peer accepts only that). Directories are searched "
-        "recursively; files that are not DICOM are listed as failed, the others still sent. "
-        "Exit code 0 when the peer stored every instance (success or warning status), 1 when "
-        "any failed (each listed with its status and Error Comment), 2 when nothing could be "
-        "sent (unreachable peer, association rejected: the reason is printed).",
+        "from disk exactly as stored, under the data set's own SOP Class and Instance UIDs "
+        "(a file meta that disagrees is logged as a warning). Proposes one presentation "
+        "context per SOP class and transfer syntax found, plus Explicit VR Little Endian for "
+        "big endian and deflated files and Implicit VR Little Endian for all three (converted "
+        "on the fly when the peer accepts only those). Directories are searched recursively; "
+        "files that are not DICOM or cannot be read are listed as failed, the others still "
+        "sent. Ctrl-C stops taking files, waits for the answers to those under way and prints "
+        "what was done (exit code 130). Exit code 0 when the peer stored every instance "
+        "(success or warning status), 1 when any failed (each listed with its status and "
+        "Error Comment), 2 when nothing could be sent (unreachable peer, association "
+        "rejected: the reason is printed).",
         epilog="example: dicom-inlet send pacs.example 104 study/ --call PACS -n 4",
     )
     _add_peer_arguments(send_parser)
@@ -345,31 +356,69 @@ def _send(args: argparse.Namespace) -> int:
     if not files:
         raise ValueError(f"no files under {' '.join(map(str, args.paths))}")
     progress = console.SendProgress(len(files), bar=sys.stderr.isatty(), quiet=args.quiet)
-    result = send(
-        args.host,
-        args.port,
-        files,
-        called_aet=args.call,
-        calling_aet=args.aet,
-        associations=args.associations,
-        max_pdu=args.max_pdu,
-        timeout=args.timeout,
-        async_window=args.async_window,
-        progress=progress.update,
-    )
-    progress.close()
-    stored = result.instances - result.failed
+    peer = f"{args.call}@{args.host}:{args.port}"
+    interrupted = False
+    try:
+        with _interrupt_notice(progress):
+            result = send(
+                args.host,
+                args.port,
+                files,
+                called_aet=args.call,
+                calling_aet=args.aet,
+                associations=args.associations,
+                max_pdu=args.max_pdu,
+                timeout=args.timeout,
+                async_window=args.async_window,
+                progress=progress.update,
+            )
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+    if interrupted:
+        print(
+            f"Interrupted: stored {progress.stored} of {console.instances(len(files))} "
+            f"({progress.bytes / 1e6:.1f} MB) at {peer} in {progress.elapsed:.2f} s; "
+            f"{len(files) - progress.done} not sent."
+        )
+        _list_failures(progress.failures)
+        return EXIT_INTERRUPTED
     rate = result.bytes / 1e6 / result.seconds if result.seconds > 0 else 0.0
     print(
-        f"Stored {stored} of {result.instances} instances ({result.bytes / 1e6:.1f} MB) "
-        f"at {args.call}@{args.host}:{args.port} in {result.seconds:.2f} s ({rate:.1f} MB/s)."
+        f"Stored {result.stored} of {console.instances(result.instances)} "
+        f"({result.bytes / 1e6:.1f} MB) at {peer} in {result.seconds:.2f} s ({rate:.1f} MB/s)."
     )
     if result.failed:
-        print(f"{result.failed} failed:")
-        for failure in result.failures:
-            print(f"  {console.describe(failure)}")
+        _list_failures(result.failures)
         return EXIT_FAILED_INSTANCES
     return 0
+
+
+def _list_failures(failures: list[InstanceResult]) -> None:
+    if failures:
+        print(f"{len(failures)} failed:")
+        for failure in failures:
+            print(f"  {console.describe(failure)}")
+
+
+@contextlib.contextmanager
+def _interrupt_notice(progress: console.SendProgress) -> Iterator[None]:
+    """While sending, Ctrl-C says at once what it does (the answers to the instances under
+    way are awaited, up to the timeout) before it stops the send as KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(signum: int, frame: object) -> None:
+        progress.say("Interrupted: waiting for the answers to the instances under way.")
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _add_echo(commands: Any) -> None:
@@ -398,15 +447,16 @@ def _echo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _parser(kind: type[_Parser] = _Parser) -> tuple[_Parser, argparse.ArgumentParser]:
+def _parser() -> tuple[_Parser, argparse.ArgumentParser]:
     """The command line parser and its ``serve`` subparser."""
-    parser = kind(
+    parser = _Parser(
         prog="dicom-inlet",
         description="A fast DICOM Storage SCP (receive with C-STORE, answer C-ECHO) and "
         "storage SCU (send files, verify peers).",
         epilog="Run 'dicom-inlet COMMAND --help' for a command's options.",
         allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", title="commands"
     )
@@ -421,32 +471,84 @@ def _read_toml(path: Path) -> dict[str, Any]:
         import tomllib
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
-    with open(path, "rb") as file:
-        return tomllib.load(file)
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise _ConfigError(f"cannot read {path}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise _ConfigError(f"{path} is not valid TOML: {error}") from None
 
 
-def _config_defaults(path: Path) -> dict[str, Any]:
-    """The serve options a TOML file sets, checked and converted by the option parser
-    itself: each key becomes its ``--long-option`` (``data_dir`` the positional)."""
-    argv: list[str] = []
-    for key, value in _read_toml(path).items():
-        flag = "--" + key.replace("_", "-")
-        if key in ("data_dir", "data-dir") and isinstance(value, str):
-            argv.append(value)
+def _config_keys(serve: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Each option a config file may set, by its long name and its destination, ``_`` for
+    ``-``: every option of ``serve`` but ``--config`` and ``--help``."""
+    keys: dict[str, argparse.Action] = {}
+    for action in serve._actions:
+        if action.dest in ("config", "help") or action.dest == argparse.SUPPRESS:
             continue
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            if isinstance(item, bool) and item:
-                argv.append(flag)
-            elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
-                argv.extend([flag, str(item)])
-            elif not isinstance(item, bool):
-                raise _ConfigError(f"{key}: unsupported value {item!r}")
-    checker, _ = _parser(_ConfigChecker)
-    given = vars(checker.parse_args(["serve", *argv]))
-    defaults = vars(checker.parse_args(["serve"]))
-    given.pop("config")
-    return {dest: value for dest, value in given.items() if value != defaults[dest]}
+        names = [name[2:] for name in action.option_strings if name.startswith("--")]
+        for name in [*names, action.dest]:
+            keys[name.replace("-", "_")] = action
+    return keys
+
+
+def _config_scalar(action: argparse.Action, value: Any, base: Path) -> Any:
+    """One TOML value for ``action``, checked as the command line checks it and of the TOML
+    type the option means: a string is not a number, nor a boolean a value."""
+    if isinstance(value, bool):
+        raise _ConfigError(f"takes a value, not {str(value).lower()}")
+    if not isinstance(value, (str, int, float)):
+        raise _ConfigError(f"takes a single value, got {value!r}")
+    convert: Callable[[str], Any] = action.type if callable(action.type) else str
+    try:
+        converted = convert(str(value))
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
+        raise _ConfigError(str(error)) from None
+    textual = isinstance(converted, (str, PurePath))
+    if isinstance(value, str) and not textual:
+        raise _ConfigError(f"must be a number, got the string {value!r}")
+    if not isinstance(value, str) and textual:
+        raise _ConfigError(f"must be a string, got {value!r}")
+    if action.choices is not None and converted not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise _ConfigError(f"must be one of {choices}, got {value!r}")
+    # A file's relative paths mean the same wherever the server is started from.
+    if isinstance(converted, PurePath):
+        return type(converted)(base / converted)
+    if action.dest == "data_dir":
+        return str(base / converted)
+    return converted
+
+
+def _config_value(action: argparse.Action, value: Any, base: Path) -> Any:
+    if action.nargs == 0:
+        # A flag (--durable): only true or false; "false" would otherwise be truthy.
+        if not isinstance(value, bool):
+            raise _ConfigError(f"must be true or false, got {value!r}")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return value
+        return action.const if value else action.default
+    if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
+        items = value if isinstance(value, list) else [value]
+        return [_config_scalar(action, item, base) for item in items]
+    return _config_scalar(action, value, base)
+
+
+def _config_defaults(serve: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """The serve options a TOML file sets, each checked against the definition of its
+    command line option (type, range, choices), so a new option needs no code here."""
+    keys = _config_keys(serve)
+    defaults: dict[str, Any] = {}
+    for key, value in _read_toml(path).items():
+        action = keys.get(key.replace("-", "_"))
+        if action is None:
+            raise _ConfigError(f"unknown option {key!r} in {path}")
+        try:
+            defaults[action.dest] = _config_value(action, value, path.parent)
+        except _ConfigError as error:
+            raise _ConfigError(f"option {key!r} in {path}: {error}") from None
+    return defaults
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -455,9 +557,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if getattr(args, "config", None) is not None:
         # The file's values become the defaults, so the command line still wins.
         try:
-            serve.set_defaults(**_config_defaults(args.config))
-        except (OSError, ValueError) as error:
-            serve.error(f"config file {args.config}: {error}")
+            serve.set_defaults(**_config_defaults(serve, args.config))
+        except _ConfigError as error:
+            serve.error(str(error))
         args = parser.parse_args(argv)
     return args
 

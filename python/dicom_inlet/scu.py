@@ -1,15 +1,20 @@
 """The storage SCU: send instances with C-STORE and verify peers with C-ECHO.
 
 The Rust core does the network and disk work without the GIL: it reads each file's Part 10
-header, proposes the presentation contexts the files need (each SOP class in each file's own
-transfer syntax, plus Implicit VR Little Endian for the SOP classes of Explicit VR Little
-Endian files), and streams every data set from disk in PDUs of the peer's maximum length.
-Data sets go on the wire exactly as stored, except that an Explicit VR Little Endian one is
-converted to Implicit VR Little Endian, while it streams, for a peer that accepts only that.
+header and the data set's own SOP Class and Instance UIDs (which the peer checks the request
+against; a file meta that disagrees is logged as a warning), proposes the presentation
+contexts the files need (each SOP class in each file's own transfer syntax, plus the syntaxes
+it can be converted to), and streams every data set from disk in PDUs of the peer's maximum
+length. Data sets go on the wire exactly as stored (a deflated one of odd length padded to
+even, PS3.5 §A.5), except when the peer accepts a SOP class neither in a file's own transfer
+syntax nor in a better fallback: then Explicit VR Big Endian and Deflated Explicit VR Little
+Endian data sets are converted to Explicit VR Little Endian, and those three to Implicit VR
+Little Endian, while they stream.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -40,6 +45,8 @@ __all__ = [
     "send",
     "status_text",
 ]
+
+_log = logging.getLogger("dicom_inlet.scu")
 
 #: The Called AE Title used when none is given; most SCPs accept any.
 DEFAULT_CALLED_AET = "ANY-SCP"
@@ -92,14 +99,19 @@ class InstanceResult:
 
     Attributes:
         path: The file sent; None for a Dataset source.
-        sop_class_uid: SOP Class UID from the file meta (None if it could not be read).
-        sop_instance_uid: SOP Instance UID from the file meta.
+        sop_class_uid: SOP Class UID (0008,0016) of the data set, as sent in the C-STORE-RQ
+            (the file meta's Media Storage SOP Class UID if the data set has none; None if
+            the file could not be read).
+        sop_instance_uid: SOP Instance UID (0008,0018) of the data set, likewise.
         transfer_syntax_uid: Transfer Syntax UID the data set was sent in (the file's own,
-            or Implicit VR Little Endian when converted).
-        status: The C-STORE-RSP status; None when no response came (not a DICOM file, no
-            accepted presentation context, association failure).
+            or the one it was converted to).
+        status: The C-STORE-RSP status; None when no response came (not a DICOM file,
+            unreadable, no accepted presentation context, association failure).
         error_comment: The peer's Error Comment (0000,0902), or why there is no status.
         bytes: Data set bytes sent.
+        warning: What was odd about the file even if it was stored: a file meta whose
+            Media Storage SOP Class/Instance UIDs differ from the data set's. Also logged
+            at WARNING on the ``dicom_inlet.scu`` logger.
     """
 
     path: Path | None
@@ -109,6 +121,7 @@ class InstanceResult:
     status: int | None
     error_comment: str | None
     bytes: int
+    warning: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -133,6 +146,11 @@ class SendResult:
     def instances(self) -> int:
         """Instances attempted."""
         return len(self.results)
+
+    @property
+    def stored(self) -> int:
+        """Instances the peer stored (success or a warning status)."""
+        return sum(r.ok for r in self.results)
 
     @property
     def failed(self) -> int:
@@ -192,10 +210,15 @@ def send(
 ) -> SendResult:
     """Send instances to a Storage SCP with C-STORE (Storage Service Class, SCU role).
 
-    Files are streamed from disk, their data sets exactly as stored; an Explicit VR Little
-    Endian file goes as Implicit VR Little Endian when the peer accepts its SOP class only
-    in that syntax. A file that is not DICOM, or whose SOP class and transfer syntax the
-    peer does not accept, gets a result without status and the others are still sent.
+    Files are streamed from disk, their data sets exactly as stored; when the peer accepts
+    a SOP class neither in a file's own transfer syntax nor in a better fallback, an
+    Explicit VR Big Endian or Deflated Explicit VR Little Endian data set goes as Explicit
+    VR Little Endian, and those and Explicit VR Little Endian ones as Implicit VR Little
+    Endian, converted while they stream (values kept). The C-STORE-RQ names the data set's
+    own SOP Class and Instance UIDs; a file meta that disagrees is a warning. A file that is
+    not DICOM, cannot be read (a dangling link, a FIFO, a file removed meanwhile) or whose
+    SOP class and transfer syntax the peer does not accept gets a result without status and
+    a reason, and the others are still sent.
 
     Args:
         host: The peer's host name or address.
@@ -212,11 +235,13 @@ def send(
         async_window: Requests to keep outstanding per association, 1 to 64 (Asynchronous
             Operations Window, proposed when above 1 and used as far as the peer grants it).
         progress: Called with each :class:`InstanceResult` as it completes, on this thread.
-            An exception from it stops the sending (outstanding instances are answered and
-            the associations released) and is raised.
+            An exception from it (or Ctrl-C) stops the sending (outstanding instances are
+            answered and the associations released) and is raised; after Ctrl-C it is still
+            called for the instances answered meanwhile.
 
     Raises:
-        FileNotFoundError: A source path does not exist (nothing is sent).
+        FileNotFoundError: A source path does not exist (nothing is sent); a dangling
+            symbolic link exists, and fails as an instance.
         ConnectionError: The peer cannot be reached.
         AssociationRejected: The peer rejected every association; the message gives the
             reason (result, source and reason are attributes).
@@ -233,7 +258,7 @@ def send(
         sources = [sources]
     sources = list(sources)
     for source in sources:
-        if not _is_dataset(source) and not os.path.exists(source):
+        if not _is_dataset(source) and not os.path.lexists(source):
             raise FileNotFoundError(f"no such file or directory: {os.fspath(source)}")
     with tempfile.TemporaryDirectory(prefix="dicom-inlet-send-") as scratch:
         paths: list[Path] = []
@@ -258,7 +283,14 @@ def send(
                 status=sent.status,
                 error_comment=sent.error_comment,
                 bytes=sent.bytes,
+                warning=sent.warning,
             )
+
+        def completed(sent: _core.SentInstance) -> None:
+            instance = result(sent)
+            _warn(instance)
+            if progress is not None:
+                progress(instance)
 
         started = time.monotonic()
         sent = _core.send(
@@ -271,10 +303,20 @@ def send(
             max_pdu=max_pdu,
             timeout=timeout,
             async_window=async_window,
-            # Without a progress callback the core makes no Python call per instance.
-            progress=None if progress is None else lambda sent: progress(result(sent)),
+            # Without a progress callback the core makes no Python call per instance, and
+            # warnings are logged at the end.
+            progress=None if progress is None else completed,
         )
-        return SendResult([result(s) for s in sent], time.monotonic() - started)
+        results = [result(s) for s in sent]
+        if progress is None:
+            for instance in results:
+                _warn(instance)
+        return SendResult(results, time.monotonic() - started)
+
+
+def _warn(result: InstanceResult) -> None:
+    if result.warning is not None:
+        _log.warning("%s: %s", result.path or result.sop_instance_uid, result.warning)
 
 
 def _port(port: int) -> int:

@@ -7,17 +7,20 @@ Python thread, in arrival order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from dicom_inlet import _core
 from dicom_inlet.handlers import Handler, HandlerPool, IncomingInstance, Verdict, verdict_of
 from dicom_inlet.models import DicomNode, StorageSortKey
+from dicom_inlet.scu import status_text
 from dicom_inlet.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 
 if TYPE_CHECKING:
@@ -187,6 +190,9 @@ class StoreSCPServer:
         # Set whenever no server runs, so a concurrent shutdown() can wait for the first one.
         self._stopped = threading.Event()
         self._stopped.set()
+        self._started = 0.0
+        # The core server while shutdown() waits for it, for a second signal to cut short.
+        self._closing: _core.Server | None = None
 
     @property
     def port(self) -> int:
@@ -199,17 +205,41 @@ class StoreSCPServer:
 
         Args:
             block: False (the default) returns once the server listens; True serves until
-                :meth:`shutdown` is called from another thread, or SIGINT/SIGTERM.
+                :meth:`shutdown` is called from another thread, or SIGINT/SIGTERM. In the
+                main thread, a second SIGINT/SIGTERM ends the wait for open associations
+                (``shutdown_timeout``) at once, aborting them.
 
         Raises:
             RuntimeError: The server is already running.
             OSError: The port cannot be bound or ``data_dir`` cannot be used.
         """
+        if block and threading.current_thread() is threading.main_thread():
+            # Signals are ours before the server listens, so none can come unhandled.
+            self._stop.clear()
+            with self._stopping_on_signals():
+                self._start()
+                self._stop.wait()
+                # In a thread of its own, so this one stays free to run the handler of a
+                # second signal.
+                stopper = threading.Thread(
+                    target=self._shutdown,
+                    args=("; Ctrl-C again aborts them",),
+                    name="dicom-inlet-shutdown",
+                )
+                stopper.start()
+                stopper.join()
+            return
+        self._stop.clear()
+        self._start()
+        if block:
+            self._stop.wait()
+            self.shutdown()
+
+    def _start(self) -> None:
         with self._lock:
             if self.scp is not None:
                 raise RuntimeError("this StoreSCPServer is already running")
-            self._stop.clear()
-            self._stopped.clear()
+            self._started = time.monotonic()
             self.scp = _core.Server(
                 host=self.node.ip or "0.0.0.0",
                 port=self._listen_port,
@@ -232,6 +262,8 @@ class StoreSCPServer:
                 handler_stage=self._handler_stage(),
                 handler_timeout=self.handler_timeout,
             )
+            # Only once it runs: a server that failed to start leaves shutdown() nothing to await.
+            self._stopped.clear()
             self._bound_port = self.scp.port
             self._handlers = self._start_handlers(self.scp)
             self._dispatcher = threading.Thread(
@@ -239,15 +271,15 @@ class StoreSCPServer:
             )
             self._dispatcher.start()
         logger.info(
-            "listening on %s:%d as %s, storing in %s (sort by %s)",
+            "listening on %s:%d as %s, storing in %s (sort by %s, %s); %s",
             self.scp.host,
             self._bound_port,
             self.node.ae_title,
             self.data_dir,
             self.sort_by.value.lower(),
+            "durable: fsync before each success" if self.durable else "not durable: no fsync",
+            self._limits(),
         )
-        if block:
-            self._serve_until_stopped()
 
     def _handler_stage(self) -> str | None:
         if self.handler is not None:
@@ -283,19 +315,36 @@ class StoreSCPServer:
             callback(instance.dataset)
         return Verdict(0x0000)
 
-    def _serve_until_stopped(self) -> None:
-        restore: list[tuple[int, Any]] = []
-        if threading.current_thread() is threading.main_thread():
+    def _limits(self) -> str:
+        def seconds(value: float | None) -> str:
+            return "none" if value is None else f"{value:g} s"
 
-            def request_stop(signum: int, frame: FrameType | None) -> None:
+        pdu = self.maximum_pdu_size or "the largest supported (1 MiB)"
+        size = self.max_instance_size
+        return (
+            f"limits: {self.maximum_associations} associations, max PDU {pdu}, "
+            f"max instance {'none' if size is None else _size(size)}, "
+            f"timeouts ACSE {seconds(self.acse_timeout)}, network "
+            f"{seconds(self.network_timeout)}, DIMSE {seconds(self.dimse_timeout)}, "
+            f"shutdown {seconds(self.shutdown_timeout)}"
+        )
+
+    @contextlib.contextmanager
+    def _stopping_on_signals(self) -> Iterator[None]:
+        """SIGINT or SIGTERM stops the server; a second one aborts what is still open."""
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if not self._stop.is_set():
                 self._stop.set()
+                return
+            scp = self._closing or self.scp
+            if scp is not None:
+                logger.warning("aborting the open associations now")
+                scp.abort_associations()
 
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                restore.append((signum, signal.signal(signum, request_stop)))
+        restore = [(n, signal.signal(n, on_signal)) for n in (signal.SIGINT, signal.SIGTERM)]
         try:
-            self._stop.wait()
-        except KeyboardInterrupt:
-            pass
+            yield
         finally:
             for number, handler in restore:
                 signal.signal(number, handler)
@@ -308,6 +357,9 @@ class StoreSCPServer:
         seconds, then aborts them), and returns once the callbacks of every stored instance
         have run.
         """
+        self._shutdown("")
+
+    def _shutdown(self, hint: str) -> None:
         current = threading.current_thread()
         if current is self._dispatcher or (
             self._handlers is not None and current in self._handlers
@@ -320,22 +372,44 @@ class StoreSCPServer:
             scp, self.scp = self.scp, None
             dispatcher = self._dispatcher
             handlers, self._handlers = self._handlers, None
+            self._closing = scp or self._closing
         self._stop.set()
         if scp is None:
             self._stopped.wait()
             return
+        waiting = scp.stats().associations
+        if waiting:
+            logger.info(
+                "stopping: waiting up to %s for %s to finish%s",
+                f"{self.shutdown_timeout:g} s",
+                _count(waiting, "open association"),
+                hint,
+            )
+        else:
+            logger.info("stopping: no open associations")
         scp.shutdown(self.shutdown_timeout)
         if handlers is not None:
             handlers.join()
         if dispatcher is not None:
             dispatcher.join()
         self._dispatcher = None
+        totals = scp.stats()
+        logger.info(
+            "stopped after %.1f s: %s stored, %d failed, %s received",
+            time.monotonic() - self._started,
+            _count(totals.instances, "instance"),
+            totals.failures,
+            _size(totals.bytes),
+        )
+        self._closing = None
         self._stopped.set()
 
     def _dispatch(self, scp: _core.Server) -> None:
         while (event := scp.next_event()) is not None:
             if isinstance(event, _core.StoredInstance):
                 self._run_callbacks(event)
+            elif isinstance(event, _core.FailedStore):
+                _log_failure(event)
             else:
                 _log_association(event)
 
@@ -382,17 +456,62 @@ def _size(count: int) -> str:
     return f"{count / 1000**exponent:.1f} {('kB', 'MB', 'GB')[exponent - 1]}"
 
 
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}{'' if number == 1 else 's'}"
+
+
+def _log_failure(failed: _core.FailedStore) -> None:
+    # A refusal is what the sender was told; the SCP's operator must see it too (--quiet).
+    logger.warning(
+        "C-STORE from %s %s -> %s refused: %s: %s (SOP Instance UID %s)",
+        f"{failed.peer_host}:{failed.peer_port}",
+        failed.calling_ae,
+        failed.called_ae,
+        status_text(failed.status),
+        failed.error_comment,
+        failed.sop_instance_uid or "none",
+    )
+
+
 def _log_association(record: _core.AssociationRecord) -> None:
+    peer = f"{record.peer_host}:{record.peer_port}"
     detail = f": {record.detail}" if record.detail else ""
-    logger.info(
-        "association %s:%d %s -> %s: %d instances, %d failed, %s in %.2f s (%s%s)",
-        record.peer_host,
-        record.peer_port,
-        record.calling_ae or "?",
-        record.called_ae or "?",
-        record.instances,
-        record.failures,
-        _size(record.bytes),
+    if not record.calling_ae:
+        # It never sent an A-ASSOCIATE-RQ (or not one we could read): no AE titles to show.
+        level = logging.WARNING if record.detail else logging.INFO
+        logger.log(
+            level,
+            "connection from %s, an unidentified peer (no A-ASSOCIATE-RQ), after %.2f s (%s%s)",
+            peer,
+            record.duration,
+            record.outcome,
+            detail,
+        )
+        return
+    if record.outcome == "rejected":
+        logger.warning(
+            "association %s %s -> %s rejected: %s",
+            peer,
+            record.calling_ae,
+            record.called_ae,
+            record.detail,
+        )
+        return
+    if record.instances or record.failures or not record.echoes:
+        work = (
+            f"{_count(record.instances, 'instance')}, {record.failures} failed, "
+            f"{_size(record.bytes)}"
+        )
+    else:
+        work = f"C-ECHO only ({_count(record.echoes, 'C-ECHO')})"
+    troubled = record.failures or record.outcome != "released"
+    logger.log(
+        logging.WARNING if troubled else logging.INFO,
+        "association %s %s -> %s: %s in %.2f s (%s%s)",
+        peer,
+        record.calling_ae,
+        record.called_ae,
+        work,
         record.duration,
         record.outcome,
         detail,

@@ -7,10 +7,9 @@ use crate::dimse::{status, Command};
 use crate::file_meta::FileMeta;
 use crate::layout;
 use crate::scan::{Encoding, Scanner};
-use crate::server::{Event, StoredInstance};
+use crate::server::{Event, FailedStore, StoredInstance};
 use crate::store::Spool;
-use crate::verdict::Failure;
-use crate::verdict::{self, Instance, Verdict};
+use crate::verdict::{self, Failure, Instance, Verdict};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -161,8 +160,14 @@ impl Connection<'_> {
             comment,
             path,
         } = answer;
-        self.count_instance(verdict::is_stored(status), received);
+        let stored = verdict::is_stored(status);
+        self.count_instance(stored, received);
         self.respond(association, context_id, command, status, comment.as_deref())?;
+        // A handler may refuse without an Error Comment, or warn with one.
+        if !stored {
+            let comment = comment.as_deref().unwrap_or_default();
+            self.report_failure(association, command, status, comment);
+        }
         if let Some(path) = path.filter(|_| self.shared.config.emit_stored) {
             let stored = StoredInstance {
                 path,
@@ -181,6 +186,30 @@ impl Connection<'_> {
             let _ = self.events.send(Event::Stored(stored));
         }
         Ok(())
+    }
+
+    /// A refused C-STORE, for the log: always sent (waiting for room, as stored instances do),
+    /// so the SCP's side says what the sender was told.
+    pub(super) fn report_failure(
+        &self,
+        association: &Association,
+        command: &Command,
+        status: u16,
+        error_comment: &str,
+    ) {
+        let failed = FailedStore {
+            sop_class_uid: command.affected_sop_class_uid.clone().unwrap_or_default(),
+            sop_instance_uid: command
+                .affected_sop_instance_uid
+                .clone()
+                .unwrap_or_default(),
+            calling_ae: association.calling_ae.clone(),
+            called_ae: association.called_ae.clone(),
+            peer: self.peer,
+            status,
+            error_comment: error_comment.to_owned(),
+        };
+        let _ = self.events.send(Event::StoreFailed(failed));
     }
 
     /// Check the data set against its command, let the handler decide if there is one, and
@@ -225,14 +254,14 @@ impl Connection<'_> {
             .unwrap_or_default();
         // The data set must describe the instance the command announced (PS3.4 §B.2.3).
         for (found, announced, name) in [
-            (&attrs.sop_class_uid, sop_class, "SOPClassUID"),
-            (&attrs.sop_instance_uid, sop_instance, "SOPInstanceUID"),
+            (&attrs.sop_class_uid, sop_class, "SOP Class UID"),
+            (&attrs.sop_instance_uid, sop_instance, "SOP Instance UID"),
         ] {
             if let Some(found) = found.as_deref().filter(|f| *f != announced.as_bytes()) {
                 let found = String::from_utf8_lossy(found);
                 return Err((
                     status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                    format!("data set {name} {found} differs from the command's {announced}"),
+                    mismatch_comment(name, &found, announced),
                 ));
             }
         }
@@ -316,5 +345,69 @@ impl From<Result<PathBuf, Failure>> for Answer {
             },
             Err((status, comment)) => Answer::failure(status, comment),
         }
+    }
+}
+
+/// Error Comment is LO (PS3.5 §6.2): 64 characters at most.
+const MAX_ERROR_COMMENT: usize = 64;
+
+/// "SOP Instance UID: data set X, command Y" within the Error Comment's 64 characters: UIDs
+/// too long for it lose their middle, so the root and the distinguishing tail both remain.
+fn mismatch_comment(name: &str, found: &str, announced: &str) -> String {
+    let fixed = name.len() + ": data set , command ".len();
+    let room = MAX_ERROR_COMMENT.saturating_sub(fixed);
+    // A short UID leaves the other what it does not need.
+    let first = (room / 2).max(room.saturating_sub(announced.len()));
+    let found = shorten_middle(found, first);
+    let announced = shorten_middle(announced, room.saturating_sub(found.len()));
+    format!("{name}: data set {found}, command {announced}")
+}
+
+/// `uid` in at most `max` characters, its middle replaced by "..." when it is longer (UIDs are
+/// ASCII, PS3.5 §9.1; anything else is cut at character boundaries).
+fn shorten_middle(uid: &str, max: usize) -> String {
+    let chars: Vec<char> = uid.chars().collect();
+    if chars.len() <= max {
+        return uid.to_owned();
+    }
+    let kept = max.saturating_sub(3);
+    let head = kept / 2;
+    let tail = kept - head;
+    let mut short: String = chars[..head].iter().collect();
+    short.push_str(&"..."[..max.min(3)]);
+    short.extend(&chars[chars.len() - tail..]);
+    short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mismatch_comment_says_what_differs_within_64_characters() {
+        let found = "1.2.826.0.1.3680043.8.498.10200000000000000000000000000000000000001";
+        let announced = "1.2.826.0.1.3680043.8.498.10200000000000000000000000000000000000002";
+        let comment = mismatch_comment("SOP Instance UID", found, announced);
+        assert!(comment.chars().count() <= MAX_ERROR_COMMENT, "{comment}");
+        assert!(
+            comment.starts_with("SOP Instance UID: data set 1.2.8"),
+            "{comment}"
+        );
+        // The tails, where the two UIDs differ, both survive.
+        assert!(comment.contains("...00001, command 1.2.8"), "{comment}");
+        assert!(comment.ends_with("00002"), "{comment}");
+
+        let short = mismatch_comment("SOP Class UID", "1.2.840.10008.5.1.4.1.1.4", "1.2.3");
+        assert_eq!(
+            short,
+            "SOP Class UID: data set 1.2.840.10008.5.1.4.1.1.4, command 1.2.3"
+        );
+    }
+
+    #[test]
+    fn shorten_middle_keeps_both_ends() {
+        assert_eq!(shorten_middle("1.2.3.4.5.6.7.8.9", 9), "1.2...8.9");
+        assert_eq!(shorten_middle("1.2.3", 9), "1.2.3");
+        assert_eq!(shorten_middle("1.2.3.4", 2), "..");
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::association::{self, AcceptedContext, Association};
 use crate::dimse::{self, status, Command, Response, MAX_COMMAND_SET};
+use crate::error::rejection_words;
 use crate::pdu::{self, abort, Abort, Pdu, MAX_CONTROL_PDU};
 use crate::server::{AssociationRecord, Event, Outcome, Shared};
 
@@ -193,6 +194,7 @@ pub(crate) fn serve(
             called_ae: String::new(),
             instances: 0,
             failures: 0,
+            echoes: 0,
             bytes: 0,
             duration: Default::default(),
             outcome: Outcome::Closed,
@@ -233,13 +235,11 @@ impl Connection<'_> {
         };
         self.record.calling_ae = String::from_utf8_lossy(&rq.calling_ae).trim().to_owned();
         self.record.called_ae = String::from_utf8_lossy(&rq.called_ae).trim().to_owned();
-        if over_limit {
-            association::busy().encode(&mut self.out);
-            self.record.outcome = Outcome::Rejected;
-            self.record.detail = Some("association limit reached".into());
-            return self.flush_and_close();
-        }
-        let association = match config.policy.negotiate(&rq) {
+        let negotiated = match over_limit {
+            true => Err(association::busy()),
+            false => config.policy.negotiate(&rq),
+        };
+        let association = match negotiated {
             Ok((association, ac)) => {
                 ac.encode(&mut self.out);
                 association
@@ -247,8 +247,10 @@ impl Connection<'_> {
             Err(rj) => {
                 rj.encode(&mut self.out);
                 self.record.outcome = Outcome::Rejected;
+                // The log says why in words, as the SCU does (PS3.8 Table 9-21).
+                let (result, _, why) = rejection_words(rj.result, rj.source, rj.reason);
                 self.record.detail = Some(format!(
-                    "result {}, source {}, reason {}",
+                    "{result}, {why} [result {}, source {}, reason {}]",
                     rj.result, rj.source, rj.reason
                 ));
                 return self.flush_and_close();
@@ -456,6 +458,7 @@ impl Connection<'_> {
                 })
             }
             dimse::C_ECHO_RQ => {
+                self.record.echoes += 1;
                 self.respond(association, context_id, &command, status::SUCCESS, None)?;
                 Ok(Message::Idle)
             }
@@ -469,6 +472,7 @@ impl Connection<'_> {
                     status::CANNOT_UNDERSTAND,
                     Some(comment),
                 )?;
+                self.report_failure(association, &command, status::CANNOT_UNDERSTAND, comment);
                 Ok(Message::Idle)
             }
             field => {

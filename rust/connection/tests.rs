@@ -13,7 +13,7 @@ use crate::association::{AcceptorPolicy, VERIFICATION_SOP_CLASS};
 use crate::dimse::{self, Command};
 use crate::layout::SortKey;
 use crate::pdu::{self, ae_field, AssociateRq, PresentationContextRq, UserInfo};
-use crate::server::{Event, Server, ServerConfig};
+use crate::server::{Event, Outcome, Server, ServerConfig};
 use crate::store::INCOMING_DIR;
 use crate::verdict::{HandlerConfig, Instance, Stage, Verdict, HANDLER_FAILED};
 
@@ -339,19 +339,36 @@ fn oversized_pdu_is_aborted_and_partial_instance_removed() {
 
 #[test]
 fn data_set_not_matching_the_command_is_refused_without_a_file() {
-    let (server, _events, root) = start("mismatch");
+    let (server, events, root) = start("mismatch");
     let mut peer = Peer::associate(&server);
     let data = data_set("9.9.9", 10);
     peer.send_pdvs(&[
         (1, true, true, &store_command("1.2.3.4.7", 3)),
         (1, false, true, &data),
     ]);
-    let response = peer.response();
-    assert_eq!(response.status, Some(0xA900));
+    let (_, body) = peer.read_pdu();
+    let pdv = pdu::pdvs(&body).next().unwrap().unwrap();
+    let response = dimse::Response::parse(pdv.data).unwrap();
+    assert_eq!(response.status, 0xA900);
+    let comment = "SOP Instance UID: data set 9.9.9, command 1.2.3.4.7";
+    assert_eq!(response.error_comment, Some(comment));
     peer.release();
     server.shutdown(Duration::from_secs(5));
     assert!(incoming_is_empty(&root));
     assert!(!root.join("1.2.3.4").exists());
+    // The server's side reports the failure as the peer was told it.
+    let failures: Vec<_> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::StoreFailed(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].status, 0xA900);
+    assert_eq!(failures[0].error_comment, comment);
+    assert_eq!(failures[0].sop_instance_uid, "1.2.3.4.7");
+    assert_eq!(failures[0].calling_ae, "RUST_SCU");
     fs::remove_dir_all(&root).unwrap();
 }
 
@@ -667,4 +684,37 @@ fn after_publish_the_handler_sees_the_stored_file_and_a_failure_keeps_it() {
         assert!(root.join("1.2.3.4/2.1.dcm").is_file());
         peer.release();
     });
+}
+
+#[test]
+fn cutting_the_grace_short_aborts_open_associations_at_once() {
+    let (server, events, root) = start("grace-cut");
+    let mut peer = Peer::associate(&server);
+    let mut echo = Vec::new();
+    Command {
+        command_field: dimse::C_ECHO_RQ,
+        message_id: Some(1),
+        affected_sop_class_uid: Some(VERIFICATION_SOP_CLASS.into()),
+        ..Command::default()
+    }
+    .encode(&mut echo);
+    peer.send_pdvs(&[(3, true, true, &echo)]);
+    assert_eq!(peer.response().status, Some(0));
+    std::thread::scope(|s| {
+        // No limit: without the cut this would wait for the peer forever.
+        let stopping = s.spawn(|| server.shutdown(Duration::MAX));
+        server.abort_open_associations();
+        stopping.join().unwrap();
+    });
+    assert_eq!(peer.read_pdu().0, pdu::ABORT);
+    let record = events
+        .try_iter()
+        .find_map(|e| match e {
+            Event::AssociationEnded(r) => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(record.outcome, Outcome::Aborted);
+    assert_eq!((record.echoes, record.instances), (1, 0));
+    fs::remove_dir_all(&root).unwrap();
 }

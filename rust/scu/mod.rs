@@ -2,9 +2,11 @@
 //! associations (PS3.4 Annex A and B, SCU side; PS3.7 §9.1.1, §9.1.5).
 //!
 //! `association` is the requestor side of one association, `part10` reads what a file's header
-//! says about it, `transcode` converts Explicit to Implicit VR Little Endian while streaming
-//! for peers that take only the default syntax, and `send` distributes files over parallel
-//! associations and pipelines them within the asynchronous operations window the peer grants.
+//! and the start of its data set say about it, `transcode` converts native data sets (big
+//! endian, deflated, explicit VR) to Explicit or Implicit VR Little Endian while streaming for
+//! peers that take neither a file's own syntax nor the next one, and `send` distributes files
+//! over parallel associations and pipelines them within the asynchronous operations window the
+//! peer grants.
 
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ use crate::transfer_syntax::IMPLICIT_VR_LITTLE_ENDIAN;
 mod association;
 mod part10;
 mod send;
-mod transcode;
+pub(crate) mod transcode;
 
 pub use association::{Proposal, Requestor};
 pub use part10::Part10Header;

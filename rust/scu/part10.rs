@@ -1,7 +1,10 @@
-//! Just enough of a Part 10 file to send it (PS3.10 §7.1): the SOP Class/Instance UIDs and the
-//! transfer syntax from the file meta group, and where the data set begins. The group is read
-//! element by element with every length bounded, so a huge or hostile file costs a few reads.
+//! Just enough of a Part 10 file to send it (PS3.10 §7.1): the transfer syntax from the file
+//! meta group, where the data set begins, and the data set's own SOP Class/Instance UIDs,
+//! scanned as the SCP scans them (the peer checks the request against those, PS3.4 §B.2.3).
+//! The group is read element by element with every length bounded, and the data set only as
+//! far as the scanner needs, so a huge or hostile file costs a few reads.
 
+use crate::scan::{Encoding, Scanner};
 use crate::vr;
 use std::io::{self, Read};
 
@@ -11,15 +14,21 @@ const PREFIX_LEN: u64 = 132;
 const MAX_META: u64 = 64 * 1024;
 /// Bound on one value we keep (a UID is at most 64 characters, PS3.5 §9.1).
 const MAX_KEPT_VALUE: u32 = 1024;
+/// Bytes of the data set read at a time while scanning it.
+const SCAN_CHUNK: usize = 4096;
 
 /// What the sender needs from a Part 10 file's header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part10Header {
+    /// The data set's SOP Class UID (0008,0016) and SOP Instance UID (0008,0018); the file
+    /// meta's Media Storage SOP Class/Instance UIDs when the data set has none.
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
     pub transfer_syntax_uid: String,
     /// Offset of the first data set byte: everything from here on goes on the wire unchanged.
     pub data_set_offset: u64,
+    /// How the file meta's Media Storage UIDs differ from the data set's, in words.
+    pub meta_mismatch: Option<String>,
 }
 
 fn not_dicom(why: impl Into<String>) -> io::Error {
@@ -43,7 +52,7 @@ fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 fn uid(value: &[u8], name: &str) -> io::Result<String> {
     let text = vr::trim_padding(value);
     if !text.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
-        return Err(not_dicom(format!("file meta {name} is not a UID")));
+        return Err(not_dicom(format!("{name} is not a UID")));
     }
     Ok(String::from_utf8_lossy(text).into_owned())
 }
@@ -61,13 +70,13 @@ impl Part10Header {
         }
         let (mut sop_class, mut sop_instance, mut transfer_syntax) = (None, None, None);
         let mut offset = PREFIX_LEN;
-        loop {
-            let mut header = [0u8; 8];
+        let mut header = [0u8; 8];
+        let data_set_start = loop {
             let got = read_up_to(input, &mut header)?;
             // The group ends at the first element of another group, or at the end of the file
             // (an empty data set).
             if got < 2 || u16::from_le_bytes([header[0], header[1]]) != 0x0002 {
-                break;
+                break &header[..got];
             }
             if got < 8 {
                 return Err(not_dicom("file meta group truncated"));
@@ -104,7 +113,7 @@ impl Part10Header {
                     if read_up_to(input, &mut value)? < value.len() {
                         return Err(not_dicom("file meta group truncated"));
                     }
-                    *slot = Some(uid(&value, name)?);
+                    *slot = Some(uid(&value, &format!("file meta {name}"))?);
                 }
                 Some((_, name)) => return Err(not_dicom(format!("file meta {name} too long"))),
                 None => {
@@ -114,19 +123,68 @@ impl Part10Header {
                     }
                 }
             }
-        }
+        };
         let required = |value: Option<String>, name: &str| {
             value
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| not_dicom(format!("file meta lacks the {name}")))
         };
+        let meta_class = required(sop_class, "Media Storage SOP Class UID")?;
+        let meta_instance = required(sop_instance, "Media Storage SOP Instance UID")?;
+        let transfer_syntax_uid = required(transfer_syntax, "Transfer Syntax UID")?;
+        let (class, instance) = data_set_uids(input, data_set_start, &transfer_syntax_uid)?;
+        let mut mismatch = Vec::new();
+        for (what, meta, own) in [
+            ("Class", &meta_class, &class),
+            ("Instance", &meta_instance, &instance),
+        ] {
+            if let Some(own) = own.as_ref().filter(|own| *own != meta) {
+                mismatch.push(format!(
+                    "the file meta's Media Storage SOP {what} UID {meta} differs from the \
+                     data set's SOP {what} UID {own}"
+                ));
+            }
+        }
         Ok(Part10Header {
-            sop_class_uid: required(sop_class, "Media Storage SOP Class UID")?,
-            sop_instance_uid: required(sop_instance, "Media Storage SOP Instance UID")?,
-            transfer_syntax_uid: required(transfer_syntax, "Transfer Syntax UID")?,
+            sop_class_uid: class.unwrap_or(meta_class),
+            sop_instance_uid: instance.unwrap_or(meta_instance),
+            transfer_syntax_uid,
             data_set_offset: offset,
+            meta_mismatch: (!mismatch.is_empty()).then(|| mismatch.join("; ")),
         })
     }
+}
+
+/// The data set's SOP Class and Instance UIDs: `start` (bytes already read) and what follows
+/// in `input`, scanned until the scanner has passed them.
+fn data_set_uids(
+    input: &mut impl Read,
+    start: &[u8],
+    transfer_syntax: &str,
+) -> io::Result<(Option<String>, Option<String>)> {
+    let unparsable = |e| not_dicom(format!("cannot parse the data set: {e}"));
+    let mut scanner = Scanner::new(Encoding::for_transfer_syntax(transfer_syntax));
+    scanner.feed(start).map_err(unparsable)?;
+    let mut chunk = [0u8; SCAN_CHUNK];
+    while !scanner.is_done() {
+        let got = read_up_to(input, &mut chunk)?;
+        if got == 0 {
+            break;
+        }
+        scanner.feed(&chunk[..got]).map_err(unparsable)?;
+    }
+    let attrs = scanner.finish().map_err(unparsable)?;
+    // An empty value is as good as none: the file meta's UID is used then.
+    let text = |value: Option<Vec<u8>>, name| {
+        value
+            .filter(|v| !v.is_empty())
+            .map(|v| uid(&v, name))
+            .transpose()
+    };
+    Ok((
+        text(attrs.sop_class_uid, "data set SOP Class UID")?,
+        text(attrs.sop_instance_uid, "data set SOP Instance UID")?,
+    ))
 }
 
 #[cfg(test)]
@@ -153,21 +211,88 @@ mod tests {
         Part10Header::read(&mut &bytes[..])
     }
 
+    /// An Explicit VR Little Endian UI element.
+    fn ui(element: u16, value: &str) -> Vec<u8> {
+        let mut value = value.as_bytes().to_vec();
+        if value.len() % 2 == 1 {
+            value.push(0);
+        }
+        let mut out = vec![0x08, 0x00];
+        out.extend_from_slice(&element.to_le_bytes());
+        out.extend_from_slice(b"UI");
+        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        out.extend_from_slice(&value);
+        out
+    }
+
     #[test]
     fn header_of_our_own_files() {
-        let data_set = [0x08, 0x00, 0x16, 0x00, b'U', b'I', 2, 0, b'1', 0];
+        let data_set = [ui(0x0016, CT), ui(0x0018, "1.2.3.4.5")].concat();
         let bytes = file(&data_set);
         let header = read(&bytes).unwrap();
         assert_eq!(header.sop_class_uid, CT);
         assert_eq!(header.sop_instance_uid, "1.2.3.4.5");
         assert_eq!(header.transfer_syntax_uid, "1.2.840.10008.1.2.1");
+        assert_eq!(header.meta_mismatch, None);
         assert_eq!(
             header.data_set_offset as usize,
             bytes.len() - data_set.len()
         );
-        // An empty data set ends the group at the end of the file.
+        // An empty data set ends the group at the end of the file; the file meta's UIDs stand.
         let empty = file(&[]);
-        assert_eq!(read(&empty).unwrap().data_set_offset as usize, empty.len());
+        let header = read(&empty).unwrap();
+        assert_eq!(header.data_set_offset as usize, empty.len());
+        assert_eq!(header.sop_instance_uid, "1.2.3.4.5");
+        assert_eq!(header.meta_mismatch, None);
+    }
+
+    #[test]
+    fn the_data_set_uids_win_over_the_file_meta() {
+        // As in pydicom's rtdose.dcm: the file meta names another instance.
+        let data_set = [
+            ui(0x0016, "1.2.840.10008.5.1.4.1.1.481.2"),
+            ui(0x0018, "1.2.3.9"),
+        ];
+        let header = read(&file(&data_set.concat())).unwrap();
+        assert_eq!(header.sop_class_uid, "1.2.840.10008.5.1.4.1.1.481.2");
+        assert_eq!(header.sop_instance_uid, "1.2.3.9");
+        assert_eq!(
+            header.meta_mismatch.as_deref(),
+            Some(
+                "the file meta's Media Storage SOP Class UID 1.2.840.10008.5.1.4.1.1.2 differs \
+                 from the data set's SOP Class UID 1.2.840.10008.5.1.4.1.1.481.2; the file \
+                 meta's Media Storage SOP Instance UID 1.2.3.4.5 differs from the data set's \
+                 SOP Instance UID 1.2.3.9"
+            )
+        );
+        // Only the instance differs; an empty data set UID counts as none.
+        let data_set = [ui(0x0016, ""), ui(0x0018, "1.2.3.9")].concat();
+        let header = read(&file(&data_set)).unwrap();
+        assert_eq!(header.sop_class_uid, CT);
+        let why = header.meta_mismatch.unwrap();
+        assert!(
+            why.starts_with("the file meta's Media Storage SOP Instance UID"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_data_set_the_scanner_cannot_parse_is_not_sendable() {
+        let invalid = |data_set: &[u8]| {
+            let e = read(&file(data_set)).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            e.to_string()
+        };
+        let uid = ui(0x0018, "1.2.3.9");
+        assert_eq!(
+            invalid(&uid[..uid.len() - 2]),
+            "cannot parse the data set: data set truncated"
+        );
+        assert!(invalid(&[0x08, 0, 0x18, 0, b'X', b'X', 0, 0]).contains("invalid VR"));
+        assert_eq!(
+            invalid(&ui(0x0018, "1.2.abc")),
+            "data set SOP Instance UID is not a UID"
+        );
     }
 
     #[test]
@@ -177,7 +302,7 @@ mod tests {
         bytes.extend_from_slice(&[0x02, 0, 0x02, 0x01, b'O', b'B', 0, 0, 5, 0, 0, 0]);
         bytes.extend_from_slice(b"abcde");
         let end = bytes.len();
-        bytes.extend_from_slice(&[0x08, 0x00, 0x05, 0x00]);
+        bytes.extend(ui(0x0018, "1.2.3.4.5"));
         assert_eq!(read(&bytes).unwrap().data_set_offset as usize, end);
     }
 

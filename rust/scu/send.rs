@@ -3,7 +3,7 @@
 //! asynchronous window of requests outstanding on each.
 
 use std::collections::{HashSet, VecDeque};
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use crate::dimse::{self, Command};
 use crate::error::Error;
-use crate::transfer_syntax::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
+use crate::scan::Encoding;
 
 use super::association::{Proposal, Requestor, MAX_CONTEXTS};
 use super::part10::Part10Header;
-use super::transcode::{converted_length, ToImplicit};
+use super::transcode::{self, fallbacks};
 use super::ScuConfig;
 
 /// How often the caller's progress hook runs while nothing completes (so it can cancel).
@@ -29,7 +29,8 @@ const IDLE_TICK: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceResult {
     pub path: PathBuf,
-    /// From the file meta, when it could be read.
+    /// The data set's SOP Class and Instance UIDs (the file meta's if it has none), when the
+    /// file could be read, and the transfer syntax it was sent in.
     pub sop_class_uid: Option<String>,
     pub sop_instance_uid: Option<String>,
     pub transfer_syntax_uid: Option<String>,
@@ -40,6 +41,9 @@ pub struct InstanceResult {
     pub error_comment: Option<String>,
     /// Data set bytes sent.
     pub bytes: u64,
+    /// Something about the file worth telling even if it was stored: a file meta whose
+    /// Media Storage UIDs differ from the data set's.
+    pub warning: Option<String>,
 }
 
 impl InstanceResult {
@@ -52,6 +56,7 @@ impl InstanceResult {
             status: None,
             error_comment: None,
             bytes: 0,
+            warning: None,
         }
     }
 
@@ -68,9 +73,30 @@ fn unreadable(e: &io::Error) -> String {
     }
 }
 
+/// Open a file that can be read: a regular one (or a link to one), since opening a FIFO would
+/// wait for a writer. Errors say in words what the path is instead.
+fn open_regular(path: &Path) -> io::Result<File> {
+    let other = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_file() => File::open(path),
+        Ok(meta) if meta.is_dir() => Err(other("a directory, not a file".into())),
+        Ok(_) => Err(other(
+            "not a regular file (a FIFO, socket or device), so not read".into(),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::read_link(path) {
+            Ok(target) => Err(other(format!(
+                "a dangling symbolic link: its target {} does not exist",
+                target.display()
+            ))),
+            Err(_) => Err(other("no such file (it was removed)".into())),
+        },
+        Err(e) => Err(e),
+    }
+}
+
 /// Open a file positioned at its data set: (header, file, data set length).
 fn open_part10(path: &Path) -> io::Result<(Part10Header, File, u64)> {
-    let mut reader = BufReader::with_capacity(2048, File::open(path)?);
+    let mut reader = BufReader::with_capacity(2048, open_regular(path)?);
     let header = Part10Header::read(&mut reader)?;
     let mut file = reader.into_inner();
     let length = file
@@ -82,14 +108,14 @@ fn open_part10(path: &Path) -> io::Result<(Part10Header, File, u64)> {
 }
 
 /// The contexts the files need (each SOP class in each file's own transfer syntax, in order of
-/// first use, then the Implicit VR Little Endian fallbacks) and which files can be sent; the
+/// first use, then in the syntaxes it can be converted to) and which files can be sent; the
 /// others get their result now.
 fn plan(paths: &[PathBuf], results: &mut [Option<InstanceResult>]) -> (Vec<Proposal>, Vec<usize>) {
     let mut proposals = Vec::new();
     let mut seen = HashSet::new();
     let mut sendable = Vec::new();
     for (index, path) in paths.iter().enumerate() {
-        let header = File::open(path).and_then(|f| Part10Header::read(&mut BufReader::new(f)));
+        let header = open_regular(path).and_then(|f| Part10Header::read(&mut BufReader::new(f)));
         let header = match header {
             Ok(header) => header,
             Err(e) => {
@@ -113,19 +139,21 @@ fn plan(paths: &[PathBuf], results: &mut [Option<InstanceResult>]) -> (Vec<Propo
         }
         sendable.push(index);
     }
-    // Explicit VR Little Endian files can be converted to the default syntax every peer
-    // supports (PS3.5 §10.1), so their SOP classes are also proposed in it, room permitting.
-    let fallbacks: Vec<_> = proposals
+    // Native data sets can be converted while they stream, down to the default syntax every
+    // peer supports (PS3.5 §10.1), so their SOP classes are also proposed in those syntaxes,
+    // room permitting.
+    let converted: Vec<_> = proposals
         .iter()
-        .filter(|p| p.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN)
-        .map(|p| Proposal {
-            abstract_syntax: p.abstract_syntax.clone(),
-            transfer_syntax: IMPLICIT_VR_LITTLE_ENDIAN.into(),
+        .flat_map(|p| {
+            fallbacks(&p.transfer_syntax).iter().map(|syntax| Proposal {
+                abstract_syntax: p.abstract_syntax.clone(),
+                transfer_syntax: (*syntax).into(),
+            })
         })
-        .filter(|p| !seen.contains(p))
+        .filter(|p| seen.insert(p.clone()))
         .collect();
     let room = MAX_CONTEXTS - proposals.len();
-    proposals.extend(fallbacks.into_iter().take(room));
+    proposals.extend(converted.into_iter().take(room));
     (proposals, sendable)
 }
 
@@ -181,6 +209,10 @@ fn start(association: &mut Requestor, result: &mut InstanceResult) -> Start {
     result.sop_class_uid = Some(header.sop_class_uid.clone());
     result.sop_instance_uid = Some(header.sop_instance_uid.clone());
     result.transfer_syntax_uid = Some(header.transfer_syntax_uid.clone());
+    result.warning = header
+        .meta_mismatch
+        .as_ref()
+        .map(|why| format!("{why}; sent with the data set's"));
     let (context_id, mut source, length) = match choose_context(association, &header, file, length)
     {
         Ok((context_id, transfer_syntax, source, length)) => {
@@ -214,35 +246,41 @@ fn start(association: &mut Requestor, result: &mut InstanceResult) -> Start {
 /// How a file goes on the wire: context id, transfer syntax, data set source and its length.
 type Outgoing<'h> = (u8, &'h str, Box<dyn Read>, u64);
 
-/// The accepted context to send a file in: its own transfer syntax, or Implicit VR Little
-/// Endian for an Explicit VR Little Endian file, converted while it is read. Returns the
-/// context id, the syntax sent, the data set source and its length as sent.
+/// The accepted context to send a file in: its own transfer syntax, or the first of those it
+/// can be converted to, converted while it is read. Returns the context id, the syntax sent,
+/// the data set source and its length as sent.
 fn choose_context<'h>(
     association: &Requestor,
     header: &'h Part10Header,
-    mut file: File,
+    file: File,
     length: u64,
 ) -> Result<Outgoing<'h>, String> {
     let (class, own) = (&header.sop_class_uid, header.transfer_syntax_uid.as_str());
     if let Some(id) = association.context_for(class, own) {
+        // PS3.5 §A.5: a deflated data set of odd length takes one trailing NUL byte; files
+        // written without it are still common (pydicom's image_dfl.dcm), and PDVs must be even.
+        if Encoding::for_transfer_syntax(own).deflated && length % 2 == 1 {
+            let padded = file.take(length).chain(&[0u8][..]);
+            return Ok((id, own, Box::new(padded), length + 1));
+        }
         return Ok((id, own, Box::new(file), length));
     }
-    let fallback = association.context_for(class, IMPLICIT_VR_LITTLE_ENDIAN);
-    let Some(id) = fallback.filter(|_| own == EXPLICIT_VR_LITTLE_ENDIAN) else {
+    let Some((id, syntax)) = fallbacks(own)
+        .iter()
+        .find_map(|syntax| Some((association.context_for(class, syntax)?, *syntax)))
+    else {
         return Err(format!(
             "the peer accepted no presentation context for SOP class {class} in transfer \
-             syntax {own}"
+             syntax {own}{}",
+            match fallbacks(own) {
+                [] => String::new(),
+                others => format!(" or {}", others.join(" or ")),
+            }
         ));
     };
-    // A first pass gives the converted length, which the last fragment's flag depends on.
-    let converted = converted_length(BufReader::new(&mut file), length)
-        .and_then(|converted| {
-            file.seek(SeekFrom::Start(header.data_set_offset))?;
-            Ok(converted)
-        })
-        .map_err(|e| unreadable(&e))?;
-    let source = ToImplicit::new(BufReader::new(file), length);
-    Ok((id, IMPLICIT_VR_LITTLE_ENDIAN, Box::new(source), converted))
+    let (source, converted) =
+        transcode::convert(file, length, own, syntax).map_err(|e| unreadable(&e))?;
+    Ok((id, syntax, source, converted))
 }
 
 /// One association thread: open, send what the queue gives while keeping at most the window
@@ -326,7 +364,8 @@ fn run_association(work: &Work<'_>, done: &Sender<(usize, InstanceResult)>) {
 ///
 /// `progress` runs on the calling thread with each result as it completes, and with `None`
 /// at least every 100 ms; returning `Break` stops taking new files (outstanding ones are
-/// still answered and the associations released), and the rest are reported as not sent.
+/// still answered, and their results still go to `progress`, and the associations
+/// released), and the rest are reported as not sent.
 pub fn send(
     config: &ScuConfig,
     paths: &[PathBuf],
@@ -352,7 +391,7 @@ pub fn send(
         error: Mutex::new(None),
     };
     let mut report = |result: Option<&InstanceResult>| {
-        if !work.cancel.load(Ordering::SeqCst) && progress(result).is_break() {
+        if progress(result).is_break() {
             work.cancel.store(true, Ordering::SeqCst);
         }
     };

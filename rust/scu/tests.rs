@@ -17,7 +17,11 @@ use crate::file_meta::FileMeta;
 use crate::layout::SortKey;
 use crate::pdu::{Pdu, HEADER_LEN};
 use crate::server::{Event, Server, ServerConfig};
-use crate::transfer_syntax::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
+use crate::transfer_syntax::{
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+};
+use flate2::{write::DeflateEncoder, Compression};
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
@@ -50,7 +54,11 @@ fn server(dir: &Path, require_called_ae: bool) -> (Server, std::sync::mpsc::Rece
 }
 
 fn server_with(dir: &Path, policy: AcceptorPolicy) -> (Server, std::sync::mpsc::Receiver<Event>) {
-    Server::start(ServerConfig {
+    Server::start(server_config(dir, policy)).unwrap()
+}
+
+fn server_config(dir: &Path, policy: AcceptorPolicy) -> ServerConfig {
+    ServerConfig {
         host: "127.0.0.1".into(),
         port: 0,
         policy,
@@ -65,8 +73,7 @@ fn server_with(dir: &Path, policy: AcceptorPolicy) -> (Server, std::sync::mpsc::
         emit_stored: false,
         event_queue: 64,
         handler: None,
-    })
-    .unwrap()
+    }
 }
 
 fn config(addr: SocketAddr) -> ScuConfig {
@@ -145,7 +152,7 @@ fn instances_per_association(events: &std::sync::mpsc::Receiver<Event>) -> Vec<u
         .iter()
         .filter_map(|e| match e {
             Event::AssociationEnded(r) => Some(r.instances),
-            Event::Stored(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -212,11 +219,10 @@ fn files_arrive_byte_identical_and_non_dicom_is_reported() {
         .unwrap()
         .contains("not a DICOM Part 10 file"));
     let missing = results.last().unwrap();
-    assert!(missing
-        .error_comment
-        .as_deref()
-        .unwrap()
-        .starts_with("cannot read the file"));
+    assert_eq!(
+        missing.error_comment.as_deref(),
+        Some("no such file (it was removed)")
+    );
     server.shutdown(TIMEOUT);
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -224,42 +230,124 @@ fn files_arrive_byte_identical_and_non_dicom_is_reported() {
 #[test]
 fn refused_store_and_unaccepted_context_are_per_instance() {
     let dir = scratch("refused");
-    let (server, _events) = server(&dir, false);
-    // The data set names another instance than its file meta (and so our command): the
-    // server refuses it with 0xA900 and a comment.
-    let mut bytes = Vec::new();
-    FileMeta {
-        sop_class_uid: CT,
-        sop_instance_uid: "1.2.9",
-        transfer_syntax_uid: EXPLICIT_VR_LITTLE_ENDIAN,
-        source_ae_title: "",
-    }
-    .encode(&mut bytes);
-    bytes.extend_from_slice(&data_set(CT, "9.9.9", None, 4));
-    let broken = dir.join("broken.dcm");
-    fs::write(&broken, bytes).unwrap();
+    let (server, _events) = Server::start(ServerConfig {
+        max_instance_size: Some(1000),
+        ..server_config(&dir, policy(false))
+    })
+    .unwrap();
+    // Too large for the server: refused with 0xA700 and a comment.
+    let (large, _) = part10(&dir, CT, "1.2.9", 2000);
     // MR is not among the server's SOP classes: its context is rejected, the CT one is not.
     let (mr, _) = part10(&dir, MR, "1.2.10", 4);
     let (ct, _) = part10(&dir, CT, "1.2.11", 4);
     let results = send(
         &config(server.local_addr()),
-        &[broken, mr, ct],
+        &[large, mr, ct],
         1,
         &mut quiet,
     )
     .unwrap();
     let statuses: Vec<_> = results.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [Some(0xA900), None, Some(0)]);
+    assert_eq!(statuses, [Some(0xA700), None, Some(0)]);
     assert!(results[0]
         .error_comment
         .as_deref()
         .unwrap()
-        .contains("9.9.9"));
+        .contains("1000"));
     assert!(results[1]
         .error_comment
         .as_deref()
         .unwrap()
         .contains("no presentation context"));
+    server.shutdown(TIMEOUT);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A Part 10 file whose file meta says `meta_instance` over a data set of `instance`.
+fn mismatched(dir: &Path, meta_instance: &str, instance: &str) -> (PathBuf, Vec<u8>) {
+    let mut bytes = Vec::new();
+    FileMeta {
+        sop_class_uid: MR,
+        sop_instance_uid: meta_instance,
+        transfer_syntax_uid: EXPLICIT_VR_LITTLE_ENDIAN,
+        source_ae_title: "",
+    }
+    .encode(&mut bytes);
+    let data = data_set(CT, instance, Some("1.2.3.4"), 4);
+    bytes.extend_from_slice(&data);
+    let path = dir.join(format!("meta-{meta_instance}.dcm"));
+    fs::write(&path, bytes).unwrap();
+    (path, data)
+}
+
+#[test]
+fn the_request_names_the_data_sets_own_uids() {
+    // As pydicom's rtdose.dcm: the file meta names another instance (and here another class).
+    // The server checks the request against the data set (PS3.4 §B.2.3), so it must use those.
+    let dir = scratch("mismatch");
+    let (server, _events) = server(&dir, false);
+    let (path, data) = mismatched(&dir, "1.2.9", "9.9.9");
+    let results = send(&config(server.local_addr()), &[path], 1, &mut quiet).unwrap();
+    let [result] = &results[..] else {
+        panic!("{results:?}")
+    };
+    assert_eq!(result.status, Some(0), "{result:?}");
+    assert_eq!(result.sop_class_uid.as_deref(), Some(CT));
+    assert_eq!(result.sop_instance_uid.as_deref(), Some("9.9.9"));
+    assert_eq!(
+        result.warning.as_deref(),
+        Some(
+            "the file meta's Media Storage SOP Class UID 1.2.840.10008.5.1.4.1.1.4 differs from \
+             the data set's SOP Class UID 1.2.840.10008.5.1.4.1.1.2; the file meta's Media \
+             Storage SOP Instance UID 1.2.9 differs from the data set's SOP Instance UID \
+             9.9.9; sent with the data set's"
+        )
+    );
+    assert_eq!(stored_data_set(&dir, "9.9.9"), data);
+    server.shutdown(TIMEOUT);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unreadable_entries_are_failures_of_their_own() {
+    let dir = scratch("unreadable");
+    let (server, _events) = server(&dir, false);
+    let (good, data) = part10(&dir, CT, "1.2.20", 100);
+    let dangling = dir.join("dangling.dcm");
+    std::os::unix::fs::symlink(dir.join("gone.dcm"), &dangling).unwrap();
+    let fifo = dir.join("fifo.dcm");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let bytes = fs::read(&good).unwrap();
+    // Cut inside the SOP Instance UID, before the scanner has what it needs.
+    let truncated = dir.join("truncated.dcm");
+    fs::write(&truncated, &bytes[..bytes.len() - data.len() + 30]).unwrap();
+    let linked = dir.join("linked.dcm");
+    std::os::unix::fs::symlink(&good, &linked).unwrap();
+    let paths = [dangling, fifo, dir.clone(), truncated, good, linked];
+    let results = send(&config(server.local_addr()), &paths, 1, &mut quiet).unwrap();
+    let why: Vec<_> = results.iter().map(|r| r.error_comment.as_deref()).collect();
+    let dangling_words = format!(
+        "a dangling symbolic link: its target {} does not exist",
+        dir.join("gone.dcm").display()
+    );
+    assert_eq!(
+        why,
+        [
+            Some(dangling_words.as_str()),
+            Some("not a regular file (a FIFO, socket or device), so not read"),
+            Some("a directory, not a file"),
+            Some("cannot parse the data set: data set truncated"),
+            None,
+            None,
+        ]
+    );
+    assert_eq!(results[4].status, Some(0));
+    assert_eq!(results[5].status, Some(0), "a link to a file is that file");
+    assert_eq!(stored_data_set(&dir, "1.2.20"), data);
     server.shutdown(TIMEOUT);
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -403,3 +491,106 @@ fn explicit_vr_files_are_converted_for_a_peer_accepting_only_implicit_vr() {
 }
 
 mod scripted;
+
+/// A Part 10 file of `data_set` in `transfer_syntax`.
+fn file_in(dir: &Path, name: &str, transfer_syntax: &str, data_set: &[u8]) -> PathBuf {
+    let mut bytes = Vec::new();
+    FileMeta {
+        sop_class_uid: CT,
+        sop_instance_uid: name,
+        transfer_syntax_uid: transfer_syntax,
+        source_ae_title: "",
+    }
+    .encode(&mut bytes);
+    bytes.extend_from_slice(data_set);
+    let path = dir.join(format!("{name}.dcm"));
+    fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Raw deflate (PS3.5 §A.5).
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut encoder = DeflateEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[test]
+fn big_endian_and_deflated_files_go_as_explicit_vr_little_endian_when_that_is_all() {
+    let dir = scratch("to-explicit");
+    let mut policy = policy(false);
+    policy.transfer_syntaxes = Some(vec![EXPLICIT_VR_LITTLE_ENDIAN.into()]);
+    let (server, _events) = server_with(&dir, policy);
+    let uids = data_set(CT, "1.2.30", Some("1.2.3.4"), 0);
+    let uids = &uids[..uids.len() - 12]; // without the empty pixel data
+                                         // The same UI elements big endian: tag numbers and lengths swapped, the text not.
+    let mut big = uids.to_vec();
+    let mut at = 0;
+    while at < big.len() {
+        let length = usize::from(u16::from_le_bytes([big[at + 6], big[at + 7]]));
+        for field in [at, at + 2, at + 6] {
+            big.swap(field, field + 1);
+        }
+        at += 8 + length;
+    }
+    // Pixels as 16-bit words (OW): swapped in big endian.
+    let mut little = uids.to_vec();
+    little.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0]);
+    little.extend_from_slice(&100u32.to_le_bytes());
+    big.extend_from_slice(&[0x7F, 0xE0, 0x00, 0x10, b'O', b'W', 0, 0]);
+    big.extend_from_slice(&100u32.to_be_bytes());
+    for word in (0..50u16).map(|i| i * 1000 + 7) {
+        little.extend_from_slice(&word.to_le_bytes());
+        big.extend_from_slice(&word.to_be_bytes());
+    }
+    let big_path = file_in(&dir, "1.2.30", EXPLICIT_VR_BIG_ENDIAN, &big);
+    let inflated = data_set(CT, "1.2.31", Some("1.2.3.4"), 999);
+    let deflated = deflate(&inflated);
+    let deflated_path = file_in(
+        &dir,
+        "1.2.31",
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        &deflated,
+    );
+    let paths = [big_path, deflated_path];
+    let results = send(&config(server.local_addr()), &paths, 1, &mut quiet).unwrap();
+    for result in &results {
+        assert_eq!(result.status, Some(0), "{result:?}");
+        assert_eq!(
+            result.transfer_syntax_uid.as_deref(),
+            Some(EXPLICIT_VR_LITTLE_ENDIAN)
+        );
+    }
+    assert_eq!(stored_data_set(&dir, "1.2.30"), little);
+    assert_eq!(stored_data_set(&dir, "1.2.31"), inflated);
+    server.shutdown(TIMEOUT);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_deflated_data_set_of_odd_length_is_padded() {
+    let dir = scratch("odd-deflated");
+    let (server, _events) = server(&dir, false);
+    let deflated = (1..)
+        .map(|pixels| deflate(&data_set(CT, "1.2.32", Some("1.2.3.4"), pixels)))
+        .find(|deflated| deflated.len() % 2 == 1)
+        .unwrap();
+    let path = file_in(
+        &dir,
+        "1.2.32",
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        &deflated,
+    );
+    let results = send(&config(server.local_addr()), &[path], 1, &mut quiet).unwrap();
+    assert_eq!(results[0].status, Some(0), "{results:?}");
+    assert_eq!(
+        results[0].transfer_syntax_uid.as_deref(),
+        Some(DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+    );
+    // One trailing NUL makes it even (PS3.5 §A.5); the stream before it is untouched.
+    let padded = [&deflated[..], &[0]].concat();
+    assert_eq!(results[0].bytes, padded.len() as u64);
+    assert_eq!(stored_data_set(&dir, "1.2.32"), padded);
+    server.shutdown(TIMEOUT);
+    fs::remove_dir_all(&dir).unwrap();
+}
