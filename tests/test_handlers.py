@@ -190,7 +190,7 @@ def test_a_late_handler_fails_the_store_with_a7xx_and_the_association_goes_on(
             release.wait(TIMEOUT)
         return 0
 
-    warned = _Seen("within handler_timeout (0.2 s): the store failed with 0xA700")
+    warned = _Seen("refused: out of resources: the handler gave no verdict within 0.2 s")
     logger = logging.getLogger("dicom_inlet")
     logger.addHandler(warned)
     try:

@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,80 +187,24 @@ def _comment(text: str | None) -> str | None:
     return text[:_ERROR_COMMENT_MAX]
 
 
-class _Watchdog:
-    """Logs at WARNING each handler call still running past ``handler_timeout``: the core has
-    answered its peer 0xA700 by then, and will refuse the handler's late verdict.
-
-    Calls register without waking it: every deadline is ``handler_timeout`` from its start,
-    so none falls before the end of a wait that began earlier (each wait lasts at most
-    ``handler_timeout``), and a handler call costs two uncontended lock operations.
-    """
-
-    def __init__(self, timeout: float, name: str) -> None:
-        self._timeout, self._name = timeout, name
-        self._running: dict[int, tuple[float, IncomingInstance]] = {}
-        self._changed = threading.Condition()
-        self._stopped = False
-        self._thread = threading.Thread(
-            target=self._watch, name="dicom-inlet-handler-watchdog", daemon=True
-        )
-        self._thread.start()
-
-    def started(self, instance: IncomingInstance) -> None:
-        with self._changed:
-            self._running[threading.get_ident()] = (time.monotonic() + self._timeout, instance)
-
-    def finished(self) -> None:
-        with self._changed:
-            self._running.pop(threading.get_ident(), None)
-
-    def stop(self) -> None:
-        with self._changed:
-            self._stopped = True
-            self._changed.notify()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        with self._changed:
-            while not self._stopped:
-                now = time.monotonic()
-                expired = [k for k, (due, _) in self._running.items() if due <= now]
-                for key in expired:
-                    _, instance = self._running.pop(key)
-                    logger.warning(
-                        "%s gave no verdict for %s within handler_timeout (%g s): the store "
-                        "failed with 0xA700",
-                        self._name,
-                        instance,
-                        self._timeout,
-                    )
-                due = min((d for d, _ in self._running.values()), default=now + self._timeout)
-                self._changed.wait(due - now)
-
-
 def decide(
     request: _core.StoreRequest,
     judge: Callable[[IncomingInstance], Verdict],
     name: str,
-    watchdog: _Watchdog | None = None,
 ) -> None:
     """Run ``judge`` on one request and answer it; a raising judge fails the store."""
     instance = IncomingInstance(request)
-    if watchdog is not None:
-        watchdog.started(instance)
     try:
         verdict = judge(instance)
     except Exception as exc:
         logger.exception("%s raised for %s; answering 0x%04X", name, instance, HANDLER_FAILED)
         verdict = Verdict(HANDLER_FAILED, f"{name} failed: {type(exc).__name__}")
-    finally:
-        if watchdog is not None:
-            watchdog.finished()
     status = verdict.status
     if not 0 <= status <= 0xFFFF:
         logger.error("%s returned status %r, outside 0x0000-0xFFFF", name, status)
         verdict = Verdict(_STATUS_INVALID)
     if not request.answer(verdict.status, _comment(verdict.error_comment), verdict.keep):
+        # The core answered 0xA700 when the timeout expired, and logged it then.
         logger.info("%s answered %s after handler_timeout: too late", name, instance)
         return
     dataset = instance.__dict__.get("dataset")
@@ -279,13 +222,11 @@ class HandlerPool:
         judge: Callable[[IncomingInstance], Verdict],
         name: str,
         threads: int,
-        timeout: float | None,
     ) -> None:
-        self._watchdog = None if timeout is None else _Watchdog(timeout, name)
         self._threads = [
             threading.Thread(
                 target=self._serve,
-                args=(scp, judge, name, self._watchdog),
+                args=(scp, judge, name),
                 name=f"dicom-inlet-handler-{i}",
                 daemon=True,
             )
@@ -299,17 +240,14 @@ class HandlerPool:
         scp: _core.Server,
         judge: Callable[[IncomingInstance], Verdict],
         name: str,
-        watchdog: _Watchdog | None,
     ) -> None:
         while (request := scp.next_store_request()) is not None:
-            decide(request, judge, name, watchdog)
+            decide(request, judge, name)
 
     def join(self) -> None:
         """Wait for every thread to end (they end once the server has shut down)."""
         for thread in self._threads:
             thread.join()
-        if self._watchdog is not None:
-            self._watchdog.stop()
 
     def __contains__(self, thread: threading.Thread) -> bool:
         return thread in self._threads

@@ -297,7 +297,6 @@ class StoreSCPServer:
                 lambda i: verdict_of(handler(i)),
                 name,
                 self.handler_threads,
-                self.handler_timeout,
             )
         if self._handler_stage() is not None:
             return HandlerPool(
@@ -305,7 +304,6 @@ class StoreSCPServer:
                 self._run_callbacks_first,
                 "callback",
                 self.handler_threads,
-                self.handler_timeout,
             )
         return None
 
