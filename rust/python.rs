@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::layout::SortKey;
 use crate::server::{self, Event, ServerConfig};
+use crate::tls;
 use crate::transfer_syntax;
 
 create_exception!(
@@ -74,6 +75,26 @@ fn seconds(value: Option<f64>) -> Result<Option<Duration>, Error> {
     }
 }
 
+/// The TLS service for these files: none without a certificate.
+fn server_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    port: Option<u16>,
+) -> Result<Option<server::TlsService>, Error> {
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) if ca.is_none() && port.is_none() => return Ok(None),
+        _ => {
+            return Err(Error::InvalidConfig(
+                "TLS needs both a certificate file and a key file".into(),
+            ))
+        }
+    };
+    let config = tls::server_config(&tls::ServerFiles { cert, key, ca })?;
+    Ok(Some(server::TlsService { config, port }))
+}
+
 /// A running Storage SCP.
 #[pyclass(frozen, module = "dicom_inlet._core")]
 struct Server {
@@ -90,7 +111,7 @@ impl Server {
         transfer_syntaxes=None, require_called_ae=false, allowed_calling_aes=Vec::new(),
         max_associations=64, max_pdu=262_144, acse_timeout=None, network_timeout=None,
         dimse_timeout=None, max_instance_size=None, durable=false, emit_stored=false,
-        event_queue=64))]
+        event_queue=64, tls_cert=None, tls_key=None, tls_ca=None, tls_port=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -112,6 +133,10 @@ impl Server {
         durable: bool,
         emit_stored: bool,
         event_queue: usize,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        tls_ca: Option<PathBuf>,
+        tls_port: Option<u16>,
     ) -> PyResult<Server> {
         let sort_key = SortKey::parse(sort_by)
             .ok_or_else(|| Error::InvalidConfig(format!("unknown sort key {sort_by:?}")))?;
@@ -145,6 +170,7 @@ impl Server {
             max_instance_size,
             emit_stored,
             event_queue,
+            tls: server_tls(tls_cert, tls_key, tls_ca, tls_port)?,
         };
         let (inner, events) = py.detach(|| server::Server::start(config))?;
         Ok(Server {
@@ -157,6 +183,12 @@ impl Server {
     #[getter]
     fn port(&self) -> u16 {
         self.inner.local_addr().port()
+    }
+
+    /// The bound TLS port when TLS is served beside plain TCP (on `port` when alone).
+    #[getter]
+    fn tls_port(&self) -> Option<u16> {
+        self.inner.tls_local_addr().map(|a| a.port())
     }
 
     /// The bound address.
@@ -296,12 +328,14 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
 mod storage_scu {
     use std::ops::ControlFlow;
     use std::path::PathBuf;
+    use std::sync::Arc;
 
     use pyo3::prelude::*;
 
     use super::{seconds, AssociationAborted, AssociationError, AssociationRejected};
     use crate::error::Error;
     use crate::scu::{self, InstanceResult, ScuConfig};
+    use crate::tls;
 
     /// What became of one instance sent with C-STORE.
     #[pyclass(frozen, get_all, module = "dicom_inlet._core")]
@@ -329,6 +363,35 @@ mod storage_scu {
         }
     }
 
+    /// TLS options of `echo` and `send`.
+    #[derive(FromPyObject)]
+    struct Tls {
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        verify_hostname: bool,
+    }
+
+    fn client_tls(tls: Option<Tls>) -> Result<Option<Arc<rustls::ClientConfig>>, Error> {
+        let Some(tls) = tls else { return Ok(None) };
+        let cert_and_key = match (tls.cert, tls.key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::InvalidConfig(
+                    "a TLS client certificate needs its key, and a key its certificate".into(),
+                ))
+            }
+        };
+        let files = tls::ClientFiles {
+            ca: tls.ca,
+            cert_and_key,
+            verify_hostname: tls.verify_hostname,
+        };
+        tls::client_config(&files).map(Some)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn config(
         host: String,
         port: u16,
@@ -337,6 +400,7 @@ mod storage_scu {
         max_pdu: u32,
         timeout: Option<f64>,
         async_window: u16,
+        tls: Option<Tls>,
     ) -> Result<ScuConfig, Error> {
         Ok(ScuConfig {
             host,
@@ -346,12 +410,13 @@ mod storage_scu {
             max_pdu,
             timeout: seconds(timeout)?,
             async_window,
+            tls: client_tls(tls)?,
         })
     }
 
     /// C-ECHO the peer; returns the status it answers.
     #[pyfunction]
-    #[pyo3(signature = (host, port, *, called_ae, calling_ae, timeout=None))]
+    #[pyo3(signature = (host, port, *, called_ae, calling_ae, timeout=None, tls=None))]
     fn echo(
         py: Python<'_>,
         host: String,
@@ -359,8 +424,9 @@ mod storage_scu {
         called_ae: String,
         calling_ae: String,
         timeout: Option<f64>,
+        tls: Option<Tls>,
     ) -> PyResult<u16> {
-        let config = config(host, port, called_ae, calling_ae, 262_144, timeout, 1)?;
+        let config = config(host, port, called_ae, calling_ae, 262_144, timeout, 1, tls)?;
         Ok(py.detach(|| scu::echo(&config))?)
     }
 
@@ -369,7 +435,7 @@ mod storage_scu {
     /// sending and is raised once the open associations are released.
     #[pyfunction]
     #[pyo3(signature = (host, port, paths, *, called_ae, calling_ae, associations=1,
-        max_pdu=262_144, timeout=None, async_window=1, progress=None))]
+        max_pdu=262_144, timeout=None, async_window=1, progress=None, tls=None))]
     #[allow(clippy::too_many_arguments)]
     fn send(
         py: Python<'_>,
@@ -383,6 +449,7 @@ mod storage_scu {
         timeout: Option<f64>,
         async_window: u16,
         progress: Option<Py<PyAny>>,
+        tls: Option<Tls>,
     ) -> PyResult<Vec<SentInstance>> {
         let config = config(
             host,
@@ -392,6 +459,7 @@ mod storage_scu {
             max_pdu,
             timeout,
             async_window,
+            tls,
         )?;
         let mut failure = None;
         let results = py.detach(|| {

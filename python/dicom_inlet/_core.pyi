@@ -6,6 +6,8 @@ from pathlib import Path
 
 from typing_extensions import Self, final
 
+from dicom_inlet.tls import ClientTLS
+
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
@@ -116,9 +118,16 @@ class Server:
         durable: bool = False,
         emit_stored: bool = False,
         event_queue: int = 64,
+        tls_cert: str | PathLike[str] | None = None,
+        tls_key: str | PathLike[str] | None = None,
+        tls_ca: str | PathLike[str] | None = None,
+        tls_port: int | None = None,
     ) -> Self: ...
     @property
     def port(self) -> int: ...
+    @property
+    def tls_port(self) -> int | None:
+        """The bound TLS port when TLS is served beside plain TCP."""
     @property
     def host(self) -> str: ...
     @property
@@ -164,7 +173,13 @@ class SentInstance:
     def bytes(self) -> int: ...
 
 def echo(
-    host: str, port: int, *, called_ae: str, calling_ae: str, timeout: float | None = None
+    host: str,
+    port: int,
+    *,
+    called_ae: str,
+    calling_ae: str,
+    timeout: float | None = None,
+    tls: ClientTLS | None = None,
 ) -> int:
     """C-ECHO the peer; returns the status it answers."""
 
@@ -180,6 +195,7 @@ def send(
     timeout: float | None = None,
     async_window: int = 1,
     progress: Callable[[SentInstance], object] | None = None,
+    tls: ClientTLS | None = None,
 ) -> list[SentInstance]:
     """C-STORE Part 10 files; one result per path, in order."""
 

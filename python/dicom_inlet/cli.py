@@ -14,6 +14,7 @@ from dicom_inlet import console
 from dicom_inlet.models import DEFAULT_AE_TITLE, DicomNode, StorageSortKey
 from dicom_inlet.scu import DEFAULT_CALLED_AET, echo, files_in, send, status_text
 from dicom_inlet.server import StoreSCPServer
+from dicom_inlet.tls import DEFAULT_TLS_PORT, ClientTLS, ServerTLS
 
 __all__ = ["main"]
 
@@ -109,8 +110,8 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         "--port",
         "-p",
         type=_port(0),
-        default=DEFAULT_PORT,
-        help=f"TCP port to listen on; 0 picks a free one (default: {DEFAULT_PORT})",
+        help=f"TCP port to listen on; 0 picks a free one (default: {DEFAULT_PORT}, or "
+        f"{DEFAULT_TLS_PORT} when it serves TLS alone)",
     )
     serve.add_argument(
         "--aet", "-a", default=DEFAULT_AE_TITLE, help=f"our AE title (default: {DEFAULT_AE_TITLE})"
@@ -200,13 +201,48 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         help="fsync every file and its directory before answering success",
     )
     serve.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")
+    _add_serve_tls(serve)
     serve.set_defaults(run=_serve)
     return serve
 
 
+def _add_serve_tls(serve: argparse.ArgumentParser) -> None:
+    tls = serve.add_argument_group("DICOM TLS (PS3.15 Annex B)")
+    tls.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="serve TLS with this certificate chain (PEM)"
+    )
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's key (PEM)")
+    tls.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="require client certificates issued by these CAs (PEM): mutual TLS",
+    )
+    tls.add_argument(
+        "--tls-port",
+        type=_port(0),
+        metavar="PORT",
+        help="serve TLS on this port and plain TCP on --port (default: TLS alone, on --port)",
+    )
+
+
+def _server_tls(args: argparse.Namespace) -> ServerTLS | None:
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_ca is not None or args.tls_port is not None:
+            raise ValueError("--tls-ca and --tls-port need --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    return ServerTLS(args.tls_cert, args.tls_key, args.tls_ca)
+
+
 def _serve(args: argparse.Namespace) -> int:
+    tls = _server_tls(args)
+    port = args.port
+    if port is None:
+        port = DEFAULT_TLS_PORT if tls is not None and args.tls_port is None else DEFAULT_PORT
     server = StoreSCPServer(
-        DicomNode(aetitle=args.aet, port=args.port, ip=args.host),
+        DicomNode(aetitle=args.aet, port=port, ip=args.host),
         data_dir=args.data_dir,
         sort_by=args.sort_by,
         require_called_aet=args.require_called_aet,
@@ -221,6 +257,8 @@ def _serve(args: argparse.Namespace) -> int:
         transfer_syntaxes=args.transfer_syntaxes,
         durable=args.durable,
         shutdown_timeout=args.shutdown_timeout,
+        tls=tls,
+        tls_port=args.tls_port,
     )
     with console.server_status(server, enabled=sys.stderr.isatty() and not args.quiet):
         server.run(block=True)
@@ -254,6 +292,38 @@ def _add_peer_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds to wait to connect and for each answer (default: 30)",
     )
+    _add_client_tls(parser)
+
+
+def _add_client_tls(parser: argparse.ArgumentParser) -> None:
+    tls = parser.add_argument_group("DICOM TLS (PS3.15 Annex B)")
+    tls.add_argument("--tls", action="store_true", help="connect with TLS")
+    tls.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="trust these CA certificates (PEM) for the peer's (default: the system's)",
+    )
+    tls.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="our client certificate chain (PEM)"
+    )
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
+    tls.add_argument(
+        "--tls-no-verify-hostname",
+        action="store_true",
+        help="accept a peer certificate issued for another host name (its chain is checked)",
+    )
+
+
+def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
+    options = (args.tls_ca, args.tls_cert, args.tls_key)
+    if not args.tls:
+        if any(option is not None for option in options) or args.tls_no_verify_hostname:
+            raise ValueError("the --tls-... options need --tls")
+        return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("a TLS client certificate needs --tls-cert and --tls-key together")
+    return ClientTLS(*options, verify_hostname=not args.tls_no_verify_hostname)
 
 
 def _add_send(commands: Any) -> None:
@@ -322,6 +392,7 @@ def _send(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         async_window=args.async_window,
         progress=progress.update,
+        tls=_client_tls(args) or False,
     )
     progress.close()
     stored = result.instances - result.failed
@@ -354,7 +425,12 @@ def _add_echo(commands: Any) -> None:
 def _echo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     status = echo(
-        args.host, args.port, called_aet=args.call, calling_aet=args.aet, timeout=args.timeout
+        args.host,
+        args.port,
+        called_aet=args.call,
+        calling_aet=args.aet,
+        timeout=args.timeout,
+        tls=_client_tls(args) or False,
     )
     elapsed = (time.monotonic() - started) * 1000
     print(f"C-ECHO {args.call}@{args.host}:{args.port}: {status_text(status)} ({elapsed:.0f} ms)")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from dicom_inlet import _core
 from dicom_inlet._core import AssociationAborted, AssociationError, AssociationRejected
 from dicom_inlet.models import DEFAULT_AE_TITLE
+from dicom_inlet.tls import ClientTLS
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -157,6 +158,7 @@ def echo(
     called_aet: str = DEFAULT_CALLED_AET,
     calling_aet: str = DEFAULT_AE_TITLE,
     timeout: float | None = 30.0,
+    tls: ClientTLS | bool = False,
 ) -> int:
     """Verify a peer with C-ECHO (Verification SOP Class); returns the status (0 = success).
 
@@ -166,6 +168,8 @@ def echo(
         called_aet: The peer's AE title (Called AE Title of the A-ASSOCIATE-RQ).
         calling_aet: Our AE title (Calling AE Title).
         timeout: Seconds to wait to connect and for each answer; None waits forever.
+        tls: DICOM TLS: a :class:`~dicom_inlet.tls.ClientTLS`, or True for TLS with the
+            system's trust store and the host name checked.
 
     Raises:
         ConnectionError: The peer cannot be reached.
@@ -173,7 +177,12 @@ def echo(
         AssociationError: The association failed otherwise (aborted, no Verification).
     """
     return _core.echo(
-        host, _port(port), called_ae=called_aet, calling_ae=calling_aet, timeout=timeout
+        host,
+        _port(port),
+        called_ae=called_aet,
+        calling_ae=calling_aet,
+        timeout=timeout,
+        tls=_tls(tls),
     )
 
 
@@ -189,6 +198,7 @@ def send(
     timeout: float | None = 30.0,
     async_window: int = 1,
     progress: Callable[[InstanceResult], object] | None = None,
+    tls: ClientTLS | bool = False,
 ) -> SendResult:
     """Send instances to a Storage SCP with C-STORE (Storage Service Class, SCU role).
 
@@ -214,6 +224,8 @@ def send(
         progress: Called with each :class:`InstanceResult` as it completes, on this thread.
             An exception from it stops the sending (outstanding instances are answered and
             the associations released) and is raised.
+        tls: DICOM TLS: a :class:`~dicom_inlet.tls.ClientTLS`, or True for TLS with the
+            system's trust store and the host name checked.
 
     Raises:
         FileNotFoundError: A source path does not exist (nothing is sent).
@@ -273,8 +285,15 @@ def send(
             async_window=async_window,
             # Without a progress callback the core makes no Python call per instance.
             progress=None if progress is None else lambda sent: progress(result(sent)),
+            tls=_tls(tls),
         )
         return SendResult([result(s) for s in sent], time.monotonic() - started)
+
+
+def _tls(tls: ClientTLS | bool) -> ClientTLS | None:
+    if tls is True:
+        return ClientTLS()
+    return tls or None
 
 
 def _port(port: int) -> int:

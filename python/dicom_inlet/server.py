@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from dicom_inlet import _core
 from dicom_inlet.models import DicomNode, StorageSortKey
 from dicom_inlet.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+from dicom_inlet.tls import ServerTLS
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -72,6 +73,13 @@ class StoreSCPServer:
             wait for the callbacks to catch up (back-pressure; nothing is dropped).
         shutdown_timeout: Seconds :meth:`shutdown` lets open associations finish before
             aborting them.
+        tls: DICOM TLS (:class:`~dicom_inlet.tls.ServerTLS`): our certificate and key, and
+            optionally the CA that client certificates must chain to (mutual TLS). Without
+            ``tls_port`` the node's port speaks TLS only. A failed handshake (plain TCP, an
+            untrusted or expired certificate, a stall past ``acse_timeout``) closes that
+            connection and is logged with its reason.
+        tls_port: With ``tls``, serve TLS on this port as well as plain TCP on the node's
+            port (0 picks a free one).
     """
 
     def __init__(
@@ -94,6 +102,8 @@ class StoreSCPServer:
         durable: bool = False,
         callback_queue_size: int = 64,
         shutdown_timeout: float = 10.0,
+        tls: ServerTLS | None = None,
+        tls_port: int | None = None,
     ) -> None:
         self.node = DicomNode.coerce(node)
         self.data_dir = os.path.abspath(os.fspath(data_dir) or os.getcwd())
@@ -122,6 +132,10 @@ class StoreSCPServer:
         self.durable = durable
         self.callback_queue_size = callback_queue_size
         self.shutdown_timeout = shutdown_timeout
+        if tls_port is not None and tls is None:
+            raise ValueError("tls_port needs tls (a ServerTLS with certificate and key)")
+        self.tls = tls
+        self.tls_port = tls_port
         #: The running core server while serving; None before :meth:`run` and after shutdown.
         self.scp: _core.Server | None = None
         self._lock = threading.Lock()
@@ -173,7 +187,10 @@ class StoreSCPServer:
                 durable=self.durable,
                 emit_stored=bool(self.callbacks),
                 event_queue=self.callback_queue_size,
+                **_tls_arguments(self.tls, self.tls_port),
             )
+            if self.scp.tls_port is not None:
+                self.tls_port = self.scp.tls_port
             self._bound_port = self.scp.port
             self._dispatcher = threading.Thread(
                 target=self._dispatch, args=(self.scp,), name="dicom-inlet-callbacks", daemon=True
@@ -187,6 +204,10 @@ class StoreSCPServer:
             self.data_dir,
             self.sort_by.value.lower(),
         )
+        if self.tls is not None:
+            where = f"port {self.tls_port}" if self.tls_port is not None else "that port alone"
+            mutual = ", client certificates required" if self.tls.ca is not None else ""
+            logger.info("DICOM TLS on %s%s", where, mutual)
         if block:
             self._serve_until_stopped()
 
@@ -275,6 +296,12 @@ class StoreSCPServer:
         )
 
 
+def _tls_arguments(tls: ServerTLS | None, port: int | None) -> dict[str, Any]:
+    if tls is None:
+        return {}
+    return {"tls_cert": tls.cert, "tls_key": tls.key, "tls_ca": tls.ca, "tls_port": port}
+
+
 def _size(count: int) -> str:
     if count < 1000:
         return f"{count} bytes"
@@ -284,7 +311,10 @@ def _size(count: int) -> str:
 
 def _log_association(record: _core.AssociationRecord) -> None:
     detail = f": {record.detail}" if record.detail else ""
-    logger.info(
+    # A refusal (a failed TLS handshake included) or an abort is worth a warning.
+    level = logging.WARNING if record.outcome in ("rejected", "aborted") else logging.INFO
+    logger.log(
+        level,
         "association %s:%d %s -> %s: %d instances, %d failed, %s in %.2f s (%s%s)",
         record.peer_host,
         record.peer_port,

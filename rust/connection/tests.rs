@@ -55,6 +55,7 @@ fn start_with(
         max_instance_size: None,
         emit_stored: true,
         event_queue: 16,
+        tls: None,
     };
     tweak(&mut config);
     let (server, events) = Server::start(config).unwrap();

@@ -6,6 +6,7 @@
 //! for peers that take only the default syntax, and `send` distributes files over parallel
 //! associations and pipelines them within the asynchronous operations window the peer grants.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::association::VERIFICATION_SOP_CLASS;
@@ -43,6 +44,8 @@ pub struct ScuConfig {
     /// Requests we offer to keep outstanding (asynchronous operations window, PS3.7 §D.3.3.3);
     /// 1 means synchronous, and then the item is not sent.
     pub async_window: u16,
+    /// DICOM TLS (PS3.15 Annex B) over the connection, when set.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ScuConfig {

@@ -64,6 +64,7 @@ fn server_with(dir: &Path, policy: AcceptorPolicy) -> (Server, std::sync::mpsc::
         max_instance_size: None,
         emit_stored: false,
         event_queue: 64,
+        tls: None,
     })
     .unwrap()
 }
@@ -77,6 +78,7 @@ fn config(addr: SocketAddr) -> ScuConfig {
         max_pdu: 65_536,
         timeout: Some(TIMEOUT),
         async_window: 1,
+        tls: None,
     }
 }
 
