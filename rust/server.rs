@@ -110,6 +110,8 @@ pub struct AssociationRecord {
     pub outcome: Outcome,
     /// Why we rejected or aborted, when we did.
     pub detail: Option<String>,
+    /// The user identity the requestor presented, in words (PS3.7 §D.3.3.7).
+    pub user_identity: Option<String>,
 }
 
 #[derive(Debug)]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from typing_extensions import Self, final
 
+from dicom_inlet.identity import UserIdentity
 from dicom_inlet.tls import ClientTLS
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Server",
     "ServerStats",
     "StoredInstance",
+    "UserIdentityRequest",
     "_bench_parse_pdata",
     "_bench_scan",
     "_bench_store",
@@ -79,6 +81,23 @@ class AssociationRecord:
     def outcome(self) -> str: ...
     @property
     def detail(self) -> str | None: ...
+    @property
+    def user_identity(self) -> str | None: ...
+
+@final
+class UserIdentityRequest:
+    """What a user identity callable is asked about."""
+
+    @property
+    def identity_type(self) -> int: ...
+    @property
+    def positive_response_requested(self) -> bool: ...
+    @property
+    def primary(self) -> bytes: ...
+    @property
+    def secondary(self) -> bytes: ...
+    @property
+    def calling_ae(self) -> str: ...
 
 @final
 class ServerStats:
@@ -122,6 +141,8 @@ class Server:
         tls_key: str | PathLike[str] | None = None,
         tls_ca: str | PathLike[str] | None = None,
         tls_port: int | None = None,
+        identity_check: Callable[[UserIdentityRequest], tuple[bool, bytes | None]] | None = None,
+        require_user_identity: bool = False,
     ) -> Self: ...
     @property
     def port(self) -> int: ...
@@ -180,6 +201,7 @@ def echo(
     calling_ae: str,
     timeout: float | None = None,
     tls: ClientTLS | None = None,
+    user_identity: UserIdentity | None = None,
 ) -> int:
     """C-ECHO the peer; returns the status it answers."""
 
@@ -196,6 +218,7 @@ def send(
     async_window: int = 1,
     progress: Callable[[SentInstance], object] | None = None,
     tls: ClientTLS | None = None,
+    user_identity: UserIdentity | None = None,
 ) -> list[SentInstance]:
     """C-STORE Part 10 files; one result per path, in order."""
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from dicom_inlet import console
+from dicom_inlet.identity import UserIdentity, UsersFile
 from dicom_inlet.models import DEFAULT_AE_TITLE, DicomNode, StorageSortKey
 from dicom_inlet.scu import DEFAULT_CALLED_AET, echo, files_in, send, status_text
 from dicom_inlet.server import StoreSCPServer
@@ -202,6 +203,19 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
     )
     serve.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")
     _add_serve_tls(serve)
+    identity = serve.add_argument_group("user identity (PS3.7 D.3.3.7)")
+    identity.add_argument(
+        "--users",
+        type=Path,
+        metavar="FILE",
+        help="accept only the usernames and passcodes of this file (see 'dicom-inlet users "
+        "add'); other identities get A-ASSOCIATE-RJ",
+    )
+    identity.add_argument(
+        "--require-user-identity",
+        action="store_true",
+        help="reject associations that present no user identity",
+    )
     serve.set_defaults(run=_serve)
     return serve
 
@@ -259,6 +273,8 @@ def _serve(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         tls=tls,
         tls_port=args.tls_port,
+        user_identity=None if args.users is None else UsersFile(args.users),
+        require_user_identity=args.require_user_identity,
     )
     with console.server_status(server, enabled=sys.stderr.isatty() and not args.quiet):
         server.run(block=True)
@@ -293,6 +309,24 @@ def _add_peer_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait to connect and for each answer (default: 30)",
     )
     _add_client_tls(parser)
+    identity = parser.add_argument_group("user identity (PS3.7 D.3.3.7)")
+    identity.add_argument("--user", metavar="NAME", help="present this username")
+    identity.add_argument("--password", metavar="PASSCODE", help="and this passcode")
+    identity.add_argument(
+        "--token", metavar="JWT", help="present this JSON Web Token instead of a username"
+    )
+
+
+def _user_identity(args: argparse.Namespace) -> UserIdentity | None:
+    if args.token is not None:
+        if args.user is not None or args.password is not None:
+            raise ValueError("--token and --user/--password exclude each other")
+        return UserIdentity.jwt(args.token)
+    if args.user is None:
+        if args.password is not None:
+            raise ValueError("--password needs --user")
+        return None
+    return UserIdentity.username(args.user, args.password)
 
 
 def _add_client_tls(parser: argparse.ArgumentParser) -> None:
@@ -393,6 +427,7 @@ def _send(args: argparse.Namespace) -> int:
         async_window=args.async_window,
         progress=progress.update,
         tls=_client_tls(args) or False,
+        user_identity=_user_identity(args),
     )
     progress.close()
     stored = result.instances - result.failed
@@ -431,10 +466,41 @@ def _echo(args: argparse.Namespace) -> int:
         calling_aet=args.aet,
         timeout=args.timeout,
         tls=_client_tls(args) or False,
+        user_identity=_user_identity(args),
     )
     elapsed = (time.monotonic() - started) * 1000
     print(f"C-ECHO {args.call}@{args.host}:{args.port}: {status_text(status)} ({elapsed:.0f} ms)")
     return 0 if status == 0 else EXIT_FAILED_INSTANCES
+
+
+def _add_users(commands: Any) -> None:
+    users = commands.add_parser(
+        "users",
+        help="manage the users file of 'serve --users'",
+        description="Add a user, or replace its passcode, in a users file: one line per user "
+        "with the passcode hashed by scrypt (the passcode itself is not stored).",
+    )
+    actions = users.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="add a user or replace its passcode")
+    add.add_argument("file", type=Path, metavar="FILE", help="the users file, created if missing")
+    add.add_argument("name", metavar="NAME", help="the username")
+    add.add_argument(
+        "--password", metavar="PASSCODE", help="the passcode (default: asked for, not echoed)"
+    )
+    add.set_defaults(run=_users_add)
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    passcode = args.password
+    if passcode is None:
+        import getpass
+
+        passcode = getpass.getpass(f"passcode for {args.name}: ")
+        if passcode != getpass.getpass("again: "):
+            raise ValueError("the passcodes differ")
+    UsersFile.add(args.file, args.name, passcode)
+    print(f"{args.name} added to {args.file}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,6 +521,7 @@ def _parser(kind: type[_Parser] = _Parser) -> tuple[_Parser, argparse.ArgumentPa
     serve = _add_serve(commands)
     _add_send(commands)
     _add_echo(commands)
+    _add_users(commands)
     return parser, serve
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from dicom_inlet import _core
 from dicom_inlet._core import AssociationAborted, AssociationError, AssociationRejected
+from dicom_inlet.identity import UserIdentity
 from dicom_inlet.models import DEFAULT_AE_TITLE
 from dicom_inlet.tls import ClientTLS
 
@@ -159,6 +160,7 @@ def echo(
     calling_aet: str = DEFAULT_AE_TITLE,
     timeout: float | None = 30.0,
     tls: ClientTLS | bool = False,
+    user_identity: UserIdentity | None = None,
 ) -> int:
     """Verify a peer with C-ECHO (Verification SOP Class); returns the status (0 = success).
 
@@ -170,6 +172,8 @@ def echo(
         timeout: Seconds to wait to connect and for each answer; None waits forever.
         tls: DICOM TLS: a :class:`~dicom_inlet.tls.ClientTLS`, or True for TLS with the
             system's trust store and the host name checked.
+        user_identity: Present this user identity (PS3.7 §D.3.3.7), e.g.
+            ``UserIdentity.username("alice", "secret")`` or ``UserIdentity.jwt(token)``.
 
     Raises:
         ConnectionError: The peer cannot be reached.
@@ -183,6 +187,7 @@ def echo(
         calling_ae=calling_aet,
         timeout=timeout,
         tls=_tls(tls),
+        user_identity=user_identity,
     )
 
 
@@ -199,6 +204,7 @@ def send(
     async_window: int = 1,
     progress: Callable[[InstanceResult], object] | None = None,
     tls: ClientTLS | bool = False,
+    user_identity: UserIdentity | None = None,
 ) -> SendResult:
     """Send instances to a Storage SCP with C-STORE (Storage Service Class, SCU role).
 
@@ -226,6 +232,8 @@ def send(
             the associations released) and is raised.
         tls: DICOM TLS: a :class:`~dicom_inlet.tls.ClientTLS`, or True for TLS with the
             system's trust store and the host name checked.
+        user_identity: Present this user identity (PS3.7 §D.3.3.7), e.g.
+            ``UserIdentity.username("alice", "secret")`` or ``UserIdentity.jwt(token)``.
 
     Raises:
         FileNotFoundError: A source path does not exist (nothing is sent).
@@ -286,6 +294,7 @@ def send(
             # Without a progress callback the core makes no Python call per instance.
             progress=None if progress is None else lambda sent: progress(result(sent)),
             tls=_tls(tls),
+            user_identity=user_identity,
         )
         return SendResult([result(s) for s in sent], time.monotonic() - started)
 

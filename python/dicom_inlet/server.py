@@ -16,6 +16,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from dicom_inlet import _core
+from dicom_inlet.identity import IdentityCheck, UserIdentity
 from dicom_inlet.models import DicomNode, StorageSortKey
 from dicom_inlet.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 from dicom_inlet.tls import ServerTLS
@@ -80,6 +81,14 @@ class StoreSCPServer:
             connection and is logged with its reason.
         tls_port: With ``tls``, serve TLS on this port as well as plain TCP on the node's
             port (0 picks a free one).
+        user_identity: Decides on the user identity a requestor presents (PS3.7 §D.3.3.7):
+            called with a :class:`~dicom_inlet.identity.UserIdentity` on a thread of its own,
+            it returns True to accept, False to reject (A-ASSOCIATE-RJ: permanent, service
+            user, no reason given), or bytes to accept with that server response. It must
+            answer within ``acse_timeout``; an exception rejects and is logged. E.g. a
+            :class:`~dicom_inlet.identity.UsersFile`. Without it identities are accepted
+            and recorded in the association log line.
+        require_user_identity: Reject associations that present no user identity.
     """
 
     def __init__(
@@ -104,6 +113,8 @@ class StoreSCPServer:
         shutdown_timeout: float = 10.0,
         tls: ServerTLS | None = None,
         tls_port: int | None = None,
+        user_identity: IdentityCheck | None = None,
+        require_user_identity: bool = False,
     ) -> None:
         self.node = DicomNode.coerce(node)
         self.data_dir = os.path.abspath(os.fspath(data_dir) or os.getcwd())
@@ -136,6 +147,10 @@ class StoreSCPServer:
             raise ValueError("tls_port needs tls (a ServerTLS with certificate and key)")
         self.tls = tls
         self.tls_port = tls_port
+        if user_identity is not None and not callable(user_identity):
+            raise TypeError(f"user_identity must be callable, got {user_identity!r}")
+        self.user_identity = user_identity
+        self.require_user_identity = require_user_identity
         #: The running core server while serving; None before :meth:`run` and after shutdown.
         self.scp: _core.Server | None = None
         self._lock = threading.Lock()
@@ -188,6 +203,8 @@ class StoreSCPServer:
                 emit_stored=bool(self.callbacks),
                 event_queue=self.callback_queue_size,
                 **_tls_arguments(self.tls, self.tls_port),
+                identity_check=_identity_check(self.user_identity),
+                require_user_identity=self.require_user_identity,
             )
             if self.scp.tls_port is not None:
                 self.tls_port = self.scp.tls_port
@@ -302,6 +319,33 @@ def _tls_arguments(tls: ServerTLS | None, port: int | None) -> dict[str, Any]:
     return {"tls_cert": tls.cert, "tls_key": tls.key, "tls_ca": tls.ca, "tls_port": port}
 
 
+def _identity_check(
+    check: IdentityCheck | None,
+) -> Callable[[_core.UserIdentityRequest], tuple[bool, bytes | None]] | None:
+    """The user's check as the core calls it: (accepted, server response)."""
+    if check is None:
+        return None
+
+    def call(request: _core.UserIdentityRequest) -> tuple[bool, bytes | None]:
+        identity = UserIdentity(
+            request.identity_type,
+            request.primary,
+            request.secondary,
+            request.positive_response_requested,
+            request.calling_ae,
+        )
+        try:
+            answer = check(identity)
+        except Exception:
+            logger.exception("user identity check %r failed; association rejected", check)
+            return False, None
+        if isinstance(answer, (bytes, bytearray)):
+            return True, bytes(answer)
+        return bool(answer), None
+
+    return call
+
+
 def _size(count: int) -> str:
     if count < 1000:
         return f"{count} bytes"
@@ -325,7 +369,7 @@ def _log_association(record: _core.AssociationRecord) -> None:
         _size(record.bytes),
         record.duration,
         record.outcome,
-        detail,
+        detail + (f", {record.user_identity}" if record.user_identity else ""),
     )
 
 

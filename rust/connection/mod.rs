@@ -184,6 +184,7 @@ pub(crate) fn serve(
         duration: Default::default(),
         outcome: Outcome::Closed,
         detail: None,
+        user_identity: None,
     };
     let stream = match tls {
         None => Ok(ServerStream::plain(tcp)),
@@ -259,7 +260,25 @@ impl Connection<'_> {
             self.record.detail = Some("association limit reached".into());
             return self.flush_and_close();
         }
-        let association = match config.policy.negotiate(&rq) {
+        let identity = rq.user_info.user_identity_rq.as_ref();
+        self.record.user_identity = identity.map(association::identity_words);
+        let negotiated = config
+            .policy
+            .negotiate(&rq)
+            .and_then(|(association, mut ac)| {
+                let calling_ae = &association.calling_ae;
+                match config.policy.check_user_identity(identity, calling_ae) {
+                    Ok(response) => {
+                        ac.user_info.user_identity_ac = response;
+                        Ok((association, ac))
+                    }
+                    Err(why) => {
+                        self.record.detail = Some(format!("user identity refused: {why}"));
+                        Err(association::identity_rejected())
+                    }
+                }
+            });
+        let association = match negotiated {
             Ok((association, ac)) => {
                 ac.encode(&mut self.out);
                 association
@@ -267,10 +286,14 @@ impl Connection<'_> {
             Err(rj) => {
                 rj.encode(&mut self.out);
                 self.record.outcome = Outcome::Rejected;
-                self.record.detail = Some(format!(
+                let codes = format!(
                     "result {}, source {}, reason {}",
                     rj.result, rj.source, rj.reason
-                ));
+                );
+                self.record.detail = Some(match self.record.detail.take() {
+                    Some(why) => format!("{why} ({codes})"),
+                    None => codes,
+                });
                 return self.flush_and_close();
             }
         };

@@ -44,6 +44,8 @@ fn start_with(
                 .collect::<HashSet<_>>(),
             transfer_syntaxes: None,
             max_pdu: MAX_PDU,
+            require_user_identity: false,
+            identity_check: None,
         },
         data_dir: dir.clone(),
         sort_key: SortKey::Series,

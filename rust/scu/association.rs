@@ -176,6 +176,7 @@ impl Requestor {
                 implementation_class_uid: Some(IMPLEMENTATION_CLASS_UID.into()),
                 implementation_version_name: Some(IMPLEMENTATION_VERSION_NAME.into()),
                 async_ops_window,
+                user_identity_rq: config.user_identity.clone(),
                 ..UserInfo::default()
             },
         }

@@ -41,6 +41,8 @@ fn policy(require_called_ae: bool) -> AcceptorPolicy {
             .collect::<HashSet<_>>(),
         transfer_syntaxes: None,
         max_pdu: 16_384,
+        require_user_identity: false,
+        identity_check: None,
     }
 }
 
@@ -79,6 +81,7 @@ fn config(addr: SocketAddr) -> ScuConfig {
         timeout: Some(TIMEOUT),
         async_window: 1,
         tls: None,
+        user_identity: None,
     }
 }
 
