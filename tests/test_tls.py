@@ -380,3 +380,16 @@ def test_cli_tls_mistakes_are_one_line_errors(pki: Pki, capsys: pytest.CaptureFi
     missing = str(pki.ca.parent / "missing.pem")
     assert main(["echo", HOST, "1", "--tls", "--tls-ca", missing]) == 2
     assert f"TLS CA file {missing}" in capsys.readouterr().err
+
+
+def test_toml_config_takes_the_tls_keys(pki: Pki, tmp_path: Path) -> None:
+    from dicom_inlet.cli import _parse
+
+    config = tmp_path / "inlet.toml"
+    config.write_text(
+        f'tls_cert = "{pki.server[0]}"\ntls_key = "{pki.server[1]}"\n'
+        f'tls_ca = "{pki.ca}"\ntls_port = 2762\n'
+    )
+    args = _parse(["serve", "--config", str(config)])
+    assert (args.tls_cert, args.tls_key, args.tls_ca) == (*pki.server, pki.ca)
+    assert args.tls_port == 2762

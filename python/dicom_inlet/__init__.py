@@ -16,6 +16,7 @@ and the sending side, a storage SCU::
 """
 
 from dicom_inlet._core import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicom_inlet.identity import UserIdentity, UsersFile
 from dicom_inlet.models import DicomNode, StorageSortKey
 from dicom_inlet.scu import (
     AssociationAborted,
@@ -27,6 +28,7 @@ from dicom_inlet.scu import (
     send,
 )
 from dicom_inlet.server import StoreSCPServer, run_server
+from dicom_inlet.tls import ClientTLS, ServerTLS
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
@@ -34,11 +36,15 @@ __all__ = [
     "AssociationAborted",
     "AssociationError",
     "AssociationRejected",
+    "ClientTLS",
     "DicomNode",
     "InstanceResult",
     "SendResult",
+    "ServerTLS",
     "StorageSortKey",
     "StoreSCPServer",
+    "UserIdentity",
+    "UsersFile",
     "echo",
     "run_server",
     "send",
