@@ -483,9 +483,14 @@ fn certificate_words(why: &CertificateError) -> String {
     }
 }
 
+/// For the SCU, whose wait is its `timeout`.
 impl From<Handshake> for Error {
     fn from(e: Handshake) -> Error {
-        Error::AssociationAborted(format!("TLS handshake failed: {e}"))
+        let why = match e {
+            Handshake::TimedOut => "no answer in time".into(),
+            e => e.to_string(),
+        };
+        Error::AssociationAborted(format!("TLS handshake failed: {why}"))
     }
 }
 

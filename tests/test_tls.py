@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,9 +184,11 @@ def _garbage_client_hello(port: int) -> None:
             pass
 
 
-def _stall(port: int) -> None:
+def _stall(port: int, neighbour: Callable[[], None]) -> None:
+    """Start a handshake and stall; ``neighbour`` runs while it stalls."""
     with socket.create_connection((HOST, port), timeout=TIMEOUT) as sock:
         sock.sendall(b"\x16\x03\x01")
+        neighbour()
         sock.settimeout(TIMEOUT)
         while sock.recv(4096):
             pass
@@ -223,7 +226,12 @@ def test_refused_handshakes_are_logged_and_others_served(
     elif case == "garbage ClientHello":
         _garbage_client_hello(port)
     else:
-        _stall(port)
+
+        def neighbour() -> None:
+            served = run_tool(echoscu, *dcmtk_tls(pki, pki.client), HOST, port)
+            assert served.returncode == 0, served.stderr
+
+        _stall(port, neighbour)
     assert wait_until(lambda: logged(association_log, reason, logging.WARNING)), [
         r.getMessage() for r in association_log.records
     ]

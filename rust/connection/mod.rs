@@ -225,7 +225,9 @@ fn handshake(
     shared: &Shared,
     due: Option<Instant>,
 ) -> Result<ServerStream, String> {
-    tcp.set_write_timeout(shared.config.acse_timeout)
+    // The handshake's flights must not wait for delayed ACKs either.
+    tcp.set_nodelay(true)
+        .and_then(|()| tcp.set_write_timeout(shared.config.acse_timeout))
         .map_err(|e| e.to_string())?;
     ServerStream::accept(tcp, config, due).map_err(|e| e.to_string())
 }
