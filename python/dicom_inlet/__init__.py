@@ -18,6 +18,7 @@ and the sending side, a storage SCU::
 from importlib.metadata import version as _version
 
 from dicom_inlet._core import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicom_inlet.identity import UserIdentity, UsersFile
 from dicom_inlet.models import DicomNode, StorageSortKey
 from dicom_inlet.scu import (
     AssociationAborted,
@@ -29,6 +30,7 @@ from dicom_inlet.scu import (
     send,
 )
 from dicom_inlet.server import StoreSCPServer, run_server
+from dicom_inlet.tls import ClientTLS, ServerTLS
 
 #: The installed distribution's version, which maturin takes from Cargo.toml.
 __version__ = _version("dicom-inlet")
@@ -39,11 +41,15 @@ __all__ = [
     "AssociationAborted",
     "AssociationError",
     "AssociationRejected",
+    "ClientTLS",
     "DicomNode",
     "InstanceResult",
     "SendResult",
+    "ServerTLS",
     "StorageSortKey",
     "StoreSCPServer",
+    "UserIdentity",
+    "UsersFile",
     "echo",
     "run_server",
     "send",

@@ -44,6 +44,8 @@ fn start_with(
                 .collect::<HashSet<_>>(),
             transfer_syntaxes: None,
             max_pdu: MAX_PDU,
+            require_user_identity: false,
+            identity_check: None,
         },
         data_dir: dir.clone(),
         sort_key: SortKey::Series,
@@ -55,6 +57,7 @@ fn start_with(
         max_instance_size: None,
         emit_stored: true,
         event_queue: 16,
+        tls: None,
     };
     tweak(&mut config);
     let (server, events) = Server::start(config).unwrap();
