@@ -21,6 +21,13 @@ propose an asynchronous operations window), which is faster and so shows receive
 the same bytes also go from a plain socket source to a plain socket sink (``raw_tcp.py``): the
 loopback TCP ceiling every receiver's MB/s is divided by.
 
+DICOM TLS (CT and 200 MB): ``storescu +tls`` and ``dicom-inlet send --tls`` into ``dicom-inlet
+TLS`` (``serve --tls-cert --tls-key --tls-ca``) and DCMTK ``storescp +tls +B``, both requiring a
+client certificate, with certificates ``openssl`` makes in the work directory (ECDSA P-256).
+Their ratios are to ``storescp +tls +B`` with the same sender; dicom-inlet's TLS rows are also
+divided by its plain TCP rows of the same runs (``dicom-inlet send --tls`` by ``dicom-inlet
+send``, ``storescu +tls`` by ``storescu``).
+
 Store handlers: dicom-inlet with a handler that only answers 0x0000 (``inlet_handler.py``,
 compared with dicom-inlet without one), and the SCP of pynetdicom's storage examples, whose
 handler decodes each data set and writes it with ``save_as`` (``seed_scp.py``), under
@@ -95,6 +102,61 @@ class Result:
     samples: list[Sample] = field(default_factory=list)
 
 
+# TLS senders, each with the plain sender its rows are compared with.
+TLS_SENDERS = {"storescu +tls": "storescu", "dicom-inlet send --tls": "dicom-inlet send"}
+INLET_TLS = "dicom-inlet TLS"
+STORESCP_TLS = "storescp +tls +B"
+
+
+def make_certificates(directory: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, by ``openssl``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    files = {n: str(directory / n) for n in ("ca", "ca_key", "cert", "key", "client", "client_key")}
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        files["ca_key"],
+        "-out",
+        files["ca"],
+        "-subj",
+        "/CN=bench CA",
+        "-days",
+        "2",
+    )
+    for name, key, extensions in (
+        ("cert", "key", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        ("client", "client_key", "extendedKeyUsage=clientAuth\n"),
+    ):
+        ext = directory / f"{name}.ext"
+        ext.write_text(extensions)
+        csr = str(directory / f"{name}.csr")
+        openssl("req", *ec, "-keyout", files[key], "-out", csr, "-subj", f"/CN={name}")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            files["ca"],
+            "-CAkey",
+            files["ca_key"],
+            "-out",
+            files[name],
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+        )
+    return files
+
+
 def receivers(python: str, inlets: list[tuple[str, str]], pacsanini: str | None) -> list[Receiver]:
     """Every receiver measured; ``inlets`` are (label, interpreter) of dicom-inlet builds,
     ``pacsanini`` the interpreter of a venv with pacsanini (None: not measured)."""
@@ -153,24 +215,59 @@ def receivers(python: str, inlets: list[tuple[str, str]], pacsanini: str | None)
             stores=False,
             senders=(RAW_SOURCE,),
         ),
+        Receiver(
+            INLET_TLS,
+            (*found[0].argv, "--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-ca", "{ca}"),
+            ("ct", "big"),
+            senders=tuple(TLS_SENDERS),
+        ),
+        Receiver(
+            STORESCP_TLS,
+            (
+                STORESCP,
+                "-aet",
+                "STORESCP",
+                "+B",
+                "+tls",
+                "{key}",
+                "{cert}",
+                "+cf",
+                "{ca}",
+                "-od",
+                "{dir}",
+                "{port}",
+            ),
+            ("ct", "big"),
+            senders=tuple(TLS_SENDERS),
+        ),
     ]
 
 
 def sender_commands(
-    sender: str, workload: corpus.Workload, concurrent: bool, port: int, window: int
+    sender: str,
+    workload: corpus.Workload,
+    concurrent: bool,
+    port: int,
+    window: int,
+    tls: dict[str, str],
 ) -> list[list[str]]:
     """The processes that send ``workload``. All but storescu print READY and wait for a line
     on stdin before sending, then print DONE: their Python start-up and exit stay off the
     clock (storescu's, a C program's, cost little)."""
-    if sender == "storescu":
+    if sender.startswith("storescu"):
         dirs = workload.shards if concurrent else (workload.directory,)
-        command = [STORESCU, "-aet", "BENCHSCU", "-aec", "ANY", "+sd", "+r", "127.0.0.1", str(port)]
+        secure = ["+tls", tls["client_key"], tls["client"], "+cf", tls["ca"]]
+        command = [STORESCU, *(secure if sender in TLS_SENDERS else [])]
+        command += ["-aet", "BENCHSCU", "-aec", "ANY", "+sd", "+r", "127.0.0.1", str(port)]
         return [[*command, str(d)] for d in dirs]
     if sender == RAW_SOURCE:
         script = ["raw_tcp.py", "source"]
     else:
         associations = str(CONCURRENT if concurrent else 1)
         script = ["inlet_send.py", "--associations", associations, "--window", str(window)]
+        if sender in TLS_SENDERS:
+            script += ["--tls-ca", tls["ca"], "--tls-cert", tls["client"]]
+            script += ["--tls-key", tls["client_key"]]
     script[0] = str(HERE / script[0])
     return [[sys.executable, *script, "127.0.0.1", str(port), str(workload.directory)]]
 
@@ -310,13 +407,15 @@ def measure(
     concurrent: bool,
     data_dir: Path,
     window: int = 1,
+    tls: dict[str, str] | None = None,
 ) -> Sample:
     """One run: start the receiver on an empty ``data_dir``, send, read the figures, stop it."""
     data_dir.mkdir(parents=True)
     work = data_dir.parent
     os.sync()  # leave no writeback of earlier runs to compete with this one
     port = free_port()
-    values = {"dir": str(data_dir), "port": str(port), "expect": str(workload.files)}
+    tls = tls or {}
+    values = {"dir": str(data_dir), "port": str(port), "expect": str(workload.files), **tls}
     argv = [a.format(**values) for a in receiver.argv]
     log = work / "receiver.log"
     with log.open("wb") as err:
@@ -334,8 +433,8 @@ def measure(
         reset_peak_rss(process.pid)
         children = ChildPeaks(process.pid)
         children.start()
-        commands = sender_commands(sender, workload, concurrent, port, window)
-        handshake = sender != "storescu"
+        commands = sender_commands(sender, workload, concurrent, port, window, tls)
+        handshake = not sender.startswith("storescu")
         pipe = subprocess.PIPE if handshake else subprocess.DEVNULL
         if not handshake:  # storescu's start-up is on the clock, as a user sees it
             cpu_before, started = tree_cpu_seconds(process.pid), time.perf_counter()
@@ -421,8 +520,9 @@ def summarize(results: list[Result], inlet: str) -> list[dict]:
         }
         for metric in (*METRICS, "idle_rss_mib", "seconds", "load1"):
             row[metric] = statistics.median(getattr(s, metric) for s in r.samples)
+        baseline = STORESCP_TLS if r.sender in TLS_SENDERS else BASELINE[r.workload]
         others = [
-            ("dcmtk", (r.sender, BASELINE[r.workload])),
+            ("dcmtk", (r.sender, baseline)),
             ("ignore", (r.sender, FLOOR)),
             ("raw_tcp", (RAW_SOURCE, RAW_SINK)),
         ]
@@ -432,6 +532,8 @@ def summarize(results: list[Result], inlet: str) -> list[dict]:
             others.append(("no_handler", (r.sender, inlet)))
         if r.receiver == SEED_INLET:
             others.append(("seed_pynetdicom", (r.sender, SEED_PYNETDICOM)))
+        if r.receiver == INLET_TLS:
+            others.append(("plain", (TLS_SENDERS[r.sender], inlet)))
         if r.receiver == inlet:
             others.append((PACSANINI, (r.sender, PACSANINI)))
         for label, other in others:
@@ -467,7 +569,7 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
         raw = name == "big" and any(r["receiver"] == RAW_SINK for r in chosen)
         lines += [
             f"**{titles[name]}**: {w.files} files, {w.bytes / 1e6:,.0f} MB; "
-            f"ratios to `{BASELINE[name]}` with the same sender"
+            f"ratios to `{BASELINE[name]}` (TLS rows: `{STORESCP_TLS}`) with the same sender"
             + (", files/s to `--ignore`" if single else "")
             + (", MB/s to raw loopback TCP" if raw else ""),
             "",
@@ -503,6 +605,7 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
                 ("no_handler", "without a handler"),
                 ("seed_pynetdicom", "the same SCP under pynetdicom"),
                 (PACSANINI, PACSANINI),
+                ("plain", "its plain TCP"),
             ):
                 if f"x_{label}" in r:
                     ratio = r[f"x_{label}"]["files_per_s"]
@@ -538,8 +641,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--receivers", help="comma-separated receiver names to run (default: all)")
     parser.add_argument(
         "--senders",
-        default=f"storescu,dicom-inlet send,{RAW_SOURCE}",
-        help=f"comma-separated senders (default: storescu,dicom-inlet send,{RAW_SOURCE})",
+        default=",".join(["storescu", "dicom-inlet send", RAW_SOURCE, *TLS_SENDERS]),
+        help="comma-separated senders (default: storescu,dicom-inlet send,"
+        f"{RAW_SOURCE},{','.join(TLS_SENDERS)})",
     )
     parser.add_argument(
         "--workloads",
@@ -601,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         if w in r.workloads and s in r.senders
     }
     work = Path(tempfile.mkdtemp(prefix="dicom-inlet-peers-", dir=args.work))
+    tls = make_certificates(work / "pki") if set(senders) & set(TLS_SENDERS) else {}
     load_start = os.getloadavg()
     try:
         for run in range(args.runs):
@@ -613,11 +718,11 @@ def main(argv: list[str] | None = None) -> int:
                 data_dir = work / f"run{run}-{i}"
                 workload = workloads[name.split()[0]]
                 sample = measure(
-                    receiver, sender, workload, name.endswith("x4"), data_dir, args.window
+                    receiver, sender, workload, name.endswith("x4"), data_dir, args.window, tls
                 )
                 result.samples.append(sample)
                 log(
-                    f"run {run + 1}/{args.runs} {name:6} {sender:16} {receiver.name:24} "
+                    f"run {run + 1}/{args.runs} {name:6} {sender:22} {receiver.name:24} "
                     f"{sample.files_per_s:8.1f} files/s {sample.mb_per_s:7.1f} MB/s "
                     f"cpu {sample.cpu_s:5.2f} s rss {sample.peak_rss_mib:6.1f} MiB "
                     f"load {sample.load1:.2f}"

@@ -2,10 +2,12 @@
 //! are accepted, which presentation contexts, with which transfer syntax.
 
 use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
 
 use crate::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::pdu::{
-    self, AssociateAc, AssociateRj, AssociateRq, PresentationContextAc, UserInfo,
+    self, AssociateAc, AssociateRj, AssociateRq, PresentationContextAc, UserIdentityRq, UserInfo,
     APPLICATION_CONTEXT, MAX_CONTROL_PDU,
 };
 use crate::transfer_syntax;
@@ -53,6 +55,58 @@ pub struct AcceptorPolicy {
     pub transfer_syntaxes: Option<Vec<String>>,
     /// Largest P-DATA-TF PDU we accept, advertised in our A-ASSOCIATE-AC.
     pub max_pdu: u32,
+    /// Reject associations without a user identity sub-item (PS3.7 §D.3.3.7).
+    pub require_user_identity: bool,
+    /// Decides on the user identities peers present; None accepts any (they are recorded).
+    pub identity_check: Option<Arc<dyn IdentityCheck>>,
+}
+
+/// User identity types of the A-ASSOCIATE-RQ sub-item (PS3.7 Table D.3-14).
+pub mod identity_type {
+    pub const USERNAME: u8 = 1;
+    pub const USERNAME_AND_PASSCODE: u8 = 2;
+    pub const KERBEROS: u8 = 3;
+    pub const SAML: u8 = 4;
+    pub const JWT: u8 = 5;
+}
+
+/// Longest server response we send: the user information item that carries it has a u16
+/// length (PS3.8 §9.3.3.3), shared with the sub-item header and our other sub-items.
+pub const MAX_SERVER_RESPONSE: usize = 65_000;
+
+/// A user identity checker's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityVerdict {
+    /// Accepted; the server response to send when the requestor asks for one (Kerberos, SAML
+    /// and JWT; ignored for usernames, whose response is empty).
+    Accept(Option<Vec<u8>>),
+    /// Refused, and why in words (for the log; the peer hears only the A-ASSOCIATE-RJ).
+    Reject(String),
+}
+
+/// Decides whether a requestor's user identity is accepted. `calling_ae` is the requestor's
+/// AE title. Implementations bound their own wait: the association waits on the answer.
+pub trait IdentityCheck: Send + Sync + fmt::Debug {
+    fn check(&self, identity: &UserIdentityRq, calling_ae: &str) -> IdentityVerdict;
+}
+
+/// The identity in words for the association record: the username, or the kind of token
+/// (never a passcode or the token itself).
+pub fn identity_words(identity: &UserIdentityRq) -> String {
+    match identity.identity_type {
+        identity_type::USERNAME | identity_type::USERNAME_AND_PASSCODE => {
+            let name: String = String::from_utf8_lossy(&identity.primary)
+                .chars()
+                .take(64)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
+            format!("user {name:?}")
+        }
+        identity_type::KERBEROS => "a Kerberos ticket".into(),
+        identity_type::SAML => "a SAML assertion".into(),
+        identity_type::JWT => "a JSON Web Token".into(),
+        other => format!("user identity of unknown type {other}"),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +151,62 @@ pub fn busy() -> AssociateRj {
     }
 }
 
+/// The A-ASSOCIATE-RJ for a refused user identity: permanent, from the service user, no reason
+/// given (PS3.8 Table 9-21 has no reason closer to "not authorized").
+pub fn identity_rejected() -> AssociateRj {
+    AssociateRj {
+        result: reject::PERMANENT,
+        source: reject::SOURCE_USER,
+        reason: reject::NO_REASON,
+    }
+}
+
 impl AcceptorPolicy {
+    /// Decide on the requestor's user identity (PS3.7 §D.3.3.7): the A-ASSOCIATE-AC's user
+    /// identity sub-item value (Some only when a positive response was asked for and the
+    /// identity accepted), or why the association is rejected.
+    pub fn check_user_identity(
+        &self,
+        identity: Option<&UserIdentityRq>,
+        calling_ae: &str,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let Some(identity) = identity else {
+            return match self.require_user_identity {
+                true => Err("no user identity, and one is required".into()),
+                false => Ok(None),
+            };
+        };
+        let verdict = match &self.identity_check {
+            None => IdentityVerdict::Accept(None),
+            Some(_) if !(1..=identity_type::JWT).contains(&identity.identity_type) => {
+                IdentityVerdict::Reject(format!(
+                    "user identity type {} is not defined",
+                    identity.identity_type
+                ))
+            }
+            Some(check) => check.check(identity, calling_ae),
+        };
+        let response = match verdict {
+            IdentityVerdict::Reject(why) => return Err(why),
+            IdentityVerdict::Accept(_) if !identity.positive_response_requested => return Ok(None),
+            // Zero length for a username with or without passcode (PS3.7 Table D.3-15).
+            IdentityVerdict::Accept(_)
+                if identity.identity_type <= identity_type::USERNAME_AND_PASSCODE =>
+            {
+                Vec::new()
+            }
+            IdentityVerdict::Accept(response) => response.unwrap_or_default(),
+        };
+        if response.len() > MAX_SERVER_RESPONSE {
+            return Err(format!(
+                "the server response of {} bytes exceeds the {MAX_SERVER_RESPONSE} the \
+                 A-ASSOCIATE-AC holds",
+                response.len()
+            ));
+        }
+        Ok(Some(response))
+    }
+
     /// The largest P-DATA-TF PDU we read and announce. A configured 0 ("no limit", PS3.8
     /// §D.1) becomes the largest PDU we ever buffer, so what we announce is what we accept.
     pub fn receive_limit(&self) -> u32 {
@@ -230,6 +339,8 @@ mod tests {
                 .collect(),
             transfer_syntaxes: None,
             max_pdu: 262_144,
+            require_user_identity: false,
+            identity_check: None,
         }
     }
 
@@ -345,6 +456,105 @@ mod tests {
             ac.presentation_contexts[1].result,
             context_result::TRANSFER_SYNTAXES_NOT_SUPPORTED
         );
+    }
+
+    /// Answers every identity the same way.
+    #[derive(Debug)]
+    struct Fixed(IdentityVerdict);
+
+    impl IdentityCheck for Fixed {
+        fn check(&self, _: &UserIdentityRq, calling_ae: &str) -> IdentityVerdict {
+            assert_eq!(calling_ae, "SCU");
+            self.0.clone()
+        }
+    }
+
+    fn identity(identity_type: u8, positive_response_requested: bool) -> UserIdentityRq {
+        UserIdentityRq {
+            identity_type,
+            positive_response_requested,
+            primary: b"alice".to_vec(),
+            secondary: b"secret".to_vec(),
+        }
+    }
+
+    fn checked(verdict: IdentityVerdict) -> AcceptorPolicy {
+        AcceptorPolicy {
+            identity_check: Some(Arc::new(Fixed(verdict))),
+            ..policy()
+        }
+    }
+
+    #[test]
+    fn user_identity_is_required_only_when_asked() {
+        assert_eq!(policy().check_user_identity(None, "SCU"), Ok(None));
+        let strict = AcceptorPolicy {
+            require_user_identity: true,
+            ..policy()
+        };
+        let refused = strict.check_user_identity(None, "SCU").unwrap_err();
+        assert!(refused.contains("one is required"), "{refused}");
+        // Without a check any identity is accepted (PS3.15 §B.4 need not verify the passcode).
+        let alice = identity(identity_type::USERNAME_AND_PASSCODE, false);
+        assert_eq!(strict.check_user_identity(Some(&alice), "SCU"), Ok(None));
+        let rj = identity_rejected();
+        assert_eq!((rj.result, rj.source, rj.reason), (1, 1, 1));
+    }
+
+    #[test]
+    fn server_response_only_when_requested_and_empty_for_usernames() {
+        let token = Some(b"signed".to_vec());
+        let accept = checked(IdentityVerdict::Accept(token.clone()));
+        let ask = |t, requested| accept.check_user_identity(Some(&identity(t, requested)), "SCU");
+        assert_eq!(ask(identity_type::JWT, false), Ok(None));
+        assert_eq!(ask(identity_type::JWT, true), Ok(token));
+        assert_eq!(ask(identity_type::USERNAME, true), Ok(Some(Vec::new())));
+        assert_eq!(
+            ask(identity_type::USERNAME_AND_PASSCODE, true),
+            Ok(Some(Vec::new()))
+        );
+        let unknown = ask(9, true).unwrap_err();
+        assert!(unknown.contains("type 9 is not defined"), "{unknown}");
+        // Without a check, a username asked to be confirmed gets the empty response.
+        let alice = identity(identity_type::USERNAME, true);
+        assert_eq!(
+            policy().check_user_identity(Some(&alice), "SCU"),
+            Ok(Some(vec![]))
+        );
+    }
+
+    #[test]
+    fn refusals_and_oversized_responses_reject() {
+        let no = checked(IdentityVerdict::Reject("wrong passcode".into()));
+        let alice = identity(identity_type::USERNAME_AND_PASSCODE, false);
+        assert_eq!(
+            no.check_user_identity(Some(&alice), "SCU"),
+            Err("wrong passcode".into())
+        );
+        let huge = checked(IdentityVerdict::Accept(Some(vec![
+            0;
+            MAX_SERVER_RESPONSE + 1
+        ])));
+        let jwt = identity(identity_type::JWT, true);
+        assert!(huge.check_user_identity(Some(&jwt), "SCU").is_err());
+        let fits = checked(IdentityVerdict::Accept(Some(vec![7; MAX_SERVER_RESPONSE])));
+        let response = fits
+            .check_user_identity(Some(&jwt), "SCU")
+            .unwrap()
+            .unwrap();
+        // The largest response still encodes into an A-ASSOCIATE-AC that parses back.
+        let (_, mut ac) = accept(
+            &policy(),
+            &request(vec![context(1, CT, &["1.2.840.10008.1.2"])]),
+        );
+        ac.user_info.user_identity_ac = Some(response.clone());
+        let mut out = Vec::new();
+        ac.encode(&mut out);
+        let (pdu_type, _) = pdu::parse_header(out[..6].try_into().unwrap());
+        let Ok(pdu::Pdu::AssociateAc(parsed)) = pdu::Pdu::parse(pdu_type, &out[6..]) else {
+            panic!("the A-ASSOCIATE-AC does not parse");
+        };
+        assert_eq!(parsed.user_info.user_identity_ac, Some(response));
     }
 
     #[test]

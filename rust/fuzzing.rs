@@ -7,10 +7,11 @@
 //! scanner gives the same answer however the data set is split into fragments.
 
 use std::io::Read;
+use std::sync::Arc;
 
-use crate::association::{AcceptorPolicy, VERIFICATION_SOP_CLASS};
+use crate::association::{AcceptorPolicy, IdentityCheck, IdentityVerdict, VERIFICATION_SOP_CLASS};
 use crate::dimse::Command;
-use crate::pdu::{self, Pdu};
+use crate::pdu::{self, Pdu, UserIdentityRq};
 use crate::scan::{Encoding, ScanError, Scanner, SortAttributes, MAX_VALUE_LEN};
 use crate::scu::transcode;
 use crate::transfer_syntax;
@@ -67,7 +68,7 @@ pub fn negotiation(data: &[u8]) {
         return;
     };
     let policy = fuzz_policy(flags);
-    let (association, ac) = match policy.negotiate(&rq) {
+    let (association, mut ac) = match policy.negotiate(&rq) {
         Ok(accepted) => accepted,
         Err(rj) => {
             let allowed = [(1, 1, 1), (1, 1, 2), (1, 1, 3), (1, 1, 7), (1, 2, 2)];
@@ -78,6 +79,27 @@ pub fn negotiation(data: &[u8]) {
             return;
         }
     };
+    // The user identity sub-item (PS3.7 §D.3.3.7): a response only to an accepted identity
+    // whose requestor asked for one, and one that fits the A-ASSOCIATE-AC.
+    let identity = rq.user_info.user_identity_rq.as_ref();
+    match policy.check_user_identity(identity, &association.calling_ae) {
+        Ok(response) => {
+            let asked = identity.is_some_and(|i| i.positive_response_requested);
+            assert_eq!(
+                response.is_some(),
+                asked,
+                "server response without a request"
+            );
+            ac.user_info.user_identity_ac = response;
+        }
+        Err(_) => {
+            assert!(
+                identity.is_some() || policy.require_user_identity,
+                "identity refused without a reason"
+            );
+            return;
+        }
+    }
     let mut out = Vec::new();
     ac.encode(&mut out);
     let Pdu::AssociateAc(parsed) = reparse(&out) else {
@@ -126,6 +148,23 @@ fn fuzz_policy(flags: u8) -> AcceptorPolicy {
             ]
         }),
         max_pdu: 16_384,
+        require_user_identity: flags & 8 != 0,
+        identity_check: (flags & 16 != 0).then(|| Arc::new(Passcode) as Arc<dyn IdentityCheck>),
+    }
+}
+
+/// Accepts the passcode "secret" and answers tokens with the token itself, so fuzzed
+/// identities reach both verdicts and the longest server responses.
+#[derive(Debug)]
+struct Passcode;
+
+impl IdentityCheck for Passcode {
+    fn check(&self, identity: &UserIdentityRq, _calling_ae: &str) -> IdentityVerdict {
+        match identity.identity_type {
+            2 if identity.secondary == b"secret" => IdentityVerdict::Accept(None),
+            3..=5 => IdentityVerdict::Accept(Some(identity.primary.clone())),
+            _ => IdentityVerdict::Reject("not the passcode".into()),
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod scan;
 pub mod scu;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod transfer_syntax;
 pub mod verdict;
 pub mod vr;

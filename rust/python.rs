@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::layout::SortKey;
 use crate::server::{self, Event, ServerConfig};
+use crate::tls;
 use crate::transfer_syntax;
 
 create_exception!(
@@ -74,6 +75,26 @@ fn seconds(value: Option<f64>) -> Result<Option<Duration>, Error> {
     }
 }
 
+/// The TLS service for these files: none without a certificate.
+fn server_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    port: Option<u16>,
+) -> Result<Option<server::TlsService>, Error> {
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) if ca.is_none() && port.is_none() => return Ok(None),
+        _ => {
+            return Err(Error::InvalidConfig(
+                "TLS needs both a certificate file and a key file".into(),
+            ))
+        }
+    };
+    let config = tls::server_config(&tls::ServerFiles { cert, key, ca })?;
+    Ok(Some(server::TlsService { config, port }))
+}
+
 /// A running Storage SCP.
 #[pyclass(frozen, module = "dicom_inlet._core")]
 struct Server {
@@ -90,7 +111,9 @@ impl Server {
         transfer_syntaxes=None, require_called_ae=false, allowed_calling_aes=Vec::new(),
         max_associations=64, max_pdu=262_144, acse_timeout=None, network_timeout=None,
         dimse_timeout=None, max_instance_size=None, durable=false, emit_stored=false,
-        event_queue=64, handler_stage=None, handler_timeout=None))]
+        event_queue=64, tls_cert=None, tls_key=None, tls_ca=None, tls_port=None,
+        identity_check=None, require_user_identity=false, handler_stage=None,
+        handler_timeout=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -112,6 +135,12 @@ impl Server {
         durable: bool,
         emit_stored: bool,
         event_queue: usize,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        tls_ca: Option<PathBuf>,
+        tls_port: Option<u16>,
+        identity_check: Option<Py<PyAny>>,
+        require_user_identity: bool,
         handler_stage: Option<&str>,
         handler_timeout: Option<f64>,
     ) -> PyResult<Server> {
@@ -127,6 +156,7 @@ impl Server {
                 Error::InvalidConfig(format!("unsupported transfer syntax {unsupported}")).into(),
             );
         }
+        let acse_timeout = seconds(acse_timeout)?;
         let config = ServerConfig {
             host,
             port,
@@ -137,17 +167,22 @@ impl Server {
                 sop_classes: sop_classes.into_iter().collect(),
                 transfer_syntaxes,
                 max_pdu,
+                require_user_identity,
+                identity_check: identity_check
+                    .map(|callable| identity::PythonCheck::start(callable, acse_timeout))
+                    .transpose()?,
             },
             data_dir,
             sort_key,
             durable,
             max_associations,
-            acse_timeout: seconds(acse_timeout)?,
+            acse_timeout,
             network_timeout: seconds(network_timeout)?,
             dimse_timeout: seconds(dimse_timeout)?,
             max_instance_size,
             emit_stored,
             event_queue,
+            tls: server_tls(tls_cert, tls_key, tls_ca, tls_port)?,
             handler,
         };
         let (inner, events) = py.detach(|| server::Server::start(config))?;
@@ -161,6 +196,12 @@ impl Server {
     #[getter]
     fn port(&self) -> u16 {
         self.inner.local_addr().port()
+    }
+
+    /// The bound TLS port when TLS is served beside plain TCP (on `port` when alone).
+    #[getter]
+    fn tls_port(&self) -> Option<u16> {
+        self.inner.tls_local_addr().map(|a| a.port())
     }
 
     /// The bound address.
@@ -267,6 +308,7 @@ struct AssociationRecord {
     duration: f64,
     outcome: &'static str,
     detail: Option<String>,
+    user_identity: Option<String>,
 }
 
 impl From<server::AssociationRecord> for AssociationRecord {
@@ -283,6 +325,7 @@ impl From<server::AssociationRecord> for AssociationRecord {
             duration: r.duration.as_secs_f64(),
             outcome: r.outcome.as_str(),
             detail: r.detail,
+            user_identity: r.user_identity,
         }
     }
 }
@@ -331,6 +374,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AssociationRecord>()?;
     m.add_class::<ServerStats>()?;
     m.add_class::<FailedStore>()?;
+    m.add_class::<identity::UserIdentityRequest>()?;
     m.add("TRANSFER_SYNTAXES", transfer_syntax::SUPPORTED.to_vec())?;
     m.add("IMPLEMENTATION_CLASS_UID", IMPLEMENTATION_CLASS_UID)?;
     m.add("IMPLEMENTATION_VERSION_NAME", IMPLEMENTATION_VERSION_NAME)?;
@@ -342,16 +386,122 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// User identity checks by a Python callable (PS3.7 §D.3.3.7), on a Python thread of their own:
+// an association thread waits for the answer at most acse_timeout, so a slow or stuck callable
+// delays only the associations it is asked about, and never holds the GIL for them.
+mod identity {
+    use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+    use std::sync::Arc;
+    use std::thread;
+    use std::time::Duration;
+
+    use pyo3::prelude::*;
+
+    use crate::association::{IdentityCheck, IdentityVerdict};
+    use crate::error::Error;
+    use crate::pdu::UserIdentityRq;
+
+    /// Checks waiting for the Python thread; past this, associations are refused at once.
+    const QUEUE: usize = 64;
+
+    type Request = (UserIdentityRequest, SyncSender<IdentityVerdict>);
+
+    /// What a user identity callable is asked about.
+    #[pyclass(frozen, get_all, module = "dicom_inlet._core")]
+    pub(super) struct UserIdentityRequest {
+        identity_type: u8,
+        positive_response_requested: bool,
+        primary: Vec<u8>,
+        secondary: Vec<u8>,
+        calling_ae: String,
+    }
+
+    #[derive(Debug)]
+    pub(super) struct PythonCheck {
+        requests: SyncSender<Request>,
+        timeout: Option<Duration>,
+    }
+
+    impl PythonCheck {
+        /// Start the thread that calls `callable` with each request; it ends with the server.
+        pub(super) fn start(
+            callable: Py<PyAny>,
+            timeout: Option<Duration>,
+        ) -> Result<Arc<dyn IdentityCheck>, Error> {
+            let (requests, queue) = sync_channel(QUEUE);
+            thread::Builder::new()
+                .name("dicom-inlet-identity".into())
+                .spawn(move || answer(&callable, &queue))
+                .map_err(Error::io("cannot start the user identity thread"))?;
+            Ok(Arc::new(PythonCheck { requests, timeout }))
+        }
+    }
+
+    fn answer(callable: &Py<PyAny>, queue: &Receiver<Request>) {
+        for (request, reply) in queue {
+            let verdict = Python::attach(|py| {
+                let answer = callable
+                    .call1(py, (request,))
+                    .and_then(|a| a.extract::<(bool, Option<Vec<u8>>)>(py));
+                match answer {
+                    Ok((true, response)) => IdentityVerdict::Accept(response),
+                    Ok((false, _)) => {
+                        IdentityVerdict::Reject("the identity check refused it".into())
+                    }
+                    Err(e) => IdentityVerdict::Reject(format!("the identity check failed: {e}")),
+                }
+            });
+            // The association may have stopped waiting; then nobody needs the answer.
+            let _ = reply.send(verdict);
+        }
+    }
+
+    impl IdentityCheck for PythonCheck {
+        fn check(&self, identity: &UserIdentityRq, calling_ae: &str) -> IdentityVerdict {
+            let (reply, answer) = sync_channel(1);
+            let request = UserIdentityRequest {
+                identity_type: identity.identity_type,
+                positive_response_requested: identity.positive_response_requested,
+                primary: identity.primary.clone(),
+                secondary: identity.secondary.clone(),
+                calling_ae: calling_ae.to_owned(),
+            };
+            match self.requests.try_send((request, reply)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    return IdentityVerdict::Reject("too many identity checks waiting".into())
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return IdentityVerdict::Reject("the identity check has stopped".into())
+                }
+            }
+            let answered = match self.timeout {
+                Some(timeout) => answer.recv_timeout(timeout).ok(),
+                None => answer.recv().ok(),
+            };
+            answered.unwrap_or_else(|| {
+                IdentityVerdict::Reject(
+                    "the identity check did not answer within acse_timeout".into(),
+                )
+            })
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The storage SCU: C-ECHO and C-STORE, with the GIL released for all network and disk work.
 mod storage_scu {
     use std::ops::ControlFlow;
     use std::path::PathBuf;
+    use std::sync::Arc;
 
     use pyo3::prelude::*;
 
     use super::{seconds, AssociationAborted, AssociationError, AssociationRejected};
     use crate::error::Error;
+    use crate::pdu::UserIdentityRq;
     use crate::scu::{self, InstanceResult, ScuConfig};
+    use crate::tls;
 
     /// What became of one instance sent with C-STORE.
     #[pyclass(frozen, get_all, module = "dicom_inlet._core")]
@@ -381,6 +531,44 @@ mod storage_scu {
         }
     }
 
+    /// TLS options of `echo` and `send`.
+    #[derive(FromPyObject)]
+    struct Tls {
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        verify_hostname: bool,
+    }
+
+    fn client_tls(tls: Option<Tls>) -> Result<Option<Arc<rustls::ClientConfig>>, Error> {
+        let Some(tls) = tls else { return Ok(None) };
+        let cert_and_key = match (tls.cert, tls.key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::InvalidConfig(
+                    "a TLS client certificate needs its key, and a key its certificate".into(),
+                ))
+            }
+        };
+        let files = tls::ClientFiles {
+            ca: tls.ca,
+            cert_and_key,
+            verify_hostname: tls.verify_hostname,
+        };
+        tls::client_config(&files).map(Some)
+    }
+
+    /// The user identity `echo` and `send` present (PS3.7 §D.3.3.7).
+    #[derive(FromPyObject)]
+    struct UserIdentity {
+        identity_type: u8,
+        positive_response_requested: bool,
+        primary: Vec<u8>,
+        secondary: Vec<u8>,
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn config(
         host: String,
         port: u16,
@@ -389,6 +577,8 @@ mod storage_scu {
         max_pdu: u32,
         timeout: Option<f64>,
         async_window: u16,
+        tls: Option<Tls>,
+        user_identity: Option<UserIdentity>,
     ) -> Result<ScuConfig, Error> {
         Ok(ScuConfig {
             host,
@@ -398,12 +588,21 @@ mod storage_scu {
             max_pdu,
             timeout: seconds(timeout)?,
             async_window,
+            tls: client_tls(tls)?,
+            user_identity: user_identity.map(|identity| UserIdentityRq {
+                identity_type: identity.identity_type,
+                positive_response_requested: identity.positive_response_requested,
+                primary: identity.primary,
+                secondary: identity.secondary,
+            }),
         })
     }
 
     /// C-ECHO the peer; returns the status it answers.
     #[pyfunction]
-    #[pyo3(signature = (host, port, *, called_ae, calling_ae, timeout=None))]
+    #[pyo3(signature = (host, port, *, called_ae, calling_ae, timeout=None, tls=None,
+        user_identity=None))]
+    #[allow(clippy::too_many_arguments)]
     fn echo(
         py: Python<'_>,
         host: String,
@@ -411,8 +610,20 @@ mod storage_scu {
         called_ae: String,
         calling_ae: String,
         timeout: Option<f64>,
+        tls: Option<Tls>,
+        user_identity: Option<UserIdentity>,
     ) -> PyResult<u16> {
-        let config = config(host, port, called_ae, calling_ae, 262_144, timeout, 1)?;
+        let config = config(
+            host,
+            port,
+            called_ae,
+            calling_ae,
+            262_144,
+            timeout,
+            1,
+            tls,
+            user_identity,
+        )?;
         Ok(py.detach(|| scu::echo(&config))?)
     }
 
@@ -421,7 +632,8 @@ mod storage_scu {
     /// sending and is raised once the open associations are released.
     #[pyfunction]
     #[pyo3(signature = (host, port, paths, *, called_ae, calling_ae, associations=1,
-        max_pdu=262_144, timeout=None, async_window=1, progress=None))]
+        max_pdu=262_144, timeout=None, async_window=1, progress=None, tls=None,
+        user_identity=None))]
     #[allow(clippy::too_many_arguments)]
     fn send(
         py: Python<'_>,
@@ -435,6 +647,8 @@ mod storage_scu {
         timeout: Option<f64>,
         async_window: u16,
         progress: Option<Py<PyAny>>,
+        tls: Option<Tls>,
+        user_identity: Option<UserIdentity>,
     ) -> PyResult<Vec<SentInstance>> {
         let config = config(
             host,
@@ -444,6 +658,8 @@ mod storage_scu {
             max_pdu,
             timeout,
             async_window,
+            tls,
+            user_identity,
         )?;
         // The first exception is raised at the end. After a signal (Ctrl-C) the callback
         // still sees the instances answered meanwhile; after its own exception it does not.
@@ -761,6 +977,9 @@ mod requestor {
             max_pdu,
             timeout: seconds(timeout)?,
             async_window: 1,
+            // dicom_inlet.pynetdicom offers neither (pynetdicom's tls_args raise there).
+            tls: None,
+            user_identity: None,
         };
         config.validate()?;
         let proposals: Vec<Proposal> = contexts

@@ -49,9 +49,19 @@ pub struct ServerConfig {
     /// Send a `Stored` event per instance (only when someone consumes them).
     pub emit_stored: bool,
     pub event_queue: usize,
+    /// DICOM TLS (PS3.15 Annex B), when configured.
+    pub tls: Option<TlsService>,
     /// A user handler decides each instance's status (None: every valid instance is stored
     /// and answered with success, nothing waits on Python).
     pub handler: Option<HandlerConfig>,
+}
+
+/// The TLS configuration and where it is served.
+#[derive(Debug, Clone)]
+pub struct TlsService {
+    pub config: Arc<rustls::ServerConfig>,
+    /// A second port, for TLS beside plain TCP on `port`; None serves TLS alone, on `port`.
+    pub port: Option<u16>,
 }
 
 /// One instance written under `data_dir`.
@@ -119,6 +129,8 @@ pub struct AssociationRecord {
     pub outcome: Outcome,
     /// Why we rejected or aborted, when we did.
     pub detail: Option<String>,
+    /// The user identity the requestor presented, in words (PS3.7 §D.3.3.7).
+    pub user_identity: Option<String>,
 }
 
 #[derive(Debug)]
@@ -192,6 +204,20 @@ pub struct Server {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// The second listener, TLS beside plain TCP: its address and thread.
+    tls_listener: Mutex<Option<(SocketAddr, JoinHandle<()>)>>,
+}
+
+fn bind(host: &str, port: u16) -> Result<TcpListener> {
+    (host, port)
+        .to_socket_addrs()
+        .and_then(|mut addrs| {
+            addrs
+                .next()
+                .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+        })
+        .and_then(TcpListener::bind)
+        .map_err(Error::io(format!("cannot listen on {host}:{port}")))
 }
 
 impl Server {
@@ -202,23 +228,21 @@ impl Server {
                 "max_associations must be at least 1".into(),
             ));
         }
-        let address = (config.host.as_str(), config.port);
-        let listener = address
-            .to_socket_addrs()
-            .and_then(|mut addrs| {
-                addrs
-                    .next()
-                    .ok_or_else(|| std::io::ErrorKind::NotFound.into())
-            })
-            .and_then(TcpListener::bind)
-            .map_err(Error::io(format!(
-                "cannot listen on {}:{}",
-                config.host, config.port
-            )))?;
+        let listener = bind(&config.host, config.port)?;
         let local_addr = listener
             .local_addr()
             .map_err(Error::io("cannot read the bound address"))?;
-        // Only once the port is ours: a failed bind leaves no data_dir behind.
+        let tls_listener = match config.tls.as_ref().and_then(|tls| tls.port) {
+            Some(port) => {
+                let listener = bind(&config.host, port)?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(Error::io("cannot read the bound address"))?;
+                Some((listener, addr))
+            }
+            None => None,
+        };
+        // Only once the ports are ours: a failed bind leaves no data_dir behind.
         let storage = open_storage(&config.data_dir, config.durable)?;
         let (events, receiver) = sync_channel(config.event_queue.max(1));
         let verdicts = config.handler.map(Verdicts::new);
@@ -233,16 +257,29 @@ impl Server {
             workers: Mutex::new(Vec::new()),
             stats: Stats::default(),
         });
-        let accept_shared = Arc::clone(&shared);
-        let handle = thread::Builder::new()
-            .name("dicom-inlet-listener".into())
-            .spawn(move || accept_loop(&listener, &accept_shared, &events))
-            .map_err(Error::io("cannot start the listener thread"))?;
+        let tls = shared
+            .config
+            .tls
+            .as_ref()
+            .map(|t| (t.port, Arc::clone(&t.config)));
+        // The main port speaks TLS when TLS is served alone.
+        let main_tls = tls
+            .as_ref()
+            .and_then(|(port, c)| port.is_none().then(|| Arc::clone(c)));
+        let tls_listener = match (tls_listener, tls) {
+            (Some((listener, addr)), Some((_, config))) => {
+                let handle = spawn_listener(listener, &shared, &events, Some(config))?;
+                Some((addr, handle))
+            }
+            _ => None,
+        };
+        let handle = spawn_listener(listener, &shared, &events, main_tls)?;
         Ok((
             Server {
                 shared,
                 local_addr,
                 listener: Mutex::new(Some(handle)),
+                tls_listener: Mutex::new(tls_listener),
             },
             receiver,
         ))
@@ -250,6 +287,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound address of the TLS port served beside plain TCP, if there is one.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        lock(&self.tls_listener).as_ref().map(|(addr, _)| *addr)
     }
 
     pub fn storage_root(&self) -> &std::path::Path {
@@ -284,6 +326,10 @@ impl Server {
         // accept() has no timeout: a connection of our own wakes it to see the flag.
         let _ = TcpStream::connect_timeout(&wake_address(self.local_addr), Duration::from_secs(1));
         let _ = listener.join();
+        if let Some((addr, tls_listener)) = lock(&self.tls_listener).take() {
+            let _ = TcpStream::connect_timeout(&wake_address(addr), Duration::from_secs(1));
+            let _ = tls_listener.join();
+        }
 
         // None: a grace beyond the clock's range, so no limit.
         let deadline = Instant::now().checked_add(grace);
@@ -353,7 +399,26 @@ fn wake_address(bound: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, bound.port())
 }
 
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, events: &SyncSender<Event>) {
+fn spawn_listener(
+    listener: TcpListener,
+    shared: &Arc<Shared>,
+    events: &SyncSender<Event>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<JoinHandle<()>> {
+    let shared = Arc::clone(shared);
+    let events = events.clone();
+    thread::Builder::new()
+        .name("dicom-inlet-listener".into())
+        .spawn(move || accept_loop(&listener, &shared, &events, tls.as_ref()))
+        .map_err(Error::io("cannot start the listener thread"))
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    events: &SyncSender<Event>,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) {
     let next_id = AtomicU64::new(0);
     for stream in listener.incoming() {
         if shared.shutting_down.load(Ordering::SeqCst) {
@@ -384,10 +449,12 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, events: &SyncSender
         };
         let worker_shared = Arc::clone(shared);
         let worker_events = events.clone();
+        let worker_tls = tls.cloned();
         let spawned = thread::Builder::new()
             .name("dicom-inlet-association".into())
             .spawn(move || {
-                connection::serve(stream, &worker_shared, &worker_events, over_limit);
+                let tls = worker_tls.as_ref();
+                connection::serve(stream, tls, &worker_shared, &worker_events, over_limit);
                 close(&worker_shared, id, over_limit);
             });
         let mut workers = lock(&shared.workers);

@@ -19,6 +19,7 @@ from importlib.metadata import version as _version
 
 from dicom_inlet._core import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_inlet.handlers import IncomingInstance, Verdict
+from dicom_inlet.identity import UserIdentity, UsersFile
 from dicom_inlet.models import DicomNode, StorageSortKey
 from dicom_inlet.scu import (
     AssociationAborted,
@@ -30,6 +31,7 @@ from dicom_inlet.scu import (
     send,
 )
 from dicom_inlet.server import StoreSCPServer, run_server
+from dicom_inlet.tls import ClientTLS, ServerTLS
 
 #: The installed distribution's version, which maturin takes from Cargo.toml.
 __version__ = _version("dicom-inlet")
@@ -40,12 +42,16 @@ __all__ = [
     "AssociationAborted",
     "AssociationError",
     "AssociationRejected",
+    "ClientTLS",
     "DicomNode",
     "IncomingInstance",
     "InstanceResult",
     "SendResult",
+    "ServerTLS",
     "StorageSortKey",
     "StoreSCPServer",
+    "UserIdentity",
+    "UsersFile",
     "Verdict",
     "echo",
     "run_server",

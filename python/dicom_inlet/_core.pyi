@@ -6,6 +6,9 @@ from pathlib import Path
 
 from typing_extensions import Self, final
 
+from dicom_inlet.identity import UserIdentity
+from dicom_inlet.tls import ClientTLS
+
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
@@ -21,6 +24,7 @@ __all__ = [
     "ServerStats",
     "StoreRequest",
     "StoredInstance",
+    "UserIdentityRequest",
     "_bench_parse_pdata",
     "_bench_scan",
     "_bench_store",
@@ -83,6 +87,23 @@ class AssociationRecord:
     def outcome(self) -> str: ...
     @property
     def detail(self) -> str | None: ...
+    @property
+    def user_identity(self) -> str | None: ...
+
+@final
+class UserIdentityRequest:
+    """What a user identity callable is asked about."""
+
+    @property
+    def identity_type(self) -> int: ...
+    @property
+    def positive_response_requested(self) -> bool: ...
+    @property
+    def primary(self) -> bytes: ...
+    @property
+    def secondary(self) -> bytes: ...
+    @property
+    def calling_ae(self) -> str: ...
 
 @final
 class FailedStore:
@@ -143,11 +164,20 @@ class Server:
         durable: bool = False,
         emit_stored: bool = False,
         event_queue: int = 64,
+        tls_cert: str | PathLike[str] | None = None,
+        tls_key: str | PathLike[str] | None = None,
+        tls_ca: str | PathLike[str] | None = None,
+        tls_port: int | None = None,
+        identity_check: Callable[[UserIdentityRequest], tuple[bool, bytes | None]] | None = None,
+        require_user_identity: bool = False,
         handler_stage: str | None = None,
         handler_timeout: float | None = None,
     ) -> Self: ...
     @property
     def port(self) -> int: ...
+    @property
+    def tls_port(self) -> int | None:
+        """The bound TLS port when TLS is served beside plain TCP."""
     @property
     def host(self) -> str: ...
     @property
@@ -230,7 +260,14 @@ class SentInstance:
     def warning(self) -> str | None: ...
 
 def echo(
-    host: str, port: int, *, called_ae: str, calling_ae: str, timeout: float | None = None
+    host: str,
+    port: int,
+    *,
+    called_ae: str,
+    calling_ae: str,
+    timeout: float | None = None,
+    tls: ClientTLS | None = None,
+    user_identity: UserIdentity | None = None,
 ) -> int:
     """C-ECHO the peer; returns the status it answers."""
 
@@ -246,6 +283,8 @@ def send(
     timeout: float | None = None,
     async_window: int = 1,
     progress: Callable[[SentInstance], object] | None = None,
+    tls: ClientTLS | None = None,
+    user_identity: UserIdentity | None = None,
 ) -> list[SentInstance]:
     """C-STORE Part 10 files; one result per path, in order. An exception from ``progress``
     or a signal (Ctrl-C) stops taking files and is raised once the associations are

@@ -14,9 +14,11 @@ from pathlib import Path, PurePath
 from typing import Any, NoReturn
 
 from dicom_inlet import __version__, console
+from dicom_inlet.identity import UserIdentity, UsersFile
 from dicom_inlet.models import DEFAULT_AE_TITLE, DicomNode, StorageSortKey
 from dicom_inlet.scu import DEFAULT_CALLED_AET, InstanceResult, echo, files_in, send, status_text
 from dicom_inlet.server import StoreSCPServer
+from dicom_inlet.tls import DEFAULT_TLS_PORT, ClientTLS, ServerTLS
 
 __all__ = ["main"]
 
@@ -121,8 +123,8 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         "--port",
         "-p",
         type=_port(0),
-        default=DEFAULT_PORT,
-        help=f"TCP port to listen on; 0 picks a free one (default: {DEFAULT_PORT})",
+        help=f"TCP port to listen on; 0 picks a free one (default: {DEFAULT_PORT}, or "
+        f"{DEFAULT_TLS_PORT} when it serves TLS alone)",
     )
     serve.add_argument(
         "--aet",
@@ -238,13 +240,61 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         help="seconds to wait for the handler's verdict before refusing with 0xA700 (default: 30)",
     )
     serve.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")
+    _add_serve_tls(serve)
+    identity = serve.add_argument_group("user identity (PS3.7 D.3.3.7)")
+    identity.add_argument(
+        "--users",
+        type=Path,
+        metavar="FILE",
+        help="accept only the usernames and passcodes of this file (see 'dicom-inlet users "
+        "add'); other identities get A-ASSOCIATE-RJ",
+    )
+    identity.add_argument(
+        "--require-user-identity",
+        action="store_true",
+        help="reject associations that present no user identity",
+    )
     serve.set_defaults(run=_serve)
     return serve
 
 
+def _add_serve_tls(serve: argparse.ArgumentParser) -> None:
+    tls = serve.add_argument_group("DICOM TLS (PS3.15 Annex B)")
+    tls.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="serve TLS with this certificate chain (PEM)"
+    )
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's key (PEM)")
+    tls.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="require client certificates issued by these CAs (PEM): mutual TLS",
+    )
+    tls.add_argument(
+        "--tls-port",
+        type=_port(0),
+        metavar="PORT",
+        help="serve TLS on this port and plain TCP on --port (default: TLS alone, on --port)",
+    )
+
+
+def _server_tls(args: argparse.Namespace) -> ServerTLS | None:
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_ca is not None or args.tls_port is not None:
+            raise ValueError("--tls-ca and --tls-port need --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    return ServerTLS(args.tls_cert, args.tls_key, args.tls_ca)
+
+
 def _serve(args: argparse.Namespace) -> int:
+    tls = _server_tls(args)
+    port = args.port
+    if port is None:
+        port = DEFAULT_TLS_PORT if tls is not None and args.tls_port is None else DEFAULT_PORT
     server = StoreSCPServer(
-        DicomNode(aetitle=args.aet, port=args.port, ip=args.host),
+        DicomNode(aetitle=args.aet, port=port, ip=args.host),
         data_dir=args.data_dir,
         sort_by=args.sort_by,
         require_called_aet=args.require_called_aet,
@@ -259,6 +309,10 @@ def _serve(args: argparse.Namespace) -> int:
         transfer_syntaxes=args.transfer_syntaxes,
         durable=args.durable,
         shutdown_timeout=args.shutdown_timeout,
+        tls=tls,
+        tls_port=args.tls_port,
+        user_identity=None if args.users is None else UsersFile(args.users),
+        require_user_identity=args.require_user_identity,
         handler=args.handler,
         handler_threads=args.handler_threads,
         handler_timeout=args.handler_timeout,
@@ -295,6 +349,56 @@ def _add_peer_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds to wait to connect and for each answer (default: 30)",
     )
+    _add_client_tls(parser)
+    identity = parser.add_argument_group("user identity (PS3.7 D.3.3.7)")
+    identity.add_argument("--user", metavar="NAME", help="present this username")
+    identity.add_argument("--password", metavar="PASSCODE", help="and this passcode")
+    identity.add_argument(
+        "--token", metavar="JWT", help="present this JSON Web Token instead of a username"
+    )
+
+
+def _user_identity(args: argparse.Namespace) -> UserIdentity | None:
+    if args.token is not None:
+        if args.user is not None or args.password is not None:
+            raise ValueError("--token and --user/--password exclude each other")
+        return UserIdentity.jwt(args.token)
+    if args.user is None:
+        if args.password is not None:
+            raise ValueError("--password needs --user")
+        return None
+    return UserIdentity.username(args.user, args.password)
+
+
+def _add_client_tls(parser: argparse.ArgumentParser) -> None:
+    tls = parser.add_argument_group("DICOM TLS (PS3.15 Annex B)")
+    tls.add_argument("--tls", action="store_true", help="connect with TLS")
+    tls.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="trust these CA certificates (PEM) for the peer's (default: the system's)",
+    )
+    tls.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="our client certificate chain (PEM)"
+    )
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
+    tls.add_argument(
+        "--tls-no-verify-hostname",
+        action="store_true",
+        help="accept a peer certificate issued for another host name (its chain is checked)",
+    )
+
+
+def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
+    options = (args.tls_ca, args.tls_cert, args.tls_key)
+    if not args.tls:
+        if any(option is not None for option in options) or args.tls_no_verify_hostname:
+            raise ValueError("the --tls-... options need --tls")
+        return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("a TLS client certificate needs --tls-cert and --tls-key together")
+    return ClientTLS(*options, verify_hostname=not args.tls_no_verify_hostname)
 
 
 def _add_send(commands: Any) -> None:
@@ -371,6 +475,8 @@ def _send(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 async_window=args.async_window,
                 progress=progress.update,
+                tls=_client_tls(args) or False,
+                user_identity=_user_identity(args),
             )
     except KeyboardInterrupt:
         interrupted = True
@@ -437,11 +543,47 @@ def _add_echo(commands: Any) -> None:
 def _echo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     status = echo(
-        args.host, args.port, called_aet=args.call, calling_aet=args.aet, timeout=args.timeout
+        args.host,
+        args.port,
+        called_aet=args.call,
+        calling_aet=args.aet,
+        timeout=args.timeout,
+        tls=_client_tls(args) or False,
+        user_identity=_user_identity(args),
     )
     elapsed = (time.monotonic() - started) * 1000
     print(f"C-ECHO {args.call}@{args.host}:{args.port}: {status_text(status)} ({elapsed:.0f} ms)")
     return 0 if status == 0 else EXIT_FAILED_INSTANCES
+
+
+def _add_users(commands: Any) -> None:
+    users = commands.add_parser(
+        "users",
+        help="manage the users file of 'serve --users'",
+        description="Add a user, or replace its passcode, in a users file: one line per user "
+        "with the passcode hashed by scrypt (the passcode itself is not stored).",
+    )
+    actions = users.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="add a user or replace its passcode")
+    add.add_argument("file", type=Path, metavar="FILE", help="the users file, created if missing")
+    add.add_argument("name", metavar="NAME", help="the username")
+    add.add_argument(
+        "--password", metavar="PASSCODE", help="the passcode (default: asked for, not echoed)"
+    )
+    add.set_defaults(run=_users_add)
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    passcode = args.password
+    if passcode is None:
+        import getpass
+
+        passcode = getpass.getpass(f"passcode for {args.name}: ")
+        if passcode != getpass.getpass("again: "):
+            raise ValueError("the passcodes differ")
+    UsersFile.add(args.file, args.name, passcode)
+    print(f"{args.name} added to {args.file}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,6 +605,7 @@ def _parser() -> tuple[_Parser, argparse.ArgumentParser]:
     serve = _add_serve(commands)
     _add_send(commands)
     _add_echo(commands)
+    _add_users(commands)
     return parser, serve
 
 

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from dicom_inlet import _core
 from dicom_inlet._core import AssociationAborted, AssociationError, AssociationRejected
+from dicom_inlet.identity import UserIdentity
 from dicom_inlet.models import DEFAULT_AE_TITLE
+from dicom_inlet.tls import ClientTLS
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -175,6 +177,8 @@ def echo(
     called_aet: str = DEFAULT_CALLED_AET,
     calling_aet: str = DEFAULT_AE_TITLE,
     timeout: float | None = 30.0,
+    tls: ClientTLS | bool = False,
+    user_identity: UserIdentity | None = None,
 ) -> int:
     """Verify a peer with C-ECHO (Verification SOP Class); returns the status (0 = success).
 
@@ -184,6 +188,10 @@ def echo(
         called_aet: The peer's AE title (Called AE Title of the A-ASSOCIATE-RQ).
         calling_aet: Our AE title (Calling AE Title).
         timeout: Seconds to wait to connect and for each answer; None waits forever.
+        tls: DICOM TLS: a :class:`~dicom_inlet.tls.ClientTLS`, or True for TLS with the
+            system's trust store and the host name checked.
+        user_identity: Present this user identity (PS3.7 §D.3.3.7), e.g.
+            ``UserIdentity.username("alice", "secret")`` or ``UserIdentity.jwt(token)``.
 
     Raises:
         ConnectionError: The peer cannot be reached.
@@ -191,7 +199,13 @@ def echo(
         AssociationError: The association failed otherwise (aborted, no Verification).
     """
     return _core.echo(
-        host, _port(port), called_ae=called_aet, calling_ae=calling_aet, timeout=timeout
+        host,
+        _port(port),
+        called_ae=called_aet,
+        calling_ae=calling_aet,
+        timeout=timeout,
+        tls=_tls(tls),
+        user_identity=user_identity,
     )
 
 
@@ -207,6 +221,8 @@ def send(
     timeout: float | None = 30.0,
     async_window: int = 1,
     progress: Callable[[InstanceResult], object] | None = None,
+    tls: ClientTLS | bool = False,
+    user_identity: UserIdentity | None = None,
 ) -> SendResult:
     """Send instances to a Storage SCP with C-STORE (Storage Service Class, SCU role).
 
@@ -238,6 +254,10 @@ def send(
             An exception from it (or Ctrl-C) stops the sending (outstanding instances are
             answered and the associations released) and is raised; after Ctrl-C it is still
             called for the instances answered meanwhile.
+        tls: DICOM TLS: a :class:`~dicom_inlet.tls.ClientTLS`, or True for TLS with the
+            system's trust store and the host name checked.
+        user_identity: Present this user identity (PS3.7 §D.3.3.7), e.g.
+            ``UserIdentity.username("alice", "secret")`` or ``UserIdentity.jwt(token)``.
 
     Raises:
         FileNotFoundError: A source path does not exist (nothing is sent); a dangling
@@ -306,6 +326,8 @@ def send(
             # Without a progress callback the core makes no Python call per instance, and
             # warnings are logged at the end.
             progress=None if progress is None else completed,
+            tls=_tls(tls),
+            user_identity=user_identity,
         )
         results = [result(s) for s in sent]
         if progress is None:
@@ -317,6 +339,12 @@ def send(
 def _warn(result: InstanceResult) -> None:
     if result.warning is not None:
         _log.warning("%s: %s", result.path or result.sop_instance_uid, result.warning)
+
+
+def _tls(tls: ClientTLS | bool) -> ClientTLS | None:
+    if tls is True:
+        return ClientTLS()
+    return tls or None
 
 
 def _port(port: int) -> int:

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from dicom_inlet import _core
 from dicom_inlet.handlers import Handler, HandlerPool, IncomingInstance, Verdict, verdict_of
+from dicom_inlet.identity import IdentityCheck, UserIdentity
 from dicom_inlet.models import DicomNode, StorageSortKey
 from dicom_inlet.scu import status_text
 from dicom_inlet.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+from dicom_inlet.tls import ServerTLS
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -98,6 +100,21 @@ class StoreSCPServer:
             wait for the callbacks to catch up (back-pressure; nothing is dropped).
         shutdown_timeout: Seconds :meth:`shutdown` lets open associations finish before
             aborting them.
+        tls: DICOM TLS (:class:`~dicom_inlet.tls.ServerTLS`): our certificate and key, and
+            optionally the CA that client certificates must chain to (mutual TLS). Without
+            ``tls_port`` the node's port speaks TLS only. A failed handshake (plain TCP, an
+            untrusted or expired certificate, a stall past ``acse_timeout``) closes that
+            connection and is logged with its reason.
+        tls_port: With ``tls``, serve TLS on this port as well as plain TCP on the node's
+            port (0 picks a free one).
+        user_identity: Decides on the user identity a requestor presents (PS3.7 §D.3.3.7):
+            called with a :class:`~dicom_inlet.identity.UserIdentity` on a thread of its own,
+            it returns True to accept, False to reject (A-ASSOCIATE-RJ: permanent, service
+            user, no reason given), or bytes to accept with that server response. It must
+            answer within ``acse_timeout``; an exception rejects and is logged. E.g. a
+            :class:`~dicom_inlet.identity.UsersFile`. Without it identities are accepted
+            and recorded in the association log line.
+        require_user_identity: Reject associations that present no user identity.
     """
 
     def __init__(
@@ -125,6 +142,10 @@ class StoreSCPServer:
         durable: bool = False,
         callback_queue_size: int = 64,
         shutdown_timeout: float = 10.0,
+        tls: ServerTLS | None = None,
+        tls_port: int | None = None,
+        user_identity: IdentityCheck | None = None,
+        require_user_identity: bool = False,
     ) -> None:
         if db_session is not None:
             if isinstance(db_session, (list, tuple)):
@@ -180,6 +201,14 @@ class StoreSCPServer:
         self.durable = durable
         self.callback_queue_size = callback_queue_size
         self.shutdown_timeout = shutdown_timeout
+        if tls_port is not None and tls is None:
+            raise ValueError("tls_port needs tls (a ServerTLS with certificate and key)")
+        self.tls = tls
+        self.tls_port = tls_port
+        if user_identity is not None and not callable(user_identity):
+            raise TypeError(f"user_identity must be callable, got {user_identity!r}")
+        self.user_identity = user_identity
+        self.require_user_identity = require_user_identity
         #: The running core server while serving; None before :meth:`run` and after shutdown.
         self.scp: _core.Server | None = None
         self._lock = threading.Lock()
@@ -261,9 +290,14 @@ class StoreSCPServer:
                 event_queue=self.callback_queue_size,
                 handler_stage=self._handler_stage(),
                 handler_timeout=self.handler_timeout,
+                **_tls_arguments(self.tls, self.tls_port),
+                identity_check=_identity_check(self.user_identity),
+                require_user_identity=self.require_user_identity,
             )
             # Only once it runs: a server that failed to start leaves shutdown() nothing to await.
             self._stopped.clear()
+            if self.scp.tls_port is not None:
+                self.tls_port = self.scp.tls_port
             self._bound_port = self.scp.port
             self._handlers = self._start_handlers(self.scp)
             self._dispatcher = threading.Thread(
@@ -280,6 +314,10 @@ class StoreSCPServer:
             "durable: fsync before each success" if self.durable else "not durable: no fsync",
             self._limits(),
         )
+        if self.tls is not None:
+            where = f"port {self.tls_port}" if self.tls_port is not None else "that port alone"
+            mutual = ", client certificates required" if self.tls.ca is not None else ""
+            logger.info("DICOM TLS on %s%s", where, mutual)
 
     def _handler_stage(self) -> str | None:
         if self.handler is not None:
@@ -447,6 +485,39 @@ class StoreSCPServer:
         )
 
 
+def _tls_arguments(tls: ServerTLS | None, port: int | None) -> dict[str, Any]:
+    if tls is None:
+        return {}
+    return {"tls_cert": tls.cert, "tls_key": tls.key, "tls_ca": tls.ca, "tls_port": port}
+
+
+def _identity_check(
+    check: IdentityCheck | None,
+) -> Callable[[_core.UserIdentityRequest], tuple[bool, bytes | None]] | None:
+    """The user's check as the core calls it: (accepted, server response)."""
+    if check is None:
+        return None
+
+    def call(request: _core.UserIdentityRequest) -> tuple[bool, bytes | None]:
+        identity = UserIdentity(
+            request.identity_type,
+            request.primary,
+            request.secondary,
+            request.positive_response_requested,
+            request.calling_ae,
+        )
+        try:
+            answer = check(identity)
+        except Exception:
+            logger.exception("user identity check %r failed; association rejected", check)
+            return False, None
+        if isinstance(answer, (bytes, bytearray)):
+            return True, bytes(answer)
+        return bool(answer), None
+
+    return call
+
+
 def _size(count: int) -> str:
     if count < 1000:
         return f"{count} bytes"
@@ -512,7 +583,7 @@ def _log_association(record: _core.AssociationRecord) -> None:
         work,
         record.duration,
         record.outcome,
-        detail,
+        detail + (f", {record.user_identity}" if record.user_identity else ""),
     )
 
 

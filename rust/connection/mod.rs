@@ -1,10 +1,11 @@
 //! One association on one socket: read PDUs into a reusable buffer, negotiate, answer C-ECHO,
 //! stream C-STORE data sets to the spool, publish them and respond (PS3.8 §9, PS3.7 §9.1).
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::association::{self, AcceptedContext, Association};
@@ -12,12 +13,16 @@ use crate::dimse::{self, status, Command, Response, MAX_COMMAND_SET};
 use crate::error::rejection_words;
 use crate::pdu::{self, abort, Abort, Pdu, MAX_CONTROL_PDU};
 use crate::server::{AssociationRecord, Event, Outcome, Shared};
+use crate::tls::ServerStream;
 
 use c_store::Sink;
 use reader::PduReader;
 
 mod c_store;
 mod reader;
+
+/// The first byte of a TLS client's first record (RFC 8446 §5.1, content type handshake).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Longest wait for the peer to close after our A-ASSOCIATE-RJ or A-ABORT.
 const ARTIM_LINGER: Duration = Duration::from_secs(5);
@@ -82,27 +87,6 @@ impl Wait {
     }
 }
 
-/// The socket, each read waiting only for what is left of the time until `due` (None: no
-/// limit), so a trickle of bytes cannot stretch the deadline.
-struct Due<'s> {
-    stream: &'s TcpStream,
-    due: Option<Instant>,
-}
-
-impl Read for Due<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = match self.due {
-            None => None,
-            Some(due) => match due.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(left),
-                _ => return Err(io::ErrorKind::TimedOut.into()),
-            },
-        };
-        self.stream.set_read_timeout(left)?;
-        self.stream.read(buf)
-    }
-}
-
 /// `timeout` from now; None (wait forever) for no timeout or one past the clock's range.
 fn deadline(timeout: Option<Duration>) -> Option<Instant> {
     timeout.and_then(|t| Instant::now().checked_add(t))
@@ -123,6 +107,11 @@ fn unexpected_pdu(pdu_type: u8, why: &str) -> Stop {
         protocol_error(
             abort::UNEXPECTED_PDU,
             format!("unexpected PDU type {pdu_type:#04x}: {why}"),
+        )
+    } else if pdu_type == TLS_HANDSHAKE_RECORD {
+        protocol_error(
+            abort::UNRECOGNIZED_PDU,
+            "unknown PDU type 0x16: a TLS handshake on the plain port",
         )
     } else {
         protocol_error(
@@ -163,7 +152,7 @@ enum Message {
 }
 
 struct Connection<'a> {
-    stream: TcpStream,
+    stream: ServerStream,
     shared: &'a Shared,
     events: &'a SyncSender<Event>,
     peer: SocketAddr,
@@ -173,52 +162,86 @@ struct Connection<'a> {
     record: AssociationRecord,
 }
 
-/// Serve one connection to its end and report it.
+/// Serve one connection to its end and report it; with `tls`, the TLS handshake comes first.
 pub(crate) fn serve(
-    stream: TcpStream,
+    tcp: TcpStream,
+    tls: Option<&Arc<rustls::ServerConfig>>,
     shared: &Shared,
     events: &SyncSender<Event>,
     over_limit: bool,
 ) {
-    let Ok(peer) = stream.peer_addr() else { return };
-    let mut connection = Connection {
-        stream,
-        shared,
-        events,
-        peer,
-        out: Vec::with_capacity(4096),
-        command: Vec::new(),
-        record: AssociationRecord {
-            peer,
-            calling_ae: String::new(),
-            called_ae: String::new(),
-            instances: 0,
-            failures: 0,
-            echoes: 0,
-            bytes: 0,
-            duration: Default::default(),
-            outcome: Outcome::Closed,
-            detail: None,
-        },
-    };
+    let Ok(peer) = tcp.peer_addr() else { return };
     let started = Instant::now();
-    let result = connection.run(over_limit);
-    connection.finish(result);
-    connection.record.duration = started.elapsed();
+    // The ARTIM timer runs from the connection to the whole A-ASSOCIATE-RQ (PS3.8 §9.1.5), the
+    // TLS handshake included, so a stalled handshake cannot hold the connection longer.
+    let artim = deadline(shared.config.acse_timeout);
+    let mut record = AssociationRecord {
+        peer,
+        calling_ae: String::new(),
+        called_ae: String::new(),
+        instances: 0,
+        failures: 0,
+        echoes: 0,
+        bytes: 0,
+        duration: Default::default(),
+        outcome: Outcome::Closed,
+        detail: None,
+        user_identity: None,
+    };
+    let stream = match tls {
+        None => Ok(ServerStream::plain(tcp)),
+        Some(config) => handshake(tcp, config, shared, artim),
+    };
+    match stream {
+        Ok(stream) => {
+            let mut connection = Connection {
+                stream,
+                shared,
+                events,
+                peer,
+                out: Vec::with_capacity(4096),
+                command: Vec::new(),
+                record,
+            };
+            let result = connection.run(over_limit, artim);
+            connection.finish(result);
+            record = connection.record;
+        }
+        Err(why) => {
+            // No association was started, so there is nothing to answer in DICOM.
+            record.outcome = Outcome::Rejected;
+            record.detail = Some(format!("TLS handshake failed: {why}"));
+        }
+    }
+    record.duration = started.elapsed();
     // A summary for the log, not an instance: never wait for room, so a stuck callback cannot
     // pin finished associations (and their slots) behind a full queue.
-    let _ = events.try_send(Event::AssociationEnded(connection.record));
+    let _ = events.try_send(Event::AssociationEnded(record));
+}
+
+/// TLS over the accepted socket (PS3.15 Annex B), the handshake done by `due` on this
+/// association's thread, so a slow one delays no other connection.
+fn handshake(
+    tcp: TcpStream,
+    config: &Arc<rustls::ServerConfig>,
+    shared: &Shared,
+    due: Option<Instant>,
+) -> Result<ServerStream, String> {
+    // The handshake's flights must not wait for delayed ACKs either.
+    tcp.set_nodelay(true)
+        .and_then(|()| tcp.set_write_timeout(shared.config.acse_timeout))
+        .map_err(|e| e.to_string())?;
+    ServerStream::accept(tcp, config, due).map_err(|e| e.to_string())
 }
 
 impl Connection<'_> {
-    fn run(&mut self, over_limit: bool) -> Result<(), Stop> {
+    fn run(&mut self, over_limit: bool, artim: Option<Instant>) -> Result<(), Stop> {
         let config = &self.shared.config;
         // Without TCP_NODELAY each small C-STORE-RSP waits for the delayed ACK (~40 ms).
-        self.stream.set_nodelay(true)?;
-        self.stream.set_write_timeout(config.network_timeout)?;
-        // The ARTIM timer runs from the connection to the whole A-ASSOCIATE-RQ (PS3.8 §9.1.5),
-        // so a peer dripping one byte at a time cannot hold the connection longer.
-        let artim = deadline(config.acse_timeout);
+        self.stream.tcp().set_nodelay(true)?;
+        self.stream
+            .tcp()
+            .set_write_timeout(config.network_timeout)?;
         let mut reader = PduReader::new();
         let (pdu_type, length) = self.read_header(&mut reader, artim, Wait::Artim)?;
         match pdu_type {
@@ -235,10 +258,25 @@ impl Connection<'_> {
         };
         self.record.calling_ae = String::from_utf8_lossy(&rq.calling_ae).trim().to_owned();
         self.record.called_ae = String::from_utf8_lossy(&rq.called_ae).trim().to_owned();
+        let identity = rq.user_info.user_identity_rq.as_ref();
+        self.record.user_identity = identity.map(association::identity_words);
         let negotiated = match over_limit {
             true => Err(association::busy()),
             false => config.policy.negotiate(&rq),
-        };
+        }
+        .and_then(|(association, mut ac)| {
+            let calling_ae = &association.calling_ae;
+            match config.policy.check_user_identity(identity, calling_ae) {
+                Ok(response) => {
+                    ac.user_info.user_identity_ac = response;
+                    Ok((association, ac))
+                }
+                Err(why) => {
+                    self.record.detail = Some(format!("user identity refused: {why}"));
+                    Err(association::identity_rejected())
+                }
+            }
+        });
         let association = match negotiated {
             Ok((association, ac)) => {
                 ac.encode(&mut self.out);
@@ -249,10 +287,14 @@ impl Connection<'_> {
                 self.record.outcome = Outcome::Rejected;
                 // The log says why in words, as the SCU does (PS3.8 Table 9-21).
                 let (result, _, why) = rejection_words(rj.result, rj.source, rj.reason);
-                self.record.detail = Some(format!(
+                let codes = format!(
                     "{result}, {why} [result {}, source {}, reason {}]",
                     rj.result, rj.source, rj.reason
-                ));
+                );
+                self.record.detail = Some(match self.record.detail.take() {
+                    Some(why) => format!("{why} ({codes})"),
+                    None => codes,
+                });
                 return self.flush_and_close();
             }
         };
@@ -319,22 +361,19 @@ impl Connection<'_> {
 
     /// Read a PDU header by `due`: (type, body length).
     fn read_header(
-        &self,
+        &mut self,
         reader: &mut PduReader,
         due: Option<Instant>,
         wait: Wait,
     ) -> Result<(u8, u32), Stop> {
-        let mut stream = Due {
-            stream: &self.stream,
-            due,
-        };
-        reader.header(&mut stream).map_err(|e| wait.failed(e))
+        self.stream.set_due(due)?;
+        reader.header(&mut self.stream).map_err(|e| wait.failed(e))
     }
 
     /// Read the body of `length` bytes of the PDU whose header was just read, by `due`. The
     /// length is checked against `max` before a byte of the body is read or allocated.
     fn read_body<'r>(
-        &self,
+        &mut self,
         reader: &'r mut PduReader,
         length: u32,
         max: u32,
@@ -347,11 +386,10 @@ impl Connection<'_> {
                 format!("PDU of {length} bytes exceeds the maximum of {max}"),
             ));
         }
-        let mut stream = Due {
-            stream: &self.stream,
-            due,
-        };
-        reader.body(&mut stream, length).map_err(|e| wait.failed(e))
+        self.stream.set_due(due)?;
+        reader
+            .body(&mut self.stream, length)
+            .map_err(|e| wait.failed(e))
     }
 
     fn receive(
@@ -528,22 +566,15 @@ impl Connection<'_> {
     /// reset can discard our last PDU before the peer reads it.
     fn flush_and_close(&mut self) -> Result<(), Stop> {
         self.flush()?;
-        self.stream.shutdown(Shutdown::Write)?;
+        self.stream.close_write()?;
         let artim = self
             .shared
             .config
             .acse_timeout
             .unwrap_or(ARTIM_LINGER)
             .min(ARTIM_LINGER);
-        self.stream.set_read_timeout(Some(artim))?;
-        let mut sink = [0u8; 4096];
-        let mut drained = 0;
-        while drained < MAX_CONTROL_PDU as usize {
-            match self.stream.read(&mut sink) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
+        self.stream.set_due(deadline(Some(artim)))?;
+        self.stream.drain(MAX_CONTROL_PDU as usize);
         Ok(())
     }
 

@@ -45,6 +45,8 @@ fn start_with(
                 .collect::<HashSet<_>>(),
             transfer_syntaxes: None,
             max_pdu: MAX_PDU,
+            require_user_identity: false,
+            identity_check: None,
         },
         data_dir: dir.clone(),
         sort_key: SortKey::Series,
@@ -56,6 +58,7 @@ fn start_with(
         max_instance_size: None,
         emit_stored: true,
         event_queue: 16,
+        tls: None,
         handler: None,
     };
     tweak(&mut config);

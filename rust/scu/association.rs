@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::time::Instant;
 
 use crate::association::context_result;
 use crate::dimse::{self, Command, Response, MAX_COMMAND_SET};
@@ -15,6 +16,7 @@ use crate::pdu::{
 };
 
 use super::ScuConfig;
+use crate::tls::ClientStream;
 
 /// Largest P-DATA fragment we send when the peer sets no limit (max length 0, PS3.8 §D.1).
 const UNLIMITED_PEER_FRAGMENT: usize = 1 << 20;
@@ -61,7 +63,7 @@ pub struct Reply {
 
 /// An established association, requestor side.
 pub struct Requestor {
-    stream: TcpStream,
+    stream: ClientStream,
     /// Body of the last PDU read.
     buffer: Vec<u8>,
     /// Outgoing bytes: whole PDUs, each batch leaving in one write.
@@ -128,15 +130,27 @@ impl Requestor {
     /// proposals (then the association is released again).
     pub fn open(config: &ScuConfig, proposals: &[Proposal]) -> Result<Requestor, Error> {
         let proposals = &proposals[..proposals.len().min(MAX_CONTEXTS)];
-        let stream = connect(config)?;
+        let tcp = connect(config)?;
         let setup = |e| Error::Io {
             context: "cannot configure the socket".into(),
             source: e,
         };
         // Without TCP_NODELAY each small request waits for the delayed ACK (~40 ms).
-        stream.set_nodelay(true).map_err(setup)?;
-        stream.set_read_timeout(config.timeout).map_err(setup)?;
-        stream.set_write_timeout(config.timeout).map_err(setup)?;
+        tcp.set_nodelay(true).map_err(setup)?;
+        tcp.set_read_timeout(config.timeout).map_err(setup)?;
+        tcp.set_write_timeout(config.timeout).map_err(setup)?;
+        let stream = match &config.tls {
+            None => ClientStream::plain(tcp),
+            Some(tls) => {
+                let due = config.timeout.and_then(|t| Instant::now().checked_add(t));
+                let stream = ClientStream::connect(tcp, tls, &config.host, due)?;
+                stream
+                    .tcp()
+                    .set_read_timeout(config.timeout)
+                    .map_err(setup)?;
+                stream
+            }
+        };
         let mut requestor = Requestor {
             stream,
             buffer: Vec::new(),
@@ -162,6 +176,7 @@ impl Requestor {
                 implementation_class_uid: Some(IMPLEMENTATION_CLASS_UID.into()),
                 implementation_version_name: Some(IMPLEMENTATION_VERSION_NAME.into()),
                 async_ops_window,
+                user_identity_rq: config.user_identity.clone(),
                 ..UserInfo::default()
             },
         }
@@ -171,7 +186,7 @@ impl Requestor {
         let ac = match Pdu::parse(pdu_type, &requestor.buffer) {
             Ok(Pdu::AssociateAc(ac)) => ac,
             Ok(Pdu::AssociateRj(rj)) => {
-                let _ = requestor.stream.shutdown(Shutdown::Both);
+                let _ = requestor.stream.tcp().shutdown(Shutdown::Both);
                 return Err(Error::AssociationRejected {
                     result: rj.result,
                     source: rj.source,
@@ -392,7 +407,7 @@ impl Requestor {
         pdu::encode_release_rq(&mut self.out);
         self.flush()?;
         let pdu_type = self.read_pdu()?;
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.tcp().shutdown(Shutdown::Both);
         match pdu_type {
             pdu::RELEASE_RP => Ok(()),
             pdu::ABORT => Err(self.peer_abort()),
@@ -412,7 +427,7 @@ impl Requestor {
         }
         .encode(&mut self.out);
         let _ = self.stream.write_all(&self.out);
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.tcp().shutdown(Shutdown::Both);
     }
 
     /// Read one PDU into the buffer and return its type; lengths are checked before a byte of
@@ -455,12 +470,12 @@ impl Requestor {
         }
         .encode(&mut self.out);
         let _ = self.stream.write_all(&self.out);
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.tcp().shutdown(Shutdown::Both);
         Error::AssociationAborted(format!("protocol error by the peer: {why}"))
     }
 
     fn peer_abort(&mut self) -> Error {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.tcp().shutdown(Shutdown::Both);
         match Pdu::parse(pdu::ABORT, &self.buffer) {
             Ok(Pdu::Abort(a)) => Error::AssociationAborted(abort_words(&a)),
             _ => Error::AssociationAborted("malformed A-ABORT from the peer".into()),
@@ -473,7 +488,7 @@ impl Requestor {
             let _ = self.violation(abort::NOT_SPECIFIED, String::new());
             return Error::AssociationAborted("no answer from the peer in time".into());
         }
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.tcp().shutdown(Shutdown::Both);
         match e.kind() {
             io::ErrorKind::UnexpectedEof => {
                 Error::AssociationAborted("the peer closed the connection".into())

@@ -8,6 +8,7 @@
 //! over parallel associations and pipelines them within the asynchronous operations window the
 //! peer grants.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::association::VERIFICATION_SOP_CLASS;
@@ -31,6 +32,10 @@ pub use send::{send, InstanceResult};
 /// below any default buffer.
 pub const MAX_ASYNC_WINDOW: u16 = 64;
 
+/// Most bytes of user identity fields we send: the user information item that carries them
+/// has a u16 length (PS3.8 §9.3.2.3), shared with our other sub-items (under 200 bytes).
+pub const MAX_USER_IDENTITY: usize = 65_000;
+
 /// Where to send and how to ask.
 #[derive(Debug, Clone)]
 pub struct ScuConfig {
@@ -45,6 +50,10 @@ pub struct ScuConfig {
     /// Requests we offer to keep outstanding (asynchronous operations window, PS3.7 §D.3.3.3);
     /// 1 means synchronous, and then the item is not sent.
     pub async_window: u16,
+    /// DICOM TLS (PS3.15 Annex B) over the connection, when set.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The user identity sub-item of our A-ASSOCIATE-RQ (PS3.7 §D.3.3.7), when set.
+    pub user_identity: Option<pdu::UserIdentityRq>,
 }
 
 impl ScuConfig {
@@ -57,6 +66,14 @@ impl ScuConfig {
                 return Err(Error::InvalidConfig(format!(
                     "the {name} AE title must be 1 to 16 printable ASCII characters without \
                      backslash, got {title:?}"
+                )));
+            }
+        }
+        if let Some(identity) = &self.user_identity {
+            let total = identity.primary.len() + identity.secondary.len();
+            if identity.primary.is_empty() || total > MAX_USER_IDENTITY {
+                return Err(Error::InvalidConfig(format!(
+                    "a user identity needs 1 to {MAX_USER_IDENTITY} bytes in all, got {total}"
                 )));
             }
         }

@@ -45,6 +45,8 @@ fn policy(require_called_ae: bool) -> AcceptorPolicy {
             .collect::<HashSet<_>>(),
         transfer_syntaxes: None,
         max_pdu: 16_384,
+        require_user_identity: false,
+        identity_check: None,
     }
 }
 
@@ -72,6 +74,7 @@ fn server_config(dir: &Path, policy: AcceptorPolicy) -> ServerConfig {
         max_instance_size: None,
         emit_stored: false,
         event_queue: 64,
+        tls: None,
         handler: None,
     }
 }
@@ -85,6 +88,8 @@ fn config(addr: SocketAddr) -> ScuConfig {
         max_pdu: 65_536,
         timeout: Some(TIMEOUT),
         async_window: 1,
+        tls: None,
+        user_identity: None,
     }
 }
 

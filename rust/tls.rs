@@ -1,0 +1,541 @@
+//! DICOM TLS (PS3.15 Annex B, the BCP 195 profile): rustls configurations built from PEM files,
+//! and the socket both sides use, plain TCP or TLS over it.
+//!
+//! Policy: TLS 1.2 and 1.3 only, and AEAD suites with ECDHE key exchange only (the RFC 9325
+//! §4.2 recommendations BCP 195 names); no weaker suite can be negotiated. rustls bounds each handshake message to 64 KiB and each record to 16 KiB,
+//! so a handshake costs a bounded amount of memory whatever the peer sends.
+
+use std::fmt;
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{ring, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    CertificateError, ClientConfig, ClientConnection, ConnectionCommon, DigitallySignedStruct,
+    RootCertStore, ServerConfig, ServerConnection, SideData, SignatureScheme,
+};
+
+use crate::error::Error;
+
+/// Encrypted bytes read from the socket at once: rustls asks for 4 KiB per read, so without
+/// this a large transfer would cost four times the system calls of the plain path.
+const SOCKET_READ_AHEAD: usize = 64 * 1024;
+
+/// Server side: our certificate chain and key, and the CA certificates a client certificate
+/// must chain to (then one is required: mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+}
+
+/// Client side: the CA certificates the server's must chain to (None: the system's trust
+/// store), whether its name must match the host we connect to, and our own certificate and
+/// key for a server that asks for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientFiles {
+    pub ca: Option<PathBuf>,
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+    pub verify_hostname: bool,
+}
+
+/// The ring provider with its suites in our order of preference: all AEAD with ECDHE (the
+/// RFC 9325 §4.2 recommendations), AES-128-GCM first, the fastest with AES instructions and
+/// the suite BCP 195 names first.
+fn provider() -> Arc<CryptoProvider> {
+    use ring::cipher_suite::*;
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        ..ring::default_provider()
+    })
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn invalid(what: &str, path: &Path, why: impl fmt::Display) -> Error {
+    Error::InvalidConfig(format!("TLS {what} {}: {why}", path.display()))
+}
+
+fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(what, path, e))?;
+    if certs.is_empty() {
+        return Err(invalid(what, path, "no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| invalid("key", path, e))
+}
+
+fn roots(path: &Path) -> Result<Arc<RootCertStore>, Error> {
+    let mut store = RootCertStore::empty();
+    for cert in certificates(path, "CA file")? {
+        store.add(cert).map_err(|e| invalid("CA file", path, e))?;
+    }
+    Ok(Arc::new(store))
+}
+
+/// The operating system's trust store (e.g. /etc/ssl/certs), where a site installs its CA.
+fn system_roots() -> Result<Arc<RootCertStore>, Error> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(Error::InvalidConfig(
+            "TLS: no CA certificate in the system trust store; name one with tls_ca".into(),
+        ));
+    }
+    Ok(Arc::new(store))
+}
+
+/// The rustls server configuration for these files.
+pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, Error> {
+    let chain = certificates(&files.cert, "certificate file")?;
+    let key = private_key(&files.key)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| Error::InvalidConfig(format!("TLS: {e}")))?;
+    let builder = match &files.ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
+                .build()
+                .map_err(|e| invalid("CA file", ca, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid("certificate and key", &files.cert, e))?;
+    // Our preference, not the client's: OpenSSL clients (DCMTK) list AES-256 first.
+    config.ignore_client_order = true;
+    Ok(Arc::new(config))
+}
+
+/// The rustls client configuration for these files.
+pub fn client_config(files: &ClientFiles) -> Result<Arc<ClientConfig>, Error> {
+    let roots = match &files.ca {
+        Some(ca) => roots(ca)?,
+        None => system_roots()?,
+    };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| Error::InvalidConfig(format!("TLS: {e}")))?;
+    let builder = if files.verify_hostname {
+        builder.with_root_certificates(roots)
+    } else {
+        let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| Error::InvalidConfig(format!("TLS CA certificates: {e}")))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyName(inner)))
+    };
+    let config = match &files.cert_and_key {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(certificates(cert, "certificate file")?, private_key(key)?)
+            .map_err(|e| invalid("certificate and key", cert, e))?,
+    };
+    Ok(Arc::new(config))
+}
+
+/// Verifies the server's chain like rustls does, but accepts a certificate issued for another
+/// name: for sites whose DICOM nodes are reached by addresses their certificates do not name.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// A TCP socket whose reads, while a deadline is set, each wait only for what is left of it,
+/// so a peer trickling bytes cannot stretch the deadline.
+pub struct Socket {
+    tcp: TcpStream,
+    due: Option<Instant>,
+}
+
+impl Socket {
+    /// Set the deadline for the reads that follow; None waits as long as it takes.
+    fn set_due(&mut self, due: Option<Instant>) -> io::Result<()> {
+        self.due = due;
+        if due.is_none() {
+            self.tcp.set_read_timeout(None)?;
+        }
+        Ok(())
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(due) = self.due {
+            match due.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => self.tcp.set_read_timeout(Some(left))?,
+                _ => return Err(io::ErrorKind::TimedOut.into()),
+            }
+        }
+        self.tcp.read(buf)
+    }
+}
+
+/// The socket under TLS: encrypted bytes read ahead ([`SOCKET_READ_AHEAD`]), writes direct.
+pub struct Buffered(BufReader<Socket>);
+
+impl Read for Buffered {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for Buffered {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.get_mut().tcp.write(buf)
+    }
+
+    /// rustls hands over its queued records at once: one system call for all of them.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.get_mut().tcp.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One association's byte stream: plain TCP, or TLS over TCP with `C` the rustls connection
+/// of our side. Reads and writes of the plain variant go straight to the socket.
+pub enum Stream<C> {
+    Plain(Socket),
+    Tls(Box<rustls::StreamOwned<C, Buffered>>),
+}
+
+pub type ServerStream = Stream<ServerConnection>;
+pub type ClientStream = Stream<ClientConnection>;
+
+impl<C> Stream<C> {
+    pub fn plain(tcp: TcpStream) -> Stream<C> {
+        Stream::Plain(Socket { tcp, due: None })
+    }
+
+    /// The TCP socket under it, for its options.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(socket) => &socket.tcp,
+            Stream::Tls(tls) => &tls.sock.0.get_ref().tcp,
+        }
+    }
+
+    /// Let the reads that follow wait until `due` at most (None: no limit).
+    pub fn set_due(&mut self, due: Option<Instant>) -> io::Result<()> {
+        match self {
+            Stream::Plain(socket) => socket.set_due(due),
+            Stream::Tls(tls) => tls.sock.0.get_mut().set_due(due),
+        }
+    }
+}
+
+impl<C, S> Stream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<S>>,
+    S: SideData + 'static,
+{
+    /// Run the TLS handshake of `conn` over `tcp`, every read done by `due`.
+    fn handshake(tcp: TcpStream, mut conn: C, due: Option<Instant>) -> Result<Self, Handshake> {
+        let mut sock = Buffered(BufReader::with_capacity(
+            SOCKET_READ_AHEAD,
+            Socket { tcp, due },
+        ));
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).map_err(Handshake::from)?;
+        }
+        // The caller sets the socket's timeouts for what follows.
+        sock.0.get_mut().due = None;
+        Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, sock))))
+    }
+
+    /// End our sending side: a TLS close_notify alert, then a TCP half-close.
+    pub fn close_write(&mut self) -> io::Result<()> {
+        if let Stream::Tls(tls) = self {
+            tls.conn.send_close_notify();
+            tls.flush()?;
+        }
+        self.tcp().shutdown(Shutdown::Write)
+    }
+
+    /// Read and discard what the peer still sends, up to `limit` bytes, until it closes or a
+    /// read fails (e.g. its timeout): lets the peer read our last PDU before we close.
+    pub fn drain(&mut self, limit: usize) {
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < limit {
+            match self.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    }
+}
+
+impl ServerStream {
+    /// Accept a TLS connection on `tcp`, the handshake finished by `due`.
+    pub fn accept(
+        tcp: TcpStream,
+        config: &Arc<ServerConfig>,
+        due: Option<Instant>,
+    ) -> Result<Self, Handshake> {
+        let conn = ServerConnection::new(Arc::clone(config)).map_err(Handshake::Tls)?;
+        Self::handshake(tcp, conn, due)
+    }
+}
+
+impl ClientStream {
+    /// Open TLS on `tcp` to `host`, whose certificate must name it (unless the configuration
+    /// says otherwise).
+    pub fn connect(
+        tcp: TcpStream,
+        config: &Arc<ClientConfig>,
+        host: &str,
+        due: Option<Instant>,
+    ) -> Result<Self, Handshake> {
+        let name = ServerName::try_from(host.to_owned()).map_err(|_| {
+            Handshake::Tls(rustls::Error::General(format!("bad host name {host:?}")))
+        })?;
+        let conn = ClientConnection::new(Arc::clone(config), name).map_err(Handshake::Tls)?;
+        Self::handshake(tcp, conn, due)
+    }
+}
+
+impl<C, S> Read for Stream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<S>>,
+    S: SideData + 'static,
+{
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(socket) => socket.read(buf),
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl<C, S> Write for Stream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<S>>,
+    S: SideData + 'static,
+{
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(socket) => socket.tcp.write(buf),
+            Stream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    /// Sends what TLS still holds; nothing to do for plain TCP.
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(_) => Ok(()),
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Plain(socket) => socket.tcp.write_all(buf),
+            Stream::Tls(tls) => {
+                tls.write_all(buf)?;
+                tls.flush()
+            }
+        }
+    }
+}
+
+/// Why a TLS handshake failed.
+#[derive(Debug)]
+pub enum Handshake {
+    /// The peer sent something TLS refuses, or we did (e.g. its certificate is not trusted).
+    Tls(rustls::Error),
+    /// No complete handshake by the deadline.
+    TimedOut,
+    /// The connection failed or closed.
+    Io(io::Error),
+}
+
+impl From<io::Error> for Handshake {
+    fn from(e: io::Error) -> Handshake {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            return Handshake::TimedOut;
+        }
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(tls) => Handshake::Tls(tls.clone()),
+            None => Handshake::Io(e),
+        }
+    }
+}
+
+impl fmt::Display for Handshake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Handshake::Tls(rustls::Error::InvalidMessage(_)) => {
+                f.write_str("the peer does not speak TLS (plain DICOM on the TLS port?)")
+            }
+            Handshake::Tls(rustls::Error::InvalidCertificate(why)) => {
+                write!(f, "certificate refused: {}", certificate_words(why))
+            }
+            Handshake::Tls(rustls::Error::NoCertificatesPresented) => {
+                f.write_str("the client sent no certificate, and one is required")
+            }
+            Handshake::Tls(rustls::Error::AlertReceived(alert)) => {
+                write!(f, "the peer refused the handshake (alert {alert:?})")
+            }
+            Handshake::Tls(e) => write!(f, "{e}"),
+            Handshake::TimedOut => f.write_str("no complete handshake within acse_timeout"),
+            Handshake::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                f.write_str("the peer closed the connection during the handshake")
+            }
+            Handshake::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+fn certificate_words(why: &CertificateError) -> String {
+    match why {
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired".into(),
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "not valid yet".into()
+        }
+        CertificateError::UnknownIssuer => "not issued by a trusted CA".into(),
+        CertificateError::BadSignature => "bad signature".into(),
+        CertificateError::Revoked => "revoked".into(),
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "issued for another host name".into()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// For the SCU, whose wait is its `timeout`.
+impl From<Handshake> for Error {
+    fn from(e: Handshake) -> Error {
+        let why = match e {
+            Handshake::TimedOut => "no answer in time".into(),
+            e => e.to_string(),
+        };
+        Error::AssociationAborted(format!("TLS handshake failed: {why}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_files_are_named() {
+        let files = ServerFiles {
+            cert: "/nonexistent/cert.pem".into(),
+            key: "/nonexistent/key.pem".into(),
+            ca: None,
+        };
+        let message = server_config(&files).unwrap_err().to_string();
+        assert!(
+            message.contains("certificate file /nonexistent/cert.pem"),
+            "{message}"
+        );
+        let files = ClientFiles {
+            ca: Some("/nonexistent/ca.pem".into()),
+            cert_and_key: None,
+            verify_hostname: true,
+        };
+        let message = client_config(&files).unwrap_err().to_string();
+        assert!(message.contains("CA file /nonexistent/ca.pem"), "{message}");
+    }
+
+    #[test]
+    fn handshake_failures_are_told_in_words() {
+        let text = |e: Handshake| e.to_string();
+        assert!(text(Handshake::TimedOut).contains("acse_timeout"));
+        let bad = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        assert!(text(Handshake::Tls(bad)).contains("does not speak TLS"));
+        let expired = rustls::Error::InvalidCertificate(CertificateError::Expired);
+        assert_eq!(
+            text(Handshake::Tls(expired)),
+            "certificate refused: expired"
+        );
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert!(text(Handshake::from(eof)).contains("closed the connection"));
+        let wrapped = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::NoCertificatesPresented,
+        );
+        assert!(text(Handshake::from(wrapped)).contains("no certificate"));
+    }
+}

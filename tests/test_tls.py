@@ -1,0 +1,414 @@
+"""DICOM TLS (PS3.15 Annex B) both ways, with DCMTK and pynetdicom (Python's ssl) as peers.
+
+The certificates are made here with the ``openssl`` command, in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from conftest import (
+    CT_IMAGE_STORAGE,
+    HOST,
+    SCP_AET,
+    TIMEOUT,
+    VERIFICATION,
+    dataset_bytes,
+    dcmtk_tool,
+    make_dataset,
+    stored_files,
+    wait_until,
+    write_file,
+)
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from test_scu import running_storescp
+
+from dicom_inlet import AssociationAborted, echo, send
+from dicom_inlet.tls import ClientTLS, ServerTLS
+
+SERVER_EXT = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+ELSEWHERE_EXT = "subjectAltName=DNS:elsewhere.example\nextendedKeyUsage=serverAuth\n"
+CLIENT_EXT = "extendedKeyUsage=clientAuth\n"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A test CA with a server and client certificates, and certificates it did not issue."""
+
+    ca: Path
+    server: tuple[Path, Path]  # (cert, key), named 127.0.0.1 and localhost
+    wrong_name: tuple[Path, Path]  # a server certificate for another host
+    client: tuple[Path, Path]
+    expired: tuple[Path, Path]
+    other_ca: Path
+    stranger: tuple[Path, Path]  # a client certificate from the other CA
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+def _ca(directory: Path, name: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    _openssl(
+        *("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"),
+        *("-keyout", key, "-out", cert, "-subj", f"/CN={name}", "-days", "2"),
+    )
+    return cert, key
+
+
+def _issue(
+    directory: Path, name: str, ca: tuple[Path, Path], extensions: str, days: int = 2
+) -> tuple[Path, Path]:
+    cert, key, csr = (directory / f"{name}{ext}" for ext in (".pem", ".key", ".csr"))
+    ext = directory / f"{name}.ext"
+    ext.write_text(extensions)
+    _openssl(
+        *("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"),
+        *("-keyout", key, "-out", csr, "-subj", f"/CN={name}"),
+    )
+    # A negative number of days gives a certificate that expired yesterday.
+    _openssl(
+        *("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-out", cert),
+        *("-days", str(days), "-extfile", ext),
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    if shutil.which("openssl") is None:
+        message = "the openssl command is needed to make test certificates (package openssl)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    directory = tmp_path_factory.mktemp("pki")
+    ca = _ca(directory, "ca")
+    other = _ca(directory, "other-ca")
+    return Pki(
+        ca=ca[0],
+        server=_issue(directory, "server", ca, SERVER_EXT),
+        wrong_name=_issue(directory, "elsewhere", ca, ELSEWHERE_EXT),
+        client=_issue(directory, "client", ca, CLIENT_EXT),
+        expired=_issue(directory, "expired", ca, CLIENT_EXT, days=-1),
+        other_ca=other[0],
+        stranger=_issue(directory, "stranger", other, CLIENT_EXT),
+    )
+
+
+@pytest.fixture
+def association_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="dicom_inlet")
+    return caplog
+
+
+def logged(caplog: pytest.LogCaptureFixture, text: str, level: int = logging.INFO) -> bool:
+    return any(text in r.getMessage() and r.levelno >= level for r in caplog.records)
+
+
+def run_tool(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=TIMEOUT * 2, check=False
+    )
+
+
+def dcmtk_tls(pki: Pki, client: tuple[Path, Path] | None) -> list[str | Path]:
+    """DCMTK's TLS options: our client certificate (or anonymous TLS), trusting the test CA."""
+    own = ["+tla"] if client is None else ["+tls", client[1], client[0]]
+    return [*own, "+cf", pki.ca]
+
+
+def server_tls(pki: Pki, *, mutual: bool = True) -> ServerTLS:
+    return ServerTLS(*pki.server, ca=pki.ca if mutual else None)
+
+
+def client_tls(pki: Pki, **overrides: Any) -> ClientTLS:
+    options: dict[str, Any] = {"ca": pki.ca, "cert": pki.client[0], "key": pki.client[1]}
+    return ClientTLS(**{**options, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# DCMTK into dicom-inlet
+
+
+@pytest.mark.parametrize("with_client_cert", [True, False], ids=["mutual", "server-only"])
+def test_dcmtk_storescu_over_tls_stores_the_bytes_sent(
+    pki: Pki, server_factory: Any, data_dir: Path, tmp_path: Path, with_client_cert: bool
+) -> None:
+    server = server_factory(tls=server_tls(pki, mutual=with_client_cert))
+    # Large enough for hundreds of TLS records per instance.
+    datasets = [
+        make_dataset(rows=512, columns=512, undefined_length_sequences=False) for _ in range(3)
+    ]
+    paths = [
+        write_file(ds, tmp_path / f"{i}.dcm", ExplicitVRLittleEndian)
+        for i, ds in enumerate(datasets)
+    ]
+    client = pki.client if with_client_cert else None
+    done = run_tool(
+        dcmtk_tool("storescu"), *dcmtk_tls(pki, client), "-aec", SCP_AET, HOST, server.port, *paths
+    )
+    assert done.returncode == 0, done.stderr
+    stored = {pydicom.dcmread(data_dir / p).SOPInstanceUID: p for p in stored_files(data_dir)}
+    assert len(stored) == 3
+    for ds, path in zip(datasets, paths, strict=True):
+        assert dataset_bytes(data_dir / stored[ds.SOPInstanceUID]) == dataset_bytes(path)
+
+
+def test_plain_and_tls_are_served_on_two_ports(pki: Pki, server_factory: Any) -> None:
+    server = server_factory(tls=server_tls(pki), tls_port=0)
+    assert server.tls_port not in (None, 0, server.port)
+    echoscu = dcmtk_tool("echoscu")
+    assert run_tool(echoscu, HOST, server.port).returncode == 0
+    secure = run_tool(echoscu, *dcmtk_tls(pki, pki.client), HOST, server.tls_port)
+    assert secure.returncode == 0, secure.stderr
+    # Each port speaks only its own protocol.
+    assert run_tool(echoscu, HOST, server.tls_port).returncode != 0
+
+
+def _garbage_client_hello(port: int) -> None:
+    with socket.create_connection((HOST, port), timeout=TIMEOUT) as sock:
+        # A TLS handshake record header, then a body that is no ClientHello.
+        sock.sendall(b"\x16\x03\x01\x00\x40" + bytes(range(64)))
+        sock.settimeout(TIMEOUT)
+        while sock.recv(4096):
+            pass
+
+
+def _stall(port: int, neighbour: Callable[[], None]) -> None:
+    """Start a handshake and stall; ``neighbour`` runs while it stalls."""
+    with socket.create_connection((HOST, port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"\x16\x03\x01")
+        neighbour()
+        sock.settimeout(TIMEOUT)
+        while sock.recv(4096):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("plain DICOM", "does not speak TLS"),
+        ("no client certificate", "sent no certificate"),
+        ("expired certificate", "certificate refused: expired"),
+        ("certificate of another CA", "not issued by a trusted CA"),
+        ("garbage ClientHello", "TLS handshake failed"),
+        ("stalled handshake", "no complete handshake within acse_timeout"),
+    ],
+)
+def test_refused_handshakes_are_logged_and_others_served(
+    pki: Pki,
+    server_factory: Any,
+    association_log: pytest.LogCaptureFixture,
+    case: str,
+    reason: str,
+) -> None:
+    server = server_factory(tls=server_tls(pki), acse_timeout=2.0)
+    echoscu = dcmtk_tool("echoscu")
+    port = server.port
+    if case == "plain DICOM":
+        assert run_tool(echoscu, HOST, port).returncode != 0
+    elif case == "no client certificate":
+        assert run_tool(echoscu, *dcmtk_tls(pki, None), HOST, port).returncode != 0
+    elif case == "expired certificate":
+        assert run_tool(echoscu, *dcmtk_tls(pki, pki.expired), HOST, port).returncode != 0
+    elif case == "certificate of another CA":
+        assert run_tool(echoscu, *dcmtk_tls(pki, pki.stranger), HOST, port).returncode != 0
+    elif case == "garbage ClientHello":
+        _garbage_client_hello(port)
+    else:
+
+        def neighbour() -> None:
+            served = run_tool(echoscu, *dcmtk_tls(pki, pki.client), HOST, port)
+            assert served.returncode == 0, served.stderr
+
+        _stall(port, neighbour)
+    assert wait_until(lambda: logged(association_log, reason, logging.WARNING)), [
+        r.getMessage() for r in association_log.records
+    ]
+    # A neighbour is served as ever.
+    good = run_tool(echoscu, *dcmtk_tls(pki, pki.client), HOST, port)
+    assert good.returncode == 0, good.stderr
+
+
+def test_tls_on_the_plain_port_gets_an_abort_that_says_so(
+    pki: Pki, server_factory: Any, association_log: pytest.LogCaptureFixture
+) -> None:
+    server = server_factory()
+    echoscu = dcmtk_tool("echoscu")
+    assert run_tool(echoscu, *dcmtk_tls(pki, pki.client), HOST, server.port).returncode != 0
+    assert wait_until(lambda: logged(association_log, "TLS handshake on the plain port"))
+    assert run_tool(echoscu, HOST, server.port).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# dicom-inlet's SCU into DCMTK and pynetdicom
+
+
+def test_send_over_tls_into_dcmtk_storescp(pki: Pki, tmp_path: Path) -> None:
+    from dicom_inlet.cli import main
+
+    datasets = [make_dataset(rows=256, columns=256) for _ in range(4)]
+    paths = [
+        write_file(ds, tmp_path / f"{i}.dcm", ExplicitVRLittleEndian)
+        for i, ds in enumerate(datasets)
+    ]
+    options = ["+tls", pki.server[1], pki.server[0], "+cf", pki.ca]
+    with running_storescp(tmp_path / "out", *map(str, options)) as peer:
+        tls = client_tls(pki)
+        assert echo(HOST, peer.port, called_aet=SCP_AET, tls=tls) == 0
+        result = send(HOST, peer.port, paths[:2], called_aet=SCP_AET, tls=tls, async_window=4)
+        assert result.failed == 0, result.failures
+        # The command line, the same way.
+        client = ["--tls", "--tls-ca", str(pki.ca)]
+        client += ["--tls-cert", str(pki.client[0]), "--tls-key", str(pki.client[1])]
+        cli = ["send", HOST, str(peer.port), *map(str, paths[2:]), "--call", SCP_AET, "-q"]
+        assert main([*cli, *client]) == 0
+        received = peer.received()
+    for ds, path in zip(datasets, paths, strict=True):
+        assert received[ds.SOPInstanceUID] == dataset_bytes(path)
+
+
+def test_server_certificates_are_verified(pki: Pki, server_factory: Any) -> None:
+    server = server_factory(tls=server_tls(pki, mutual=False))
+    with pytest.raises(AssociationAborted, match="not issued by a trusted CA"):
+        echo(HOST, server.port, tls=ClientTLS(ca=pki.other_ca))
+    # The certificate names 127.0.0.1 and localhost: both check out.
+    assert echo("localhost", server.port, tls=ClientTLS(ca=pki.ca)) == 0
+    elsewhere = server_factory(tls=ServerTLS(*pki.wrong_name))
+    with pytest.raises(AssociationAborted, match="issued for another host name"):
+        echo(HOST, elsewhere.port, tls=ClientTLS(ca=pki.ca))
+    assert echo(HOST, elsewhere.port, tls=ClientTLS(ca=pki.ca, verify_hostname=False)) == 0
+
+
+def test_mutual_tls_needs_our_client_certificate(pki: Pki, server_factory: Any) -> None:
+    server = server_factory(tls=server_tls(pki))
+    with pytest.raises(AssociationAborted):
+        echo(HOST, server.port, tls=ClientTLS(ca=pki.ca))
+    assert echo(HOST, server.port, tls=client_tls(pki)) == 0
+
+
+def test_send_over_tls_into_pynetdicom_with_ssl_context(pki: Pki, tmp_path: Path) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+    context.load_cert_chain(*map(str, pki.server))
+    context.verify_mode = ssl.CERT_REQUIRED
+    received: dict[str, bytes] = {}
+    lock = threading.Lock()
+
+    def on_store(event: Any) -> int:
+        with lock:
+            received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    ae = AE(ae_title=SCP_AET)
+    ae.add_supported_context(CT_IMAGE_STORAGE, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.add_supported_context(VERIFICATION)
+    scp = ae.start_server(
+        (HOST, 0),
+        block=False,
+        ssl_context=context,
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    try:
+        port = scp.socket.getsockname()[1]
+        ds = make_dataset(rows=300, columns=300)
+        path = write_file(ds, tmp_path / "ct.dcm", ExplicitVRLittleEndian)
+        result = send(HOST, port, [path], called_aet=SCP_AET, tls=client_tls(pki))
+        assert result.failed == 0, result.failures
+    finally:
+        scp.shutdown()
+    assert received[ds.SOPInstanceUID] == dataset_bytes(path)
+
+
+def test_pynetdicom_over_tls_into_dicom_inlet(
+    pki: Pki, server_factory: Any, data_dir: Path, tmp_path: Path
+) -> None:
+    server = server_factory(tls=server_tls(pki))
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
+    context.load_cert_chain(*map(str, pki.client))
+    ae = AE(ae_title="PYNETDICOM")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
+    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    ds = make_dataset(rows=300, columns=300)
+    path = write_file(ds, tmp_path / "ct.dcm", ExplicitVRLittleEndian)
+    assoc = ae.associate(HOST, server.port, ae_title=SCP_AET, tls_args=(context, "localhost"))
+    try:
+        assert assoc.is_established
+        assert assoc.send_c_store(path).Status == 0x0000
+    finally:
+        assoc.release()
+        ae.shutdown()
+    (stored,) = stored_files(data_dir)
+    assert dataset_bytes(data_dir / stored) == dataset_bytes(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_cli_serves_tls_and_sends_with_it(pki: Pki, tmp_path: Path) -> None:
+    from test_cli import LISTENING, ServeProcess
+
+    from dicom_inlet.cli import main
+
+    data_dir = tmp_path / "data"
+    server = ServeProcess(
+        [
+            *(str(data_dir), "--port", "0", "--host", HOST, "--aet", SCP_AET),
+            *("--tls-cert", str(pki.server[0]), "--tls-key", str(pki.server[1])),
+            *("--tls-ca", str(pki.ca), "--tls-port", "0"),
+        ],
+        cwd=tmp_path,
+    )
+    try:
+        server.wait_for(LISTENING)
+        tls_port = int(server.wait_for(r"DICOM TLS on port (\d+)").group(1))
+        path = write_file(make_dataset(), tmp_path / "ct.dcm", ExplicitVRLittleEndian)
+        client = ["--tls", "--tls-ca", str(pki.ca)]
+        client += ["--tls-cert", str(pki.client[0]), "--tls-key", str(pki.client[1])]
+        assert main(["echo", HOST, str(tls_port), "--call", SCP_AET, *client]) == 0
+        assert main(["send", HOST, str(tls_port), str(path), "--call", SCP_AET, "-q", *client]) == 0
+        (stored,) = stored_files(data_dir)
+        assert dataset_bytes(data_dir / stored) == dataset_bytes(path)
+    finally:
+        server.kill()
+
+
+def test_cli_tls_mistakes_are_one_line_errors(pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_inlet.cli import main
+
+    assert main(["echo", HOST, "1", "--tls-ca", str(pki.ca)]) == 2
+    assert "need --tls" in capsys.readouterr().err
+    assert main(["echo", HOST, "1", "--tls", "--tls-cert", str(pki.client[0])]) == 2
+    assert "--tls-cert and --tls-key together" in capsys.readouterr().err
+    assert main(["serve", "--tls-cert", str(pki.server[0]), "--port", "0"]) == 2
+    assert "both --tls-cert and --tls-key" in capsys.readouterr().err
+    missing = str(pki.ca.parent / "missing.pem")
+    assert main(["echo", HOST, "1", "--tls", "--tls-ca", missing]) == 2
+    assert f"TLS CA file {missing}" in capsys.readouterr().err
+
+
+def test_toml_config_takes_the_tls_keys(pki: Pki, tmp_path: Path) -> None:
+    from dicom_inlet.cli import _parse
+
+    config = tmp_path / "inlet.toml"
+    config.write_text(
+        f'tls_cert = "{pki.server[0]}"\ntls_key = "{pki.server[1]}"\n'
+        f'tls_ca = "{pki.ca}"\ntls_port = 2762\n'
+    )
+    args = _parse(["serve", "--config", str(config)])
+    assert (args.tls_cert, args.tls_key, args.tls_ca) == (*pki.server, pki.ca)
+    assert args.tls_port == 2762
