@@ -392,14 +392,16 @@ def test_send_interrupted_prints_what_was_done(tmp_path: Path):
     finally:
         scp.close()
     assert proc.returncode == 130, (stdout, stderr)
+    # The signal stops the taking of new files; one file may already be on its way when the
+    # sender's thread sees it, so the summary must say how many were stored, whatever it is.
+    assert scp.count in (2, 3)
     assert re.search(
-        rf"^Interrupted: stored 2 of 5 instances \(\d+\.\d MB\) at {SCP_AET}@{HOST}:{scp.port} "
-        r"in [\d.]+ s; 3 not sent\.$",
+        rf"^Interrupted: stored {scp.count} of 5 instances \(\d+\.\d MB\) at "
+        rf"{SCP_AET}@{HOST}:{scp.port} in [\d.]+ s; {5 - scp.count} not sent\.$",
         stdout,
         re.MULTILINE,
     ), stdout
     assert "Traceback" not in stderr
-    assert scp.count == 2
 
 
 def test_send_progress_shows_elapsed_time_and_time_left():

@@ -331,17 +331,34 @@ def test_user_mistakes_fail_before_sending(server: Any, tmp_path: Path):
         send(HOST, server.port, [make_dataset(remove=["SOPInstanceUID"])])
 
 
-def test_progress_exception_stops_sending(server: Any, data_dir: Path, tmp_path: Path):
+def test_progress_exception_stops_sending(server_factory: Any, data_dir: Path, tmp_path: Path):
     paths = [write_file(make_dataset(), tmp_path / f"{i}.dcm") for i in range(5)]
+    # The sender's threads run ahead of the progress callback: the server holds every
+    # instance after the first until the handler timeout answers it (0xA700), long after
+    # the callback's exception stopped the taking of new files.
+    seen: list[str] = []
+    held = threading.Event()
+
+    def hold_all_but_the_first(instance: Any) -> int:
+        seen.append(instance.sop_instance_uid)
+        if len(seen) > 1:
+            held.wait(TIMEOUT)
+        return 0x0000
+
+    server = server_factory(handler=hold_all_but_the_first, handler_timeout=1.0)
 
     def stop(result: InstanceResult) -> None:
         raise RuntimeError(f"stop after {result.path}")
 
-    with pytest.raises(RuntimeError, match="stop after"):
-        send(HOST, server.port, paths, progress=stop)
+    try:
+        with pytest.raises(RuntimeError, match="stop after"):
+            send(HOST, server.port, paths, progress=stop)
+    finally:
+        held.set()
     # The association was released properly: the server serves the next one.
     assert echo(HOST, server.port) == 0x0000
-    assert len(stored_files(data_dir)) < len(paths)
+    assert len(seen) == 2
+    assert len(stored_files(data_dir)) == 1
     assert incoming_entries(data_dir) == []
 
 
