@@ -1,5 +1,5 @@
-//! The listener: one OS thread per association, an association limit, graceful shutdown, and
-//! the bounded channel that carries events to the Python side.
+//! The listener: one OS thread per association, an association limit, graceful shutdown, the
+//! journal, and the queue that carries events to the Python side.
 
 use std::collections::HashMap;
 use std::net::{
@@ -7,7 +7,6 @@ use std::net::{
 };
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -15,8 +14,10 @@ use std::time::{Duration, Instant};
 use crate::association::AcceptorPolicy;
 use crate::connection;
 use crate::error::{Error, Result};
+use crate::events::EventQueue;
+use crate::journal::{Feed, Journal, Timers};
 use crate::layout::SortKey;
-use crate::store::Storage;
+use crate::store::{Duplicates, Storage};
 
 /// Connections beyond the association limit that still get a proper A-ASSOCIATE-RJ;
 /// past that they are closed at once so a flood cannot spawn unbounded threads.
@@ -47,65 +48,12 @@ pub struct ServerConfig {
     /// Send a `Stored` event per instance (only when someone consumes them).
     pub emit_stored: bool,
     pub event_queue: usize,
-}
-
-/// One instance written under `data_dir`.
-#[derive(Debug, Clone)]
-pub struct StoredInstance {
-    pub path: PathBuf,
-    pub sop_class_uid: String,
-    pub sop_instance_uid: String,
-    pub transfer_syntax_uid: String,
-    pub calling_ae: String,
-    pub called_ae: String,
-    pub peer: SocketAddr,
-    /// Data set bytes received (file meta excluded).
-    pub bytes: u64,
-}
-
-/// How an association ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Released,
-    Rejected,
-    AbortedByPeer,
-    /// We aborted: a protocol error, a timeout, or shutdown.
-    Aborted,
-    /// The connection dropped without release or abort.
-    Closed,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Released => "released",
-            Outcome::Rejected => "rejected",
-            Outcome::AbortedByPeer => "aborted by peer",
-            Outcome::Aborted => "aborted",
-            Outcome::Closed => "connection closed",
-        }
-    }
-}
-
-/// Summary of one association, reported when it ends.
-#[derive(Debug, Clone)]
-pub struct AssociationRecord {
-    pub peer: SocketAddr,
-    pub calling_ae: String,
-    pub called_ae: String,
-    pub instances: u64,
-    pub failures: u64,
-    pub bytes: u64,
-    pub duration: Duration,
-    pub outcome: Outcome,
-    /// Why we rejected or aborted, when we did.
-    pub detail: Option<String>,
-}
-
-#[derive(Debug)]
-pub enum Event {
-    Stored(StoredInstance),
-    AssociationEnded(AssociationRecord),
+    /// Record every acknowledged instance in the journal before answering.
+    pub journal: bool,
+    /// What to do with an instance whose file exists already.
+    pub duplicates: Duplicates,
+    /// Study/series completion events (the journal must be on).
+    pub timers: Option<Timers>,
 }
 
 /// Every open connection, so shutdown can wake them, and how many of them are only being
@@ -151,6 +99,7 @@ pub struct StatsSnapshot {
 pub(crate) struct Shared {
     pub config: ServerConfig,
     pub storage: Storage,
+    pub journal: Option<Arc<Journal>>,
     pub shutting_down: AtomicBool,
     pub stats: Stats,
     active: Mutex<Open>,
@@ -167,13 +116,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub struct Server {
     shared: Arc<Shared>,
+    events: Arc<EventQueue>,
     local_addr: SocketAddr,
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Server {
-    /// Bind, open the storage, and start accepting associations.
-    pub fn start(config: ServerConfig) -> Result<(Server, Receiver<Event>)> {
+    /// Bind, open the storage and the journal, and start accepting associations. The feed
+    /// gives the events, the journal's undelivered instances first.
+    pub fn start(config: ServerConfig) -> Result<(Server, Feed)> {
         if config.max_associations == 0 {
             return Err(Error::InvalidConfig(
                 "max_associations must be at least 1".into(),
@@ -182,6 +133,8 @@ impl Server {
         let storage = Storage::open(&config.data_dir, config.durable).map_err(Error::io(
             format!("cannot use data_dir {}", config.data_dir.display()),
         ))?;
+        let events = Arc::new(EventQueue::new(config.event_queue));
+        let (journal, feed) = open_journal(&config, storage.root(), &events)?;
         let address = (config.host.as_str(), config.port);
         let listener = address
             .to_socket_addrs()
@@ -198,10 +151,10 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(Error::io("cannot read the bound address"))?;
-        let (events, receiver) = sync_channel(config.event_queue.max(1));
         let shared = Arc::new(Shared {
             config,
             storage,
+            journal,
             shutting_down: AtomicBool::new(false),
             active: Mutex::new(Open::default()),
             drained: Condvar::new(),
@@ -209,17 +162,19 @@ impl Server {
             stats: Stats::default(),
         });
         let accept_shared = Arc::clone(&shared);
+        let accept_events = Arc::clone(&events);
         let handle = thread::Builder::new()
             .name("dicom-inlet-listener".into())
-            .spawn(move || accept_loop(&listener, &accept_shared, &events))
+            .spawn(move || accept_loop(&listener, &accept_shared, &accept_events))
             .map_err(Error::io("cannot start the listener thread"))?;
         Ok((
             Server {
                 shared,
+                events: Arc::clone(&events),
                 local_addr,
                 listener: Mutex::new(Some(handle)),
             },
-            receiver,
+            feed,
         ))
     }
 
@@ -229,6 +184,11 @@ impl Server {
 
     pub fn storage_root(&self) -> &std::path::Path {
         self.shared.storage.root()
+    }
+
+    /// The journal, when it is on.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.shared.journal.as_ref()
     }
 
     /// Associations open now and the running totals.
@@ -279,6 +239,7 @@ impl Server {
         for worker in workers {
             let _ = worker.join();
         }
+        self.events.end();
     }
 }
 
@@ -286,6 +247,33 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown(Duration::ZERO);
     }
+}
+
+/// The journal (unless turned off) and the feed that reads it with the event queue. The feed
+/// is made before the first association, so rows of earlier runs and events of this one
+/// never overlap.
+fn open_journal(
+    config: &ServerConfig,
+    root: &std::path::Path,
+    events: &Arc<EventQueue>,
+) -> Result<(Option<Arc<Journal>>, Feed)> {
+    if !config.journal {
+        if config.timers.is_some() {
+            return Err(Error::InvalidConfig(
+                "study and series events need the journal".into(),
+            ));
+        }
+        return Ok((None, Feed::new(Arc::clone(events), None, false, None)?));
+    }
+    let notify = config.timers.as_ref().map(|_| Arc::clone(events));
+    let journal = Journal::open(root, config.durable, notify)?;
+    let feed = Feed::new(
+        Arc::clone(events),
+        Some(journal.index()?),
+        config.emit_stored,
+        config.timers.clone(),
+    )?;
+    Ok((Some(Arc::new(journal)), feed))
 }
 
 fn wake_address(bound: SocketAddr) -> SocketAddr {
@@ -297,7 +285,7 @@ fn wake_address(bound: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, bound.port())
 }
 
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, events: &SyncSender<Event>) {
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, events: &Arc<EventQueue>) {
     let next_id = AtomicU64::new(0);
     for stream in listener.incoming() {
         if shared.shutting_down.load(Ordering::SeqCst) {
@@ -327,7 +315,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, events: &SyncSender
             over
         };
         let worker_shared = Arc::clone(shared);
-        let worker_events = events.clone();
+        let worker_events = Arc::clone(events);
         let spawned = thread::Builder::new()
             .name("dicom-inlet-association".into())
             .spawn(move || {

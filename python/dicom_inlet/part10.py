@@ -41,19 +41,28 @@ def read_stored(stored: _core.StoredInstance) -> FileDataset:
     ``stored.bytes`` bytes), so the preamble check and the transfer syntax lookup are skipped:
     on the callback path, pydicom's per-file overhead, not the data set, is what limits the
     rate. A deflated data set goes through ``dcmread``, which inflates it.
+
+    With the journal on, it reads the journal's hard link to exactly the version that was
+    acknowledged (``stored.held``), all values at once: the file at ``stored.path`` (the
+    Dataset's ``filename``) may have been replaced by a later instance with the same UID
+    meanwhile, and a lazily read value would come from that one.
     """
     path = os.fspath(stored.path)
+    source = os.fspath(stored.held) if stored.held is not None else path
+    defer = None if stored.held is not None else _DEFER_SIZE
     syntax = stored.transfer_syntax_uid
     if syntax == DeflatedExplicitVRLittleEndian:
-        return pydicom.dcmread(path, defer_size=_DEFER_SIZE)
+        inflated = pydicom.dcmread(source, defer_size=defer)
+        inflated.filename = path
+        return inflated
     implicit = syntax == ImplicitVRLittleEndian
     little = syntax != ExplicitVRBigEndian
-    with open(path, "rb") as fp:
+    with open(source, "rb") as fp:
         data_start = os.fstat(fp.fileno()).st_size - stored.bytes
         fp.seek(_META_START)
         # File meta is always explicit VR little endian (PS3.10 §7.1).
         meta = read_dataset(fp, False, True, bytelength=data_start - _META_START)
-        dataset = read_dataset(fp, implicit, little, defer_size=_DEFER_SIZE)
+        dataset = read_dataset(fp, implicit, little, defer_size=defer)
     read = FileDataset(path, dataset, bytes(_PREAMBLE_LEN), FileMetaDataset(meta), implicit, little)
     read.set_original_encoding(implicit, little, dataset._character_set)
     return read

@@ -16,18 +16,25 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from dicom_inlet import _core
+from dicom_inlet.delivery import Completion, Dispatcher, JournalEntry
 from dicom_inlet.models import DicomNode, StorageSortKey
 from dicom_inlet.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 
 if TYPE_CHECKING:
     from pydicom import Dataset
 
-__all__ = ["Callback", "StoreSCPServer", "run_server"]
+__all__ = ["Callback", "CompletionCallback", "StoreSCPServer", "run_server"]
 
 logger = logging.getLogger("dicom_inlet")
 
 #: A callback receives each stored instance as a pydicom Dataset.
 Callback: TypeAlias = "Callable[[Dataset], Any]"
+#: A study or series callback receives a :class:`~dicom_inlet.delivery.Completion`.
+CompletionCallback: TypeAlias = "Callable[[Completion], Any]"
+#: Quiet seconds before a study counts as complete: a modality pauses between series (a
+#: reconstruction, the next scan of the exam) for tens of seconds, so a shorter wait would
+#: mostly produce revisions; Orthanc's StableAge has the same default.
+DEFAULT_STUDY_TIMEOUT = 60.0
 
 
 class StoreSCPServer:
@@ -43,8 +50,11 @@ class StoreSCPServer:
         data_dir: Storage root, created if missing; ``""`` means the current directory.
         sort_by: The directory layout (:class:`StorageSortKey`).
         callbacks: Called with each stored instance, after its file is complete on disk,
-            on a dispatcher thread in arrival order. A raising callback is logged on the
-            ``dicom_inlet`` logger and the others still run.
+            on a dispatcher thread in arrival order, at least once (see ``journal``). A
+            raising callback is logged on the ``dicom_inlet`` logger, the others still run,
+            and it is retried (``callback_retries``) before the instance is parked as failed.
+            The Dataset is read from exactly the version acknowledged, even if a later
+            duplicate replaced the file; read what you need during the call.
         require_called_aet: Reject associations whose Called AE Title is not ours
             (A-ASSOCIATE-RJ, reason 7 "called AE title not recognized").
         require_calling_aet: If not empty, the only Calling AE Titles accepted
@@ -67,11 +77,28 @@ class StoreSCPServer:
             SOP class of the current standard.
         transfer_syntaxes: Transfer Syntax UIDs to accept, in order of preference; default
             all supported ones, taking the first the peer proposes (no conversion needed).
-        durable: fsync each file and its directory before answering success.
+        durable: fsync each file and its directory (and the journal's commit) before
+            answering success.
         callback_queue_size: Stored instances waiting for callbacks before associations
             wait for the callbacks to catch up (back-pressure; nothing is dropped).
         shutdown_timeout: Seconds :meth:`shutdown` lets open associations finish before
             aborting them.
+        journal: Record every acknowledged instance in ``data_dir/.journal/`` before
+            answering, so callbacks and study events survive a crash (delivered at the next
+            start); also the index behind ``dicom-inlet status``. False: callbacks are lost
+            with the process, and study events are not available.
+        duplicates: An instance whose file exists already: ``"replace"`` it (default),
+            ``"keep-first"`` (acknowledged, dropped), ``"reject"`` (status 0x0111 Duplicate
+            SOP Instance with an Error Comment) or ``"keep-both"`` (``UID~2.dcm``...).
+        study_callbacks: Called with a :class:`~dicom_inlet.delivery.Completion` once a
+            study has been quiet for ``study_timeout`` seconds; again, as a revision, if
+            more of it arrives later. At least once, after its instances' callbacks.
+        series_callbacks: The same per series.
+        study_timeout: Quiet seconds before a study (series) counts as complete.
+        events_on_release: Also fire the study (series) events of an association as soon
+            as it is released, for senders that send one study per association.
+        callback_retries: Retries of a raising callback before the instance is parked.
+        retry_backoff: Seconds before the first retry; doubled for each next one.
     """
 
     def __init__(
@@ -94,14 +121,34 @@ class StoreSCPServer:
         durable: bool = False,
         callback_queue_size: int = 64,
         shutdown_timeout: float = 10.0,
+        journal: bool = True,
+        duplicates: str = "replace",
+        study_callbacks: Iterable[CompletionCallback] | None = None,
+        series_callbacks: Iterable[CompletionCallback] | None = None,
+        study_timeout: float = DEFAULT_STUDY_TIMEOUT,
+        events_on_release: bool = False,
+        callback_retries: int = 3,
+        retry_backoff: float = 1.0,
     ) -> None:
         self.node = DicomNode.coerce(node)
         self.data_dir = os.path.abspath(os.fspath(data_dir) or os.getcwd())
         self.sort_by = StorageSortKey(sort_by.upper() if isinstance(sort_by, str) else sort_by)
         self.callbacks: list[Callback] = list(callbacks or [])
-        for callback in self.callbacks:
+        self.study_callbacks: list[CompletionCallback] = list(study_callbacks or [])
+        self.series_callbacks: list[CompletionCallback] = list(series_callbacks or [])
+        for callback in [*self.callbacks, *self.study_callbacks, *self.series_callbacks]:
             if not callable(callback):
                 raise TypeError(f"callbacks must be callable, got {callback!r}")
+        if (self.study_callbacks or self.series_callbacks) and not journal:
+            raise ValueError("study and series callbacks need the journal (journal=True)")
+        if study_timeout < 0 or callback_retries < 0 or retry_backoff < 0:
+            raise ValueError("study_timeout, callback_retries and retry_backoff must be >= 0")
+        self.journal = journal
+        self.duplicates = duplicates
+        self.study_timeout = study_timeout
+        self.events_on_release = events_on_release
+        self.callback_retries = callback_retries
+        self.retry_backoff = retry_backoff
         if maximum_associations < 1:
             raise ValueError("maximum_associations must be at least 1")
         if not 0 <= maximum_pdu_size < 2**32:
@@ -173,10 +220,26 @@ class StoreSCPServer:
                 durable=self.durable,
                 emit_stored=bool(self.callbacks),
                 event_queue=self.callback_queue_size,
+                journal=self.journal,
+                duplicates=self.duplicates,
+                study_timeout=self.study_timeout,
+                study_events=bool(self.study_callbacks),
+                series_events=bool(self.series_callbacks),
+                events_on_release=self.events_on_release,
             )
             self._bound_port = self.scp.port
+            dispatcher = Dispatcher(
+                self.scp,
+                self.callbacks,
+                self.study_callbacks,
+                self.series_callbacks,
+                retries=self.callback_retries,
+                backoff=self.retry_backoff,
+                stop=self._stop,
+                log_association=_log_association,
+            )
             self._dispatcher = threading.Thread(
-                target=self._dispatch, args=(self.scp,), name="dicom-inlet-callbacks", daemon=True
+                target=dispatcher.run, name="dicom-inlet-callbacks", daemon=True
             )
             self._dispatcher.start()
         logger.info(
@@ -229,31 +292,25 @@ class StoreSCPServer:
         scp.shutdown(self.shutdown_timeout)
         if dispatcher is not None:
             dispatcher.join()
+        # The last delivery marks committed before shutdown returns.
+        scp.close()
         self._dispatcher = None
         self._stopped.set()
 
-    def _dispatch(self, scp: _core.Server) -> None:
-        while (event := scp.next_event()) is not None:
-            if isinstance(event, _core.StoredInstance):
-                self._run_callbacks(event)
-            else:
-                _log_association(event)
+    def parked(self) -> list[JournalEntry]:
+        """Instances whose callbacks kept failing, with the traceback in ``error``."""
+        return _core.Journal(self.data_dir).instances(state="failed")
 
-    def _run_callbacks(self, stored: _core.StoredInstance) -> None:
-        # Imported here: pydicom (and numpy) cost 35 MiB, needed only once callbacks exist.
-        from dicom_inlet.part10 import read_stored
+    def replay(self, ids: Iterable[int] | None = None) -> int:
+        """Deliver parked instances again now (these journal ids, or all); how many.
 
-        try:
-            dataset = read_stored(stored)
-        except Exception:
-            logger.exception("cannot read back stored instance %s", stored.path)
-            return
-        for callback in self.callbacks:
-            try:
-                callback(dataset)
-            except Exception:
-                name = getattr(callback, "__name__", repr(callback))
-                logger.exception("callback %s failed for %s", name, stored.path)
+        Raises:
+            RuntimeError: The server is not running (use :func:`dicom_inlet.delivery.replay`).
+        """
+        scp = self.scp
+        if scp is None:
+            raise RuntimeError("this StoreSCPServer is not running")
+        return scp.replay(None if ids is None else list(ids))
 
     def __enter__(self) -> StoreSCPServer:
         self.run(block=False)

@@ -1,14 +1,15 @@
 //! C-STORE on the SCP side (PS3.4 §B.2, PS3.7 §9.1.1): the data set streams to a spool file
 //! while the scanner reads its filing attributes; on the last fragment it is checked against
-//! the command, published, and answered.
+//! the command, published, journaled, and answered.
 
 use crate::association::{AcceptedContext, Association};
 use crate::dimse::{status, Command};
+use crate::events::StoredInstance;
 use crate::file_meta::FileMeta;
+use crate::journal::Row;
 use crate::layout;
-use crate::scan::{Encoding, Scanner};
-use crate::server::{Event, StoredInstance};
-use crate::store::Spool;
+use crate::scan::{Encoding, Scanner, SortAttributes};
+use crate::store::{Placed, Spool};
 use std::path::PathBuf;
 
 use super::{Connection, Stop};
@@ -19,6 +20,14 @@ pub(super) struct Receiving {
     scanner: Scanner,
     /// Data set bytes received so far.
     bytes: u64,
+}
+
+/// An instance in its place: where, what the scanner found, and the version held for its
+/// callbacks.
+struct Published {
+    path: PathBuf,
+    attrs: SortAttributes,
+    held: Option<PathBuf>,
 }
 
 /// Where the bytes of the current data set go.
@@ -139,45 +148,109 @@ impl Connection<'_> {
         sink: Sink,
     ) -> Result<(), Stop> {
         let mut received = 0;
-        let (status, comment, path) = match sink {
+        let (status, comment, stored) = match sink {
             Sink::Discard { status, comment } => (status, Some(comment), None),
             Sink::Spool(receiving) => {
                 received = receiving.bytes;
                 self.record.bytes += receiving.bytes;
                 match self.publish(command, *receiving) {
-                    Ok(path) => (status::SUCCESS, None, Some(path)),
+                    Ok(published) => (status::SUCCESS, None, published),
                     Err((status, comment)) => (status, Some(comment), None),
                 }
             }
         };
-        self.count_instance(status == status::SUCCESS, received);
-        self.respond(association, context_id, command, status, comment.as_deref())?;
-        if let Some(path) = path.filter(|_| self.shared.config.emit_stored) {
-            let stored = StoredInstance {
-                path,
+        let stored = stored.map(|Published { path, attrs, held }| {
+            let text = |v: Option<Vec<u8>>| {
+                v.filter(|v| !v.is_empty())
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+            };
+            Row {
                 sop_class_uid: context.abstract_syntax.clone(),
                 sop_instance_uid: command
                     .affected_sop_instance_uid
                     .clone()
                     .unwrap_or_default(),
                 transfer_syntax_uid: context.transfer_syntax.clone(),
+                patient_id: text(attrs.patient_id),
+                study_instance_uid: text(attrs.study_instance_uid),
+                series_instance_uid: text(attrs.series_instance_uid),
+                accession_number: text(attrs.accession_number),
+                modality: text(attrs.modality),
+                study_date: text(attrs.study_date),
+                path,
+                bytes: received,
                 calling_ae: association.calling_ae.clone(),
                 called_ae: association.called_ae.clone(),
+                peer: Some(self.peer),
+                held,
+                pending: self.shared.config.emit_stored,
+            }
+        });
+        // What the consumer is told of; taken before the row goes to the journal's writer.
+        let emit = self.shared.config.emit_stored;
+        let announced = stored.as_ref().map(|row| {
+            let event = emit.then(|| StoredInstance {
+                path: row.path.clone(),
+                held: row.held.clone(),
+                journal_id: None,
+                sop_class_uid: row.sop_class_uid.clone(),
+                sop_instance_uid: row.sop_instance_uid.clone(),
+                transfer_syntax_uid: row.transfer_syntax_uid.clone(),
+                calling_ae: row.calling_ae.clone(),
+                called_ae: row.called_ae.clone(),
                 peer: self.peer,
                 bytes: received,
-            };
+            });
+            (row.study_instance_uid.clone(), event)
+        });
+        // Journaled before the answer leaves: what the sender is told is stored is never
+        // forgotten, even if the process dies right after.
+        let (status, comment, announced) = match (stored, &self.recorder) {
+            (Some(row), Some(recorder)) => {
+                let held = row.held.clone();
+                match recorder.record(row) {
+                    Ok(id) => {
+                        let announced = announced.map(|(study, event)| {
+                            let event = event.map(|e| StoredInstance {
+                                journal_id: Some(id),
+                                ..e
+                            });
+                            (study, event)
+                        });
+                        (status, comment, announced)
+                    }
+                    Err(e) => {
+                        if let Some(held) = held {
+                            let _ = std::fs::remove_file(held);
+                        }
+                        let comment = format!("cannot record the instance in the journal: {e}");
+                        (status::OUT_OF_RESOURCES, Some(comment), None)
+                    }
+                }
+            }
+            _ => (status, comment, announced),
+        };
+        let (study, event) = announced.unwrap_or_default();
+        if let Some(study) = study.filter(|s| !self.record.studies.contains(s)) {
+            self.record.studies.push(study);
+        }
+        self.count_instance(status == status::SUCCESS, received);
+        self.respond(association, context_id, command, status, comment.as_deref())?;
+        if let Some(event) = event {
             // A full queue makes this association wait: back-pressure, never loss.
-            let _ = self.events.send(Event::Stored(stored));
+            self.events.push_stored(event);
         }
         Ok(())
     }
 
-    /// Check the data set against its command, then move it into its layout path.
+    /// Check the data set against its command, then move it into its layout path. Returns
+    /// the path, the scanned attributes and the held version; None for a duplicate dropped
+    /// under "keep the first".
     fn publish(
         &self,
         command: &Command,
         Receiving { spool, scanner, .. }: Receiving,
-    ) -> Result<PathBuf, (u16, String)> {
+    ) -> Result<Option<Published>, (u16, String)> {
         let attrs = scanner.finish().map_err(|e| {
             (
                 status::CANNOT_UNDERSTAND,
@@ -208,9 +281,24 @@ impl Connection<'_> {
         let relative =
             layout::relative_path(self.shared.config.sort_key, &attrs, sop_instance.as_bytes())
                 .map_err(|missing| (status::CANNOT_UNDERSTAND, missing.to_string()))?;
-        self.shared
+        let config = &self.shared.config;
+        // Callbacks read the version they were told of, even after a duplicate replaced it.
+        let held = match &self.shared.journal {
+            Some(journal) if config.emit_stored => Some(journal.held_path(&spool.name())),
+            _ => None,
+        };
+        let placed = self
+            .shared
             .storage
-            .publish(spool, &relative)
-            .map_err(|e| (status::OUT_OF_RESOURCES, format!("cannot store: {e}")))
+            .publish(spool, &relative, config.duplicates, held.as_deref())
+            .map_err(|e| (status::OUT_OF_RESOURCES, format!("cannot store: {e}")))?;
+        match placed {
+            Placed::Stored(path) => Ok(Some(Published { path, attrs, held })),
+            Placed::Kept(_) => Ok(None),
+            Placed::Refused => Err((
+                status::DUPLICATE_SOP_INSTANCE,
+                format!("SOP Instance {sop_instance} is stored already (duplicates are rejected)"),
+            )),
+        }
     }
 }

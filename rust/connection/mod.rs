@@ -4,13 +4,14 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use crate::association::{self, AcceptedContext, Association};
 use crate::dimse::{self, status, Command, Response, MAX_COMMAND_SET};
+use crate::events::{AssociationRecord, EventQueue, Outcome};
+use crate::journal::Recorder;
 use crate::pdu::{self, abort, Abort, Pdu, MAX_CONTROL_PDU};
-use crate::server::{AssociationRecord, Event, Outcome, Shared};
+use crate::server::Shared;
 
 use c_store::Sink;
 use reader::PduReader;
@@ -164,7 +165,9 @@ enum Message {
 struct Connection<'a> {
     stream: TcpStream,
     shared: &'a Shared,
-    events: &'a SyncSender<Event>,
+    events: &'a EventQueue,
+    /// This association's way into the journal, when it is on.
+    recorder: Option<Recorder>,
     peer: SocketAddr,
     /// Encoded PDUs waiting to leave in one write.
     out: Vec<u8>,
@@ -173,17 +176,13 @@ struct Connection<'a> {
 }
 
 /// Serve one connection to its end and report it.
-pub(crate) fn serve(
-    stream: TcpStream,
-    shared: &Shared,
-    events: &SyncSender<Event>,
-    over_limit: bool,
-) {
+pub(crate) fn serve(stream: TcpStream, shared: &Shared, events: &EventQueue, over_limit: bool) {
     let Ok(peer) = stream.peer_addr() else { return };
     let mut connection = Connection {
         stream,
         shared,
         events,
+        recorder: shared.journal.as_ref().and_then(|j| j.recorder()),
         peer,
         out: Vec::with_capacity(4096),
         command: Vec::new(),
@@ -197,15 +196,16 @@ pub(crate) fn serve(
             duration: Default::default(),
             outcome: Outcome::Closed,
             detail: None,
+            studies: Vec::new(),
         },
     };
     let started = Instant::now();
     let result = connection.run(over_limit);
     connection.finish(result);
     connection.record.duration = started.elapsed();
-    // A summary for the log, not an instance: never wait for room, so a stuck callback cannot
-    // pin finished associations (and their slots) behind a full queue.
-    let _ = events.try_send(Event::AssociationEnded(connection.record));
+    // Never waits for room, never dropped: a stuck callback neither pins finished
+    // associations (and their slots) nor loses their log lines.
+    events.push_record(connection.record);
 }
 
 impl Connection<'_> {

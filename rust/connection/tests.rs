@@ -6,29 +6,27 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use crate::association::{AcceptorPolicy, VERIFICATION_SOP_CLASS};
 use crate::dimse::{self, Command};
+use crate::events::Event;
+use crate::journal::Feed;
 use crate::layout::SortKey;
 use crate::pdu::{self, ae_field, AssociateRq, PresentationContextRq, UserInfo};
-use crate::server::{Event, Server, ServerConfig};
-use crate::store::INCOMING_DIR;
+use crate::server::{Server, ServerConfig};
+use crate::store::{Duplicates, INCOMING_DIR};
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const MAX_PDU: u32 = 16_384;
 
-fn start(name: &str) -> (Server, Receiver<Event>, PathBuf) {
+fn start(name: &str) -> (Server, Feed, PathBuf) {
     start_with(name, |_| {})
 }
 
 /// A server on 127.0.0.1 storing into a fresh temp dir, `tweak` adjusting the test config.
-fn start_with(
-    name: &str,
-    tweak: impl FnOnce(&mut ServerConfig),
-) -> (Server, Receiver<Event>, PathBuf) {
+fn start_with(name: &str, tweak: impl FnOnce(&mut ServerConfig)) -> (Server, Feed, PathBuf) {
     let dir = std::env::temp_dir().join(format!("dicom-inlet-conn-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     let mut config = ServerConfig {
@@ -55,6 +53,9 @@ fn start_with(
         max_instance_size: None,
         emit_stored: true,
         event_queue: 16,
+        journal: true,
+        duplicates: Duplicates::Replace,
+        timers: None,
     };
     tweak(&mut config);
     let (server, events) = Server::start(config).unwrap();
@@ -246,7 +247,7 @@ fn command_and_data_in_one_pdu_then_data_split_over_many() {
     assert!(incoming_is_empty(&root));
     peer.release();
     server.shutdown(Duration::from_secs(5));
-    let events: Vec<Event> = events.iter().collect();
+    let events: Vec<Event> = events.collect();
     assert!(
         matches!(&events[0], Event::Stored(s) if s.bytes == data.len() as u64 && s.calling_ae == "RUST_SCU")
     );
@@ -355,7 +356,7 @@ fn data_set_not_matching_the_command_is_refused_without_a_file() {
 
 #[test]
 fn peer_abort_mid_instance_leaves_nothing() {
-    let (server, events, root) = start("peer-abort");
+    let (server, mut events, root) = start("peer-abort");
     let mut peer = Peer::associate(&server);
     let data = data_set("1.2.3.4.8", 1000);
     peer.send_pdvs(&[
@@ -370,7 +371,7 @@ fn peer_abort_mid_instance_leaves_nothing() {
     .encode(&mut out);
     peer.stream.write_all(&out).unwrap();
     // The association's end event arrives only after its thread has cleaned up.
-    let ended = events.recv().unwrap();
+    let ended = events.next().unwrap();
     assert!(matches!(ended, Event::AssociationEnded(r) if r.instances == 0));
     assert!(incoming_is_empty(&root));
     server.shutdown(Duration::from_secs(5));
