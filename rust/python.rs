@@ -13,7 +13,7 @@ use crate::association::AcceptorPolicy;
 use crate::error::Error;
 use crate::events::{self, Event, Level};
 use crate::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
-use crate::journal::{Feed, Timers};
+use crate::journal::{Feed, Replayer, Timers};
 use crate::layout::SortKey;
 use crate::server::{self, ServerConfig};
 use crate::store::Duplicates;
@@ -82,6 +82,7 @@ struct Server {
     // Declared first so it drops first: association threads blocked on a full queue then stop
     // waiting instead of deadlocking the server's drop (e.g. at interpreter exit).
     events: Mutex<Feed>,
+    replayer: Replayer,
     inner: server::Server,
 }
 
@@ -197,6 +198,7 @@ impl Server {
         let (inner, events) = py.detach(|| server::Server::start(config))?;
         Ok(Server {
             inner,
+            replayer: events.replayer(),
             events: Mutex::new(events),
         })
     }
@@ -272,7 +274,7 @@ impl Server {
                 .filter(|id| ids.as_ref().is_none_or(|ids| ids.contains(id)))
                 .collect();
             let count = journal.replay(Some(chosen.clone()))?;
-            lock(&self.events).replayed(chosen);
+            self.replayer.replay(chosen);
             Ok::<_, Error>(count)
         })
         .map_err(PyErr::from)

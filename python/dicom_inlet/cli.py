@@ -1,19 +1,21 @@
-"""The ``dicom-inlet`` command line: ``serve`` (Storage SCP), ``send`` (storage SCU), ``echo``."""
+"""The ``dicom-inlet`` command line: ``serve`` (Storage SCP), ``send`` (storage SCU), ``echo``,
+and ``status``/``replay`` (the journal of a data_dir)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dicom_inlet import console
+from dicom_inlet import console, delivery
 from dicom_inlet.models import DEFAULT_AE_TITLE, DicomNode, StorageSortKey
 from dicom_inlet.scu import DEFAULT_CALLED_AET, echo, files_in, send, status_text
-from dicom_inlet.server import StoreSCPServer
+from dicom_inlet.server import DEFAULT_STUDY_TIMEOUT, StoreSCPServer
 
 __all__ = ["main"]
 
@@ -199,6 +201,38 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="fsync every file and its directory before answering success",
     )
+    serve.add_argument(
+        "--no-journal",
+        action="store_true",
+        help="do not record instances in DATA_DIR/.journal (no --on-study, no status)",
+    )
+    serve.add_argument(
+        "--duplicates",
+        choices=["replace", "keep-first", "reject", "keep-both"],
+        default="replace",
+        help="an instance whose file exists: replace it, keep the first, reject it "
+        "(0x0111), or keep both as UID~2.dcm (default: replace)",
+    )
+    serve.add_argument(
+        "--on-study",
+        metavar="CMD",
+        help="run CMD (split like a shell would, but never run by one) with the study "
+        "folder appended, once a study has been quiet for --study-timeout; its UIDs are in "
+        "DICOM_INLET_STUDY_UID, DICOM_INLET_PATIENT_ID, DICOM_INLET_REVISION",
+    )
+    serve.add_argument(
+        "--study-timeout",
+        type=_positive(float),
+        default=DEFAULT_STUDY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"quiet seconds before a study counts as complete (default: "
+        f"{DEFAULT_STUDY_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--on-release",
+        action="store_true",
+        help="also run --on-study for an association's studies as soon as it is released",
+    )
     serve.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")
     serve.set_defaults(run=_serve)
     return serve
@@ -221,6 +255,13 @@ def _serve(args: argparse.Namespace) -> int:
         transfer_syntaxes=args.transfer_syntaxes,
         durable=args.durable,
         shutdown_timeout=args.shutdown_timeout,
+        journal=not args.no_journal,
+        duplicates=args.duplicates,
+        study_callbacks=[delivery.run_command(shlex.split(args.on_study))]
+        if args.on_study
+        else None,
+        study_timeout=args.study_timeout,
+        events_on_release=args.on_release,
     )
     with console.server_status(server, enabled=sys.stderr.isatty() and not args.quiet):
         server.run(block=True)
@@ -362,6 +403,47 @@ def _echo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# status and replay: the journal of a data_dir
+
+
+def _add_journal_commands(commands: Any) -> None:
+    status = commands.add_parser(
+        "status",
+        help="list what a data_dir has received, from its journal",
+        description="Print the studies of DATA_DIR's journal as a table: series and "
+        "instances, last arrival, and deliveries pending or failed; with --failed, the "
+        "parked instances whose callbacks kept failing.",
+    )
+    status.add_argument("data_dir", metavar="DATA_DIR", help="the storage root")
+    status.add_argument(
+        "--failed", action="store_true", help="list parked instances and their last error"
+    )
+    status.set_defaults(run=_status)
+    replay = commands.add_parser(
+        "replay",
+        help="deliver parked instances again at the next start",
+        description="Set DATA_DIR's parked deliveries (all, or --id) back to pending: the "
+        "next 'serve' on DATA_DIR runs their callbacks again.",
+    )
+    replay.add_argument("data_dir", metavar="DATA_DIR", help="the storage root")
+    replay.add_argument(
+        "--id", dest="ids", type=int, action="append", metavar="N", help="only this journal id"
+    )
+    replay.set_defaults(run=_replay)
+
+
+def _status(args: argparse.Namespace) -> int:
+    print(delivery.status_table(args.data_dir, failed=args.failed))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    count = delivery.replay(args.data_dir, args.ids)
+    print(f"{count} parked instances pending again")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def _parser(kind: type[_Parser] = _Parser) -> tuple[_Parser, argparse.ArgumentParser]:
@@ -379,6 +461,7 @@ def _parser(kind: type[_Parser] = _Parser) -> tuple[_Parser, argparse.ArgumentPa
     serve = _add_serve(commands)
     _add_send(commands)
     _add_echo(commands)
+    _add_journal_commands(commands)
     return parser, serve
 
 

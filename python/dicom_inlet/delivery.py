@@ -91,9 +91,13 @@ class Completion:
 
     @property
     def folder(self) -> Path:
-        """The deepest folder holding all its files (the study folder in the patient and
-        study layouts)."""
-        return Path(os.path.commonpath([os.fspath(i.path.parent) for i in self.instances]))
+        """The study's folder in the patient and study layouts (the series' for a series
+        event); otherwise the deepest folder holding all its files."""
+        common = Path(os.path.commonpath([os.fspath(i.path.parent) for i in self.instances]))
+        for folder in (common, *common.parents):
+            if folder.name == self.uid:
+                return folder
+        return common
 
     @classmethod
     def from_core(cls, event: _core.Completed) -> Completion:

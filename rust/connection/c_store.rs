@@ -297,7 +297,9 @@ impl Connection<'_> {
             Placed::Kept(_) => Ok(None),
             Placed::Refused => Err((
                 status::DUPLICATE_SOP_INSTANCE,
-                format!("SOP Instance {sop_instance} is stored already (duplicates are rejected)"),
+                // The UID is in the response's Affected SOP Instance UID; the comment (LO)
+                // holds 64 characters.
+                "this SOP Instance is stored already (duplicates rejected)".into(),
             )),
         }
     }

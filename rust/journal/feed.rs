@@ -4,7 +4,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{unix_now, Index, InstanceEntry};
@@ -33,7 +33,7 @@ pub struct Feed {
     cursor: i64,
     through: i64,
     backlog: VecDeque<InstanceEntry>,
-    replayed: VecDeque<i64>,
+    replays: Arc<Mutex<VecDeque<i64>>>,
     timers: Option<Timers>,
     /// Studies whose association was released, due at once.
     released: HashSet<String>,
@@ -62,7 +62,7 @@ impl Feed {
             cursor: 0,
             through,
             backlog: VecDeque::new(),
-            replayed: VecDeque::new(),
+            replays: Arc::default(),
             timers,
             released: HashSet::new(),
             handed: HashSet::new(),
@@ -99,9 +99,12 @@ impl Feed {
         }
     }
 
-    /// Deliver these failed rows again (they were set pending in the journal).
-    pub fn replayed(&mut self, ids: impl IntoIterator<Item = i64>) {
-        self.replayed.extend(ids);
+    /// A way for other threads to have rows delivered again while this feed waits.
+    pub fn replayer(&self) -> Replayer {
+        Replayer {
+            replays: Arc::clone(&self.replays),
+            queue: Arc::clone(&self.queue),
+        }
     }
 
     /// A completion event was delivered (or given up on): it may come again only with a
@@ -114,7 +117,13 @@ impl Feed {
         let Some(index) = &self.index else {
             return Ok(None);
         };
-        while let Some(id) = self.replayed.pop_front() {
+        loop {
+            let next = self
+                .replays
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            let Some(id) = next else { break };
             if let Some(entry) = index.pending_row(id)? {
                 return Ok(Some(stored(entry)));
             }
@@ -184,6 +193,24 @@ impl Feed {
             last_received: candidate.last_received,
             members,
         }))
+    }
+}
+
+/// Hands replayed rows to a feed from another thread.
+#[derive(Clone)]
+pub struct Replayer {
+    replays: Arc<Mutex<VecDeque<i64>>>,
+    queue: Arc<EventQueue>,
+}
+
+impl Replayer {
+    /// Deliver these rows again (set pending in the journal already), waking the feed.
+    pub fn replay(&self, ids: impl IntoIterator<Item = i64>) {
+        self.replays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(ids);
+        self.queue.poke();
     }
 }
 

@@ -26,7 +26,7 @@ mod feed;
 mod index;
 mod schema;
 
-pub use feed::{Feed, Timers};
+pub use feed::{Feed, Replayer, Timers};
 pub use index::{Index, InstanceEntry, SeriesSummary, StudySummary};
 pub use schema::VERSION;
 
