@@ -247,16 +247,16 @@ impl Server {
     }
 
     /// The callbacks of journal row `journal_id` returned: mark it delivered.
-    fn delivered(&self, journal_id: i64) {
+    fn delivered(&self, py: Python<'_>, journal_id: i64) {
         if let Some(journal) = self.inner.journal() {
-            journal.delivered(journal_id);
+            py.detach(|| journal.delivered(journal_id));
         }
     }
 
     /// The callbacks of journal row `journal_id` kept failing: park it with `error`.
-    fn failed(&self, journal_id: i64, attempts: u32, error: String) {
+    fn failed(&self, py: Python<'_>, journal_id: i64, attempts: u32, error: String) {
         if let Some(journal) = self.inner.journal() {
-            journal.failed(journal_id, attempts, error);
+            py.detach(|| journal.failed(journal_id, attempts, error));
         }
     }
 
@@ -292,13 +292,6 @@ impl Server {
             Ok::<_, Error>(())
         })
         .map_err(PyErr::from)
-    }
-
-    /// Commit the journal's last marks and close it; after shutdown, once events are taken.
-    fn close(&self, py: Python<'_>) {
-        if let Some(journal) = self.inner.journal() {
-            py.detach(|| journal.close());
-        }
     }
 
     /// Stop accepting, give open associations `timeout` seconds to finish, abort the rest.

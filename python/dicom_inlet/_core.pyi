@@ -174,8 +174,6 @@ class Server:
         """Deliver failed instances again (these journal ids, or all); how many."""
     def completed(self, event: Completed, done: bool) -> None:
         """A completion event was handled (``done``) or given up on."""
-    def close(self) -> None:
-        """Commit the journal's last marks and close it."""
     def shutdown(self, timeout: float) -> None:
         """Stop accepting, let open associations finish for ``timeout`` s, abort the rest."""
 

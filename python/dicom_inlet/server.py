@@ -292,8 +292,6 @@ class StoreSCPServer:
         scp.shutdown(self.shutdown_timeout)
         if dispatcher is not None:
             dispatcher.join()
-        # The last delivery marks committed before shutdown returns.
-        scp.close()
         self._dispatcher = None
         self._stopped.set()
 

@@ -205,10 +205,10 @@ impl Connection<'_> {
         });
         // Journaled before the answer leaves: what the sender is told is stored is never
         // forgotten, even if the process dies right after.
-        let (status, comment, announced) = match (stored, &self.recorder) {
-            (Some(row), Some(recorder)) => {
+        let (status, comment, announced) = match (stored, &self.shared.journal) {
+            (Some(row), Some(journal)) => {
                 let held = row.held.clone();
-                match recorder.record(row) {
+                match journal.record(row) {
                     Ok(id) => {
                         let announced = announced.map(|(study, event)| {
                             let event = event.map(|e| StoredInstance {

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use crate::association::{self, AcceptedContext, Association};
 use crate::dimse::{self, status, Command, Response, MAX_COMMAND_SET};
 use crate::events::{AssociationRecord, EventQueue, Outcome};
-use crate::journal::Recorder;
 use crate::pdu::{self, abort, Abort, Pdu, MAX_CONTROL_PDU};
 use crate::server::Shared;
 
@@ -166,8 +165,6 @@ struct Connection<'a> {
     stream: TcpStream,
     shared: &'a Shared,
     events: &'a EventQueue,
-    /// This association's way into the journal, when it is on.
-    recorder: Option<Recorder>,
     peer: SocketAddr,
     /// Encoded PDUs waiting to leave in one write.
     out: Vec<u8>,
@@ -182,7 +179,6 @@ pub(crate) fn serve(stream: TcpStream, shared: &Shared, events: &EventQueue, ove
         stream,
         shared,
         events,
-        recorder: shared.journal.as_ref().and_then(|j| j.recorder()),
         peer,
         out: Vec::with_capacity(4096),
         command: Vec::new(),

@@ -54,7 +54,7 @@ fn rows_from_many_threads_are_all_committed_in_order_of_their_ids() {
             let journal = Arc::clone(&journal);
             let root = root.clone();
             thread::spawn(move || {
-                let recorder = journal.recorder().unwrap();
+                let recorder = &journal;
                 (0..50)
                     .map(|i| recorder.record(row(&root, "1", "1.1", &format!("{t}.{i}"), true)))
                     .collect::<std::result::Result<Vec<_>, _>>()
@@ -90,7 +90,7 @@ fn undelivered_rows_survive_a_restart_and_failed_ones_wait_for_a_replay() {
     let root = temp_root("restart");
     {
         let journal = Journal::open(&root, true, None).unwrap();
-        let recorder = journal.recorder().unwrap();
+        let recorder = &journal;
         for i in 0..5 {
             recorder
                 .record(row(&root, "1", "1.1", &i.to_string(), true))
@@ -139,19 +139,18 @@ fn held_versions_go_once_delivered_and_strays_at_open() {
     fs::write(&held, b"acknowledged").unwrap();
     let stray = journal.held_path("stray.dcm");
     fs::write(&stray, b"crashed before its commit").unwrap();
-    let recorder = journal.recorder().unwrap();
+    let recorder = &journal;
     let id = recorder
         .record(Row {
             held: Some(held.clone()),
             ..row(&root, "1", "1.1", "1", true)
         })
         .unwrap();
-    drop(recorder);
-    journal.close();
+    drop(journal);
     let journal = Journal::open(&root, false, None).unwrap();
     assert!(held.exists() && !stray.exists());
+    // Committed (and the link removed) before delivered() returns, no thread being busy.
     journal.delivered(id);
-    journal.close();
     assert!(!held.exists());
     fs::remove_dir_all(&root).unwrap();
 }
@@ -168,14 +167,15 @@ fn next_completed(feed: &mut Feed) -> Option<crate::events::Completed> {
 #[test]
 fn completion_events_list_their_instances_then_come_as_revisions() {
     let root = temp_root("completion");
-    let journal = Journal::open(&root, false, None).unwrap();
-    let recorder = journal.recorder().unwrap();
+    let queue = Arc::new(EventQueue::new(4));
+    // With a queue to poke the timers are on: the journal keeps their rows.
+    let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
+    let recorder = &journal;
     for (series, sop) in [("1.1", "a"), ("1.2", "b"), ("1.1", "a"), ("1.1", "c")] {
         recorder
             .record(row(&root, "1", series, sop, false))
             .unwrap();
     }
-    let queue = Arc::new(EventQueue::new(4));
     queue.end();
     let index = journal.index().unwrap();
     let mut feed = Feed::new(
@@ -217,10 +217,10 @@ fn completion_events_list_their_instances_then_come_as_revisions() {
 #[test]
 fn completion_waits_for_pending_callbacks_and_fires_on_release() {
     let root = temp_root("release");
-    let journal = Journal::open(&root, false, None).unwrap();
-    let recorder = journal.recorder().unwrap();
-    recorder.record(row(&root, "7", "7.1", "x", true)).unwrap();
     let queue = Arc::new(EventQueue::new(4));
+    let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
+    let recorder = &journal;
+    recorder.record(row(&root, "7", "7.1", "x", true)).unwrap();
     let mut feed = Feed::new(
         Arc::clone(&queue),
         Some(journal.index().unwrap()),
@@ -250,8 +250,6 @@ fn completion_waits_for_pending_callbacks_and_fires_on_release() {
     ));
     // Its callbacks have not returned yet: no event, though released and the hour not over.
     journal.delivered(1);
-    drop(recorder);
-    journal.close();
     queue.end();
     let mut levels = vec![];
     while let Some(c) = next_completed(&mut feed) {
