@@ -172,6 +172,17 @@ def receivers(python: str, inlets: list[tuple[str, str]], pacsanini: str | None)
         )
         for label, interpreter in inlets
     ]
+    # The journal's cost, measured in the same run: on (the default) against off, and
+    # durable with the journal against durable without it (the durable of before).
+    label, interpreter = inlets[0]
+    found += [
+        Receiver(
+            " ".join((label, *options)),
+            (interpreter, *inlet_args, "127.0.0.1", "-q", "--aet", "INLET", *options),
+            ("ct", "small", "ct x4"),
+        )
+        for options in [("--no-journal",), ("--durable",), ("--durable", "--no-journal")]
+    ]
     # pacsanini takes minutes per run on the 200 MB instances (module docstring).
     pacsanini_scp = (pacsanini, str(HERE / "pacsanini_scp.py"), "{dir}", "{port}")
     return [

@@ -16,6 +16,9 @@ const NO_DATA_SET: u16 = 0x0101;
 /// DIMSE statuses a Storage SCP answers with (PS3.4 §B.2.3, PS3.7 annex C).
 pub mod status {
     pub const SUCCESS: u16 = 0x0000;
+    /// "Duplicate SOP Instance" (PS3.7 §C.5.7): a general failure status that says what is
+    /// wrong, where A7xx (out of resources) would invite a retry that cannot succeed.
+    pub const DUPLICATE_SOP_INSTANCE: u16 = 0x0111;
     pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
     pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
     pub const OUT_OF_RESOURCES: u16 = 0xA700;

@@ -19,6 +19,8 @@ pub enum Error {
     AssociationAborted(String),
     /// The peer accepted the association but none of the presentation contexts we need.
     NoPresentationContext(String),
+    /// The journal cannot be opened, read or written; says which file and why.
+    Journal(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -85,7 +87,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::AssociationAborted(detail) => write!(f, "association aborted: {detail}"),
-            Error::NoPresentationContext(detail) => f.write_str(detail),
+            Error::NoPresentationContext(detail) | Error::Journal(detail) => f.write_str(detail),
         }
     }
 }

@@ -211,6 +211,9 @@ pub fn scanner(data: &[u8]) {
         for value in [
             &attrs.sop_class_uid,
             &attrs.sop_instance_uid,
+            &attrs.study_date,
+            &attrs.accession_number,
+            &attrs.modality,
             &attrs.patient_id,
             &attrs.study_instance_uid,
             &attrs.series_instance_uid,

@@ -6,10 +6,12 @@ pub mod association;
 pub mod connection;
 pub mod dimse;
 pub mod error;
+pub mod events;
 pub mod file_meta;
 // The fuzz targets' bodies; `fuzzing` is the cfg cargo-fuzz sets.
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
+pub mod journal;
 pub mod layout;
 pub mod pdu;
 pub mod scan;

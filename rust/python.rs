@@ -2,8 +2,7 @@
 //! Blocking work (binding, waiting for events, shutdown) runs with the GIL released.
 
 use std::path::PathBuf;
-use std::sync::mpsc::Receiver;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use pyo3::create_exception;
@@ -12,9 +11,12 @@ use pyo3::prelude::*;
 
 use crate::association::AcceptorPolicy;
 use crate::error::Error;
+use crate::events::{self, Event, Level};
 use crate::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::journal::{Feed, Replayer, Timers};
 use crate::layout::SortKey;
-use crate::server::{self, Event, ServerConfig};
+use crate::server::{self, ServerConfig};
+use crate::store::Duplicates;
 use crate::tls;
 use crate::transfer_syntax;
 
@@ -42,7 +44,7 @@ impl From<Error> for PyErr {
     fn from(error: Error) -> PyErr {
         let message = error.to_string();
         match error {
-            Error::Io { .. } => PyOSError::new_err(message),
+            Error::Io { .. } | Error::Journal(_) => PyOSError::new_err(message),
             Error::InvalidConfig(message) => PyValueError::new_err(message),
             Error::ConnectionFailed { .. } => PyConnectionError::new_err(message),
             Error::AssociationRejected {
@@ -98,10 +100,25 @@ fn server_tls(
 /// A running Storage SCP.
 #[pyclass(frozen, module = "dicom_inlet._core")]
 struct Server {
-    // Declared first so it drops first: association threads blocked on a full queue then fail
-    // their send instead of deadlocking the server's drop (e.g. at interpreter exit).
-    events: Mutex<Receiver<Event>>,
+    // Declared first so it drops first: association threads blocked on a full queue then stop
+    // waiting instead of deadlocking the server's drop (e.g. at interpreter exit).
+    events: Mutex<Feed>,
+    replayer: Replayer,
     inner: server::Server,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn level(name: &str) -> Result<Level, Error> {
+    match name {
+        "study" => Ok(Level::Study),
+        "series" => Ok(Level::Series),
+        other => Err(Error::InvalidConfig(format!(
+            "unknown level {other:?} (study or series)"
+        ))),
+    }
 }
 
 #[pymethods]
@@ -113,7 +130,8 @@ impl Server {
         dimse_timeout=None, max_instance_size=None, durable=false, emit_stored=false,
         event_queue=64, tls_cert=None, tls_key=None, tls_ca=None, tls_port=None,
         identity_check=None, require_user_identity=false, handler_stage=None,
-        handler_timeout=None))]
+        handler_timeout=None, journal=true, duplicates="replace", study_timeout=None,
+        study_events=false, series_events=false, events_on_release=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -143,8 +161,36 @@ impl Server {
         require_user_identity: bool,
         handler_stage: Option<&str>,
         handler_timeout: Option<f64>,
+        journal: bool,
+        duplicates: &str,
+        study_timeout: Option<f64>,
+        study_events: bool,
+        series_events: bool,
+        events_on_release: bool,
     ) -> PyResult<Server> {
         let handler = handlers::config(handler_stage, seconds(handler_timeout)?)?;
+        let duplicates = Duplicates::parse(duplicates).ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "unknown duplicates policy {duplicates:?} (replace, keep-first, reject, keep-both)"
+            ))
+        })?;
+        let timers = match (study_events || series_events, study_timeout) {
+            (false, _) => None,
+            (true, timeout) => Some(Timers {
+                timeout: match timeout {
+                    Some(t) if t >= 0.0 => Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX),
+                    _ => {
+                        return Err(Error::InvalidConfig(
+                            "study_timeout must be seconds, zero or more".into(),
+                        )
+                        .into())
+                    }
+                },
+                studies: study_events,
+                series: series_events,
+                on_release: events_on_release,
+            }),
+        };
         let sort_key = SortKey::parse(sort_by)
             .ok_or_else(|| Error::InvalidConfig(format!("unknown sort key {sort_by:?}")))?;
         if let Some(unsupported) = transfer_syntaxes
@@ -184,10 +230,14 @@ impl Server {
             event_queue,
             tls: server_tls(tls_cert, tls_key, tls_ca, tls_port)?,
             handler,
+            journal,
+            duplicates,
+            timers,
         };
         let (inner, events) = py.detach(|| server::Server::start(config))?;
         Ok(Server {
             inner,
+            replayer: events.replayer(),
             events: Mutex::new(events),
         })
     }
@@ -229,10 +279,7 @@ impl Server {
 
     /// Wait for the next event; None once the server has shut down and every event was taken.
     fn next_event(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let event = py.detach(|| {
-            let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-            events.recv().ok()
-        });
+        let event = py.detach(|| lock(&self.events).next_event())?;
         event
             .map(|event| match event {
                 Event::Stored(s) => Py::new(py, StoredInstance::from(s)).map(Py::into_any),
@@ -240,6 +287,7 @@ impl Server {
                     Py::new(py, AssociationRecord::from(r)).map(Py::into_any)
                 }
                 Event::StoreFailed(f) => Py::new(py, FailedStore::from(f)).map(Py::into_any),
+                Event::Completed(c) => Py::new(py, Completed::from(c)).map(Py::into_any),
             })
             .transpose()
     }
@@ -249,6 +297,54 @@ impl Server {
     fn next_store_request(&self, py: Python<'_>) -> Option<handlers::StoreRequest> {
         py.detach(|| self.inner.next_store_request())
             .map(handlers::StoreRequest::from)
+    }
+
+    /// The callbacks of journal row `journal_id` returned: mark it delivered.
+    fn delivered(&self, py: Python<'_>, journal_id: i64) {
+        if let Some(journal) = self.inner.journal() {
+            py.detach(|| journal.delivered(journal_id));
+        }
+    }
+
+    /// The callbacks of journal row `journal_id` kept failing: park it with `error`.
+    fn failed(&self, py: Python<'_>, journal_id: i64, attempts: u32, error: String) {
+        if let Some(journal) = self.inner.journal() {
+            py.detach(|| journal.failed(journal_id, attempts, error));
+        }
+    }
+
+    /// Deliver failed instances again (these journal ids, or all); returns how many.
+    #[pyo3(signature = (ids=None))]
+    fn replay(&self, py: Python<'_>, ids: Option<Vec<i64>>) -> PyResult<i64> {
+        let Some(journal) = self.inner.journal() else {
+            return Err(Error::InvalidConfig("the journal is off".into()).into());
+        };
+        py.detach(|| {
+            let failed = journal.index()?.instances(None, None, Some("failed"))?;
+            let chosen: Vec<i64> = failed
+                .iter()
+                .map(|e| e.id)
+                .filter(|id| ids.as_ref().is_none_or(|ids| ids.contains(id)))
+                .collect();
+            let count = journal.replay(Some(chosen.clone()))?;
+            self.replayer.replay(chosen);
+            Ok::<_, Error>(count)
+        })
+        .map_err(PyErr::from)
+    }
+
+    /// A completion event was handled (or given up on: then it comes again at the next start
+    /// when `done` is false).
+    fn completed(&self, py: Python<'_>, event: &Completed, done: bool) -> PyResult<()> {
+        let level = level(event.level)?;
+        py.detach(|| {
+            if let (true, Some(journal)) = (done, self.inner.journal()) {
+                journal.completed(level, event.uid.clone(), event.last_received)?;
+            }
+            lock(&self.events).completion_done(level, &event.uid);
+            Ok::<_, Error>(())
+        })
+        .map_err(PyErr::from)
     }
 
     /// Stop accepting, give open associations `timeout` seconds to finish, abort the rest.
@@ -268,6 +364,8 @@ impl Server {
 #[pyclass(frozen, get_all, module = "dicom_inlet._core")]
 struct StoredInstance {
     path: PathBuf,
+    held: Option<PathBuf>,
+    journal_id: Option<i64>,
     sop_class_uid: String,
     sop_instance_uid: String,
     transfer_syntax_uid: String,
@@ -278,10 +376,12 @@ struct StoredInstance {
     bytes: u64,
 }
 
-impl From<server::StoredInstance> for StoredInstance {
-    fn from(s: server::StoredInstance) -> Self {
+impl From<events::StoredInstance> for StoredInstance {
+    fn from(s: events::StoredInstance) -> Self {
         StoredInstance {
             path: s.path,
+            held: s.held,
+            journal_id: s.journal_id,
             sop_class_uid: s.sop_class_uid,
             sop_instance_uid: s.sop_instance_uid,
             transfer_syntax_uid: s.transfer_syntax_uid,
@@ -309,10 +409,11 @@ struct AssociationRecord {
     outcome: &'static str,
     detail: Option<String>,
     user_identity: Option<String>,
+    studies: Vec<String>,
 }
 
-impl From<server::AssociationRecord> for AssociationRecord {
-    fn from(r: server::AssociationRecord) -> Self {
+impl From<events::AssociationRecord> for AssociationRecord {
+    fn from(r: events::AssociationRecord) -> Self {
         AssociationRecord {
             peer_host: r.peer.ip().to_string(),
             peer_port: r.peer.port(),
@@ -326,6 +427,7 @@ impl From<server::AssociationRecord> for AssociationRecord {
             outcome: r.outcome.as_str(),
             detail: r.detail,
             user_identity: r.user_identity,
+            studies: r.studies,
         }
     }
 }
@@ -343,8 +445,8 @@ struct FailedStore {
     error_comment: String,
 }
 
-impl From<server::FailedStore> for FailedStore {
-    fn from(f: server::FailedStore) -> Self {
+impl From<events::FailedStore> for FailedStore {
+    fn from(f: events::FailedStore) -> Self {
         FailedStore {
             peer_host: f.peer.ip().to_string(),
             peer_port: f.peer.port(),
@@ -354,6 +456,52 @@ impl From<server::FailedStore> for FailedStore {
             sop_instance_uid: f.sop_instance_uid,
             status: f.status,
             error_comment: f.error_comment,
+        }
+    }
+}
+
+/// A study or series quiet for the study timeout (or released), with its instances:
+/// (Series Instance UID, SOP Instance UID, SOP Class UID, Modality, path) each.
+#[pyclass(frozen, get_all, module = "dicom_inlet._core")]
+struct Completed {
+    level: &'static str,
+    uid: String,
+    study_instance_uid: String,
+    patient_id: String,
+    revision: u32,
+    last_received: f64,
+    members: Vec<(String, String, String, String, PathBuf)>,
+}
+
+impl From<events::Completed> for Completed {
+    fn from(c: events::Completed) -> Self {
+        Completed {
+            level: c.level.as_str(),
+            uid: c.uid,
+            study_instance_uid: c.study_instance_uid,
+            patient_id: c.patient_id,
+            revision: c.revision,
+            last_received: c.last_received,
+            members: c
+                .members
+                .into_iter()
+                .map(|m| {
+                    let events::Member {
+                        series_instance_uid,
+                        sop_instance_uid,
+                        sop_class_uid,
+                        modality,
+                        path,
+                    } = m;
+                    (
+                        series_instance_uid,
+                        sop_instance_uid,
+                        sop_class_uid,
+                        modality,
+                        path,
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -375,12 +523,14 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ServerStats>()?;
     m.add_class::<FailedStore>()?;
     m.add_class::<identity::UserIdentityRequest>()?;
+    m.add_class::<Completed>()?;
     m.add("TRANSFER_SYNTAXES", transfer_syntax::SUPPORTED.to_vec())?;
     m.add("IMPLEMENTATION_CLASS_UID", IMPLEMENTATION_CLASS_UID)?;
     m.add("IMPLEMENTATION_VERSION_NAME", IMPLEMENTATION_VERSION_NAME)?;
     storage_scu::register(m)?;
     handlers::register(m)?;
     requestor::register(m)?;
+    journal_index::register(m)?;
     bench::register(m)?;
     Ok(())
 }
@@ -1010,6 +1160,184 @@ mod requestor {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The journal read as an index of what has arrived, without a running server.
+mod journal_index {
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use pyo3::prelude::*;
+
+    use super::lock;
+    use crate::journal::{self, Index};
+
+    /// One study in the journal.
+    #[pyclass(frozen, get_all, module = "dicom_inlet._core")]
+    struct StudySummary {
+        study_instance_uid: String,
+        patient_id: Option<String>,
+        accession_number: Option<String>,
+        study_date: Option<String>,
+        modalities: String,
+        series: i64,
+        instances: i64,
+        last_received: f64,
+        pending: i64,
+        failed: i64,
+        events: i64,
+    }
+
+    /// One series in the journal.
+    #[pyclass(frozen, get_all, module = "dicom_inlet._core")]
+    struct SeriesSummary {
+        series_instance_uid: String,
+        study_instance_uid: String,
+        modality: Option<String>,
+        instances: i64,
+        last_received: f64,
+        pending: i64,
+        failed: i64,
+    }
+
+    /// One journal row: an acknowledged instance and its delivery state.
+    #[pyclass(frozen, get_all, module = "dicom_inlet._core")]
+    struct JournalEntry {
+        id: i64,
+        received: f64,
+        sop_class_uid: String,
+        sop_instance_uid: String,
+        patient_id: Option<String>,
+        study_instance_uid: Option<String>,
+        series_instance_uid: Option<String>,
+        transfer_syntax_uid: String,
+        path: PathBuf,
+        held: Option<PathBuf>,
+        bytes: u64,
+        calling_ae: String,
+        called_ae: String,
+        peer: String,
+        state: &'static str,
+        attempts: i64,
+        error: Option<String>,
+    }
+
+    /// The journal of a data_dir, opened for reading (and replaying failed deliveries).
+    #[pyclass(frozen, module = "dicom_inlet._core")]
+    struct Journal {
+        index: Mutex<Index>,
+    }
+
+    #[pymethods]
+    impl Journal {
+        #[new]
+        fn new(py: Python<'_>, data_dir: PathBuf) -> PyResult<Journal> {
+            let index = py.detach(|| Index::open(&data_dir))?;
+            Ok(Journal {
+                index: Mutex::new(index),
+            })
+        }
+
+        /// Every study, oldest first.
+        fn studies(&self, py: Python<'_>) -> PyResult<Vec<StudySummary>> {
+            let studies = py.detach(|| lock(&self.index).studies())?;
+            Ok(studies
+                .into_iter()
+                .map(|s| StudySummary {
+                    study_instance_uid: s.study_instance_uid,
+                    patient_id: s.patient_id,
+                    accession_number: s.accession_number,
+                    study_date: s.study_date,
+                    modalities: s.modalities,
+                    series: s.series,
+                    instances: s.instances,
+                    last_received: s.last_received,
+                    pending: s.pending,
+                    failed: s.failed,
+                    events: s.events,
+                })
+                .collect())
+        }
+
+        /// The series of one study, or of all.
+        #[pyo3(signature = (study_instance_uid=None))]
+        fn series(
+            &self,
+            py: Python<'_>,
+            study_instance_uid: Option<String>,
+        ) -> PyResult<Vec<SeriesSummary>> {
+            let series = py.detach(|| lock(&self.index).series(study_instance_uid.as_deref()))?;
+            Ok(series
+                .into_iter()
+                .map(|s| SeriesSummary {
+                    series_instance_uid: s.series_instance_uid,
+                    study_instance_uid: s.study_instance_uid,
+                    modality: s.modality,
+                    instances: s.instances,
+                    last_received: s.last_received,
+                    pending: s.pending,
+                    failed: s.failed,
+                })
+                .collect())
+        }
+
+        /// Rows in arrival order, filtered by study, series and state.
+        #[pyo3(signature = (study_instance_uid=None, series_instance_uid=None, state=None))]
+        fn instances(
+            &self,
+            py: Python<'_>,
+            study_instance_uid: Option<String>,
+            series_instance_uid: Option<String>,
+            state: Option<String>,
+        ) -> PyResult<Vec<JournalEntry>> {
+            let rows = py.detach(|| {
+                lock(&self.index).instances(
+                    study_instance_uid.as_deref(),
+                    series_instance_uid.as_deref(),
+                    state.as_deref(),
+                )
+            })?;
+            Ok(rows.into_iter().map(entry).collect())
+        }
+
+        /// Failed deliveries (these ids, or all) back to pending for the next start.
+        #[pyo3(signature = (ids=None))]
+        fn replay(&self, py: Python<'_>, ids: Option<Vec<i64>>) -> PyResult<i64> {
+            Ok(py.detach(|| lock(&self.index).replay(ids.as_deref()))?)
+        }
+    }
+
+    fn entry(e: journal::InstanceEntry) -> JournalEntry {
+        JournalEntry {
+            id: e.id,
+            received: e.received,
+            sop_class_uid: e.sop_class_uid,
+            sop_instance_uid: e.sop_instance_uid,
+            patient_id: e.patient_id,
+            study_instance_uid: e.study_instance_uid,
+            series_instance_uid: e.series_instance_uid,
+            transfer_syntax_uid: e.transfer_syntax_uid,
+            path: e.path,
+            held: e.held,
+            bytes: e.bytes,
+            calling_ae: e.calling_ae,
+            called_ae: e.called_ae,
+            peer: e.peer,
+            state: e.state,
+            attempts: e.attempts,
+            error: e.error,
+        }
+    }
+
+    pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add_class::<Journal>()?;
+        m.add_class::<StudySummary>()?;
+        m.add_class::<SeriesSummary>()?;
+        m.add_class::<JournalEntry>()?;
+        m.add("JOURNAL_VERSION", journal::VERSION)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Benchmark entry points for benches/test_bench_core.py: thin wrappers over the core functions
 // the receive path runs, so each can be timed alone. Not API (leading underscore).
 mod bench {
@@ -1022,7 +1350,7 @@ mod bench {
     use crate::layout::{self, SortKey};
     use crate::pdu;
     use crate::scan::{Encoding, Scanner, SortAttributes};
-    use crate::store::Storage;
+    use crate::store::{Duplicates, Placed, Storage};
 
     fn bad_input(what: impl std::fmt::Display) -> Error {
         Error::InvalidConfig(format!("benchmark input: {what}"))
@@ -1109,9 +1437,12 @@ mod bench {
                 let relative =
                     layout::relative_path(SortKey::Patient, &attrs, sop_instance.as_bytes())
                         .map_err(bad_input)?;
-                path = storage
-                    .publish(spool, &relative)
+                let placed = storage
+                    .publish(spool, &relative, Duplicates::Replace, None)
                     .map_err(Error::io("publish"))?;
+                if let Placed::Stored(stored) = placed {
+                    path = stored;
+                }
             }
             Ok::<_, Error>(path)
         })

@@ -1,5 +1,5 @@
-//! The listener: one OS thread per association, an association limit, graceful shutdown, and
-//! the bounded channel that carries events to the Python side.
+//! The listener: one OS thread per association, an association limit, graceful shutdown, the
+//! journal, and the queue that carries events to the Python side.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -8,7 +8,6 @@ use std::net::{
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -16,8 +15,10 @@ use std::time::{Duration, Instant};
 use crate::association::AcceptorPolicy;
 use crate::connection;
 use crate::error::{Error, Result};
+use crate::events::EventQueue;
+use crate::journal::{Feed, Journal, Timers};
 use crate::layout::SortKey;
-use crate::store::Storage;
+use crate::store::{Duplicates, Storage};
 use crate::verdict::{HandlerConfig, Request, Verdicts};
 
 /// Connections beyond the association limit that still get a proper A-ASSOCIATE-RJ;
@@ -54,6 +55,12 @@ pub struct ServerConfig {
     /// A user handler decides each instance's status (None: every valid instance is stored
     /// and answered with success, nothing waits on Python).
     pub handler: Option<HandlerConfig>,
+    /// Record every acknowledged instance in the journal before answering.
+    pub journal: bool,
+    /// What to do with an instance whose file exists already.
+    pub duplicates: Duplicates,
+    /// Study/series completion events (the journal must be on).
+    pub timers: Option<Timers>,
 }
 
 /// The TLS configuration and where it is served.
@@ -62,82 +69,6 @@ pub struct TlsService {
     pub config: Arc<rustls::ServerConfig>,
     /// A second port, for TLS beside plain TCP on `port`; None serves TLS alone, on `port`.
     pub port: Option<u16>,
-}
-
-/// One instance written under `data_dir`.
-#[derive(Debug, Clone)]
-pub struct StoredInstance {
-    pub path: PathBuf,
-    pub sop_class_uid: String,
-    pub sop_instance_uid: String,
-    pub transfer_syntax_uid: String,
-    pub calling_ae: String,
-    pub called_ae: String,
-    pub peer: SocketAddr,
-    /// Data set bytes received (file meta excluded).
-    pub bytes: u64,
-}
-
-/// One C-STORE answered with a failure status (PS3.4 §B.2.3), nothing stored.
-#[derive(Debug, Clone)]
-pub struct FailedStore {
-    pub sop_class_uid: String,
-    pub sop_instance_uid: String,
-    pub calling_ae: String,
-    pub called_ae: String,
-    pub peer: SocketAddr,
-    pub status: u16,
-    pub error_comment: String,
-}
-
-/// How an association ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Released,
-    Rejected,
-    AbortedByPeer,
-    /// We aborted: a protocol error, a timeout, or shutdown.
-    Aborted,
-    /// The connection dropped without release or abort.
-    Closed,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Released => "released",
-            Outcome::Rejected => "rejected",
-            Outcome::AbortedByPeer => "aborted by peer",
-            Outcome::Aborted => "aborted",
-            Outcome::Closed => "connection closed",
-        }
-    }
-}
-
-/// Summary of one association, reported when it ends.
-#[derive(Debug, Clone)]
-pub struct AssociationRecord {
-    pub peer: SocketAddr,
-    pub calling_ae: String,
-    pub called_ae: String,
-    pub instances: u64,
-    pub failures: u64,
-    /// C-ECHO requests answered.
-    pub echoes: u64,
-    pub bytes: u64,
-    pub duration: Duration,
-    pub outcome: Outcome,
-    /// Why we rejected or aborted, when we did.
-    pub detail: Option<String>,
-    /// The user identity the requestor presented, in words (PS3.7 §D.3.3.7).
-    pub user_identity: Option<String>,
-}
-
-#[derive(Debug)]
-pub enum Event {
-    Stored(StoredInstance),
-    AssociationEnded(AssociationRecord),
-    StoreFailed(FailedStore),
 }
 
 /// Every open connection, so shutdown can wake them, and how many of them are only being
@@ -183,6 +114,7 @@ pub struct StatsSnapshot {
 pub(crate) struct Shared {
     pub config: ServerConfig,
     pub storage: Storage,
+    pub journal: Option<Arc<Journal>>,
     pub shutting_down: AtomicBool,
     /// Shutdown grace ended early (a second Ctrl-C): abort what is still open now.
     cut_short: AtomicBool,
@@ -202,6 +134,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub struct Server {
     shared: Arc<Shared>,
+    events: Arc<EventQueue>,
     local_addr: SocketAddr,
     listener: Mutex<Option<JoinHandle<()>>>,
     /// The second listener, TLS beside plain TCP: its address and thread.
@@ -221,8 +154,9 @@ fn bind(host: &str, port: u16) -> Result<TcpListener> {
 }
 
 impl Server {
-    /// Bind, open the storage, and start accepting associations.
-    pub fn start(config: ServerConfig) -> Result<(Server, Receiver<Event>)> {
+    /// Bind, open the storage and the journal, and start accepting associations. The feed
+    /// gives the events, the journal's undelivered instances first.
+    pub fn start(config: ServerConfig) -> Result<(Server, Feed)> {
         if config.max_associations == 0 {
             return Err(Error::InvalidConfig(
                 "max_associations must be at least 1".into(),
@@ -244,12 +178,14 @@ impl Server {
         };
         // Only once the ports are ours: a failed bind leaves no data_dir behind.
         let storage = open_storage(&config.data_dir, config.durable)?;
-        let (events, receiver) = sync_channel(config.event_queue.max(1));
+        let events = Arc::new(EventQueue::new(config.event_queue));
+        let (journal, feed) = open_journal(&config, storage.root(), &events)?;
         let verdicts = config.handler.map(Verdicts::new);
         let shared = Arc::new(Shared {
             verdicts,
             config,
             storage,
+            journal,
             shutting_down: AtomicBool::new(false),
             cut_short: AtomicBool::new(false),
             active: Mutex::new(Open::default()),
@@ -277,11 +213,12 @@ impl Server {
         Ok((
             Server {
                 shared,
+                events: Arc::clone(&events),
                 local_addr,
                 listener: Mutex::new(Some(handle)),
                 tls_listener: Mutex::new(tls_listener),
             },
-            receiver,
+            feed,
         ))
     }
 
@@ -296,6 +233,11 @@ impl Server {
 
     pub fn storage_root(&self) -> &std::path::Path {
         self.shared.storage.root()
+    }
+
+    /// The journal, when it is on.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.shared.journal.as_ref()
     }
 
     /// Associations open now and the running totals.
@@ -360,6 +302,7 @@ impl Server {
         if let Some(verdicts) = &self.shared.verdicts {
             verdicts.close();
         }
+        self.events.end();
     }
 
     /// End the grace of a shutdown under way, or of the next one: associations still open are
@@ -390,6 +333,33 @@ fn open_storage(data_dir: &Path, durable: bool) -> Result<Storage> {
     Storage::open(data_dir, durable).map_err(Error::io(context))
 }
 
+/// The journal (unless turned off) and the feed that reads it with the event queue. The feed
+/// is made before the first association, so rows of earlier runs and events of this one
+/// never overlap.
+fn open_journal(
+    config: &ServerConfig,
+    root: &std::path::Path,
+    events: &Arc<EventQueue>,
+) -> Result<(Option<Arc<Journal>>, Feed)> {
+    if !config.journal {
+        if config.timers.is_some() {
+            return Err(Error::InvalidConfig(
+                "study and series events need the journal".into(),
+            ));
+        }
+        return Ok((None, Feed::new(Arc::clone(events), None, false, None)?));
+    }
+    let notify = config.timers.as_ref().map(|_| Arc::clone(events));
+    let journal = Journal::open(root, config.durable, notify)?;
+    let feed = Feed::new(
+        Arc::clone(events),
+        Some(journal.index()?),
+        config.emit_stored,
+        config.timers.clone(),
+    )?;
+    Ok((Some(Arc::new(journal)), feed))
+}
+
 fn wake_address(bound: SocketAddr) -> SocketAddr {
     let ip = match bound.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -402,11 +372,11 @@ fn wake_address(bound: SocketAddr) -> SocketAddr {
 fn spawn_listener(
     listener: TcpListener,
     shared: &Arc<Shared>,
-    events: &SyncSender<Event>,
+    events: &Arc<EventQueue>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<JoinHandle<()>> {
     let shared = Arc::clone(shared);
-    let events = events.clone();
+    let events = Arc::clone(events);
     thread::Builder::new()
         .name("dicom-inlet-listener".into())
         .spawn(move || accept_loop(&listener, &shared, &events, tls.as_ref()))
@@ -416,7 +386,7 @@ fn spawn_listener(
 fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
-    events: &SyncSender<Event>,
+    events: &Arc<EventQueue>,
     tls: Option<&Arc<rustls::ServerConfig>>,
 ) {
     let next_id = AtomicU64::new(0);
@@ -448,7 +418,7 @@ fn accept_loop(
             over
         };
         let worker_shared = Arc::clone(shared);
-        let worker_events = events.clone();
+        let worker_events = Arc::clone(events);
         let worker_tls = tls.cloned();
         let spawned = thread::Builder::new()
             .name("dicom-inlet-association".into())

@@ -31,6 +31,51 @@ fn spool_prefix() -> &'static str {
     })
 }
 
+/// Copies of one instance kept at most under `Duplicates::KeepBoth`.
+const MAX_COPIES: u32 = 1000;
+
+/// What to do with an instance whose file exists already (same SOP Instance UID, same place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duplicates {
+    /// The new instance replaces the file (pacsanini's behaviour).
+    Replace,
+    /// The first stays; the new one is acknowledged and dropped.
+    KeepFirst,
+    /// The new one is refused with a failure status.
+    Reject,
+    /// Both stay: the new one as `UID~2.dcm`, `UID~3.dcm`…
+    KeepBoth,
+}
+
+impl Duplicates {
+    pub fn parse(name: &str) -> Option<Duplicates> {
+        match name.to_ascii_lowercase().replace('_', "-").as_str() {
+            "replace" => Some(Duplicates::Replace),
+            "keep-first" => Some(Duplicates::KeepFirst),
+            "reject" => Some(Duplicates::Reject),
+            "keep-both" => Some(Duplicates::KeepBoth),
+            _ => None,
+        }
+    }
+}
+
+/// Where a published instance went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed {
+    /// Stored at this path.
+    Stored(PathBuf),
+    /// An earlier instance at this path was kept; the new one dropped.
+    Kept(PathBuf),
+    /// A file was there already and duplicates are refused.
+    Refused,
+}
+
+/// `dir/name.dcm` → `dir/name~N.dcm`.
+fn numbered(target: &Path, copy: u32) -> PathBuf {
+    let stem = target.file_stem().unwrap_or_default().to_string_lossy();
+    target.with_file_name(format!("{stem}~{copy}.dcm"))
+}
+
 /// The storage root and its spool directory.
 #[derive(Debug)]
 pub struct Storage {
@@ -85,14 +130,23 @@ impl Storage {
         })
     }
 
-    /// Move a complete spool file to `relative` under the root, replacing an earlier instance
-    /// atomically. Returns the final path.
-    pub fn publish(&self, mut spool: Spool, relative: &Path) -> io::Result<PathBuf> {
+    /// Move a complete spool file to `relative` under the root, as `duplicates` says when
+    /// a file is there already. With `hold`, the complete file is also linked there first,
+    /// before it becomes visible, so the caller keeps exactly this version whatever later
+    /// replaces it; the link is removed again unless the instance is stored.
+    pub fn publish(
+        &self,
+        mut spool: Spool,
+        relative: &Path,
+        duplicates: Duplicates,
+        hold: Option<&Path>,
+    ) -> io::Result<Placed> {
         // Layout components are sanitised already; this guards the invariant at the last step.
         let contained = relative
             .components()
             .all(|c| matches!(c, Component::Normal(_)))
-            && !relative.starts_with(INCOMING_DIR);
+            && !relative.starts_with(INCOMING_DIR)
+            && !relative.starts_with(crate::journal::JOURNAL_DIR);
         if !contained {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -105,22 +159,64 @@ impl Storage {
             file.sync_all()?;
         }
         drop(file);
-        let dir = target.parent().unwrap_or(&self.root);
-        // Most instances go to a folder that exists already (same series as the one before):
-        // try the rename first and create folders only when it says they are missing. An
-        // existing folder needs no new directory sync either.
-        if let Err(e) = fs::rename(&spool.path, &target) {
-            if e.kind() != io::ErrorKind::NotFound {
-                return Err(e);
+        if let Some(hold) = hold {
+            fs::hard_link(&spool.path, hold)?;
+        }
+        let placed = self.place(&mut spool, target, duplicates);
+        if let (Some(hold), Ok(Placed::Kept(_) | Placed::Refused) | Err(_)) = (hold, &placed) {
+            let _ = fs::remove_file(hold);
+        }
+        placed
+    }
+
+    /// Put the spool file at `target` (or beside it, keeping both), creating folders only
+    /// when the first try says they are missing: most instances go to a folder that exists
+    /// already (same series as the one before), which needs no new directory sync either.
+    fn place(
+        &self,
+        spool: &mut Spool,
+        target: PathBuf,
+        duplicates: Duplicates,
+    ) -> io::Result<Placed> {
+        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+        let retry = |op: &dyn Fn() -> io::Result<()>| match op() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.create_dirs(&dir)?;
+                op()
             }
-            self.create_dirs(dir)?;
-            fs::rename(&spool.path, &target)?;
-        }
-        spool.path = PathBuf::new();
+            other => other,
+        };
+        let placed = if duplicates == Duplicates::Replace {
+            // rename() replaces an earlier file atomically.
+            retry(&|| fs::rename(&spool.path, &target))?;
+            spool.path = PathBuf::new();
+            Placed::Stored(target)
+        } else {
+            // link() never replaces: it fails when the name exists, atomically, so two
+            // associations storing the same instance at once cannot both see it free. The
+            // spool name is removed when `spool` drops.
+            let mut candidate = target.clone();
+            let mut copy = 1;
+            loop {
+                match retry(&|| fs::hard_link(&spool.path, &candidate)) {
+                    Ok(()) => break Placed::Stored(candidate),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match duplicates {
+                        Duplicates::KeepFirst => return Ok(Placed::Kept(target)),
+                        Duplicates::Reject => return Ok(Placed::Refused),
+                        _ if copy >= MAX_COPIES => return Err(e),
+                        _ => {
+                            copy += 1;
+                            candidate = numbered(&target, copy);
+                        }
+                    },
+                    Err(e) => return Err(e),
+                }
+            }
+        };
         if self.durable {
-            sync_dir(dir)?;
+            sync_dir(&dir)?;
         }
-        Ok(target)
+        Ok(placed)
     }
 
     /// Create `dir` and its missing parents under the root. With durability on, each new
@@ -194,6 +290,12 @@ pub struct Spool {
 }
 
 impl Spool {
+    /// A name unique to this spool file across runs, for what the caller keeps of it.
+    pub fn name(&self) -> String {
+        let name = self.path.file_stem().unwrap_or_default().to_string_lossy();
+        format!("{name}.dcm")
+    }
+
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
         match &mut self.writer {
             Some(writer) => writer.write(data),
@@ -244,6 +346,15 @@ mod tests {
         dir
     }
 
+    const REPLACE: Duplicates = Duplicates::Replace;
+
+    fn stored(placed: io::Result<Placed>) -> PathBuf {
+        match placed.unwrap() {
+            Placed::Stored(path) => path,
+            other => panic!("not stored: {other:?}"),
+        }
+    }
+
     fn meta() -> FileMeta<'static> {
         FileMeta {
             sop_class_uid: "1.2.840.10008.5.1.4.1.1.7",
@@ -260,7 +371,7 @@ mod tests {
         for body in [b"first".as_slice(), b"second"] {
             let mut spool = storage.spool(&meta()).unwrap();
             spool.write(body).unwrap();
-            let path = storage.publish(spool, Path::new("a/b/1.2.3.dcm")).unwrap();
+            let path = stored(storage.publish(spool, Path::new("a/b/1.2.3.dcm"), REPLACE, None));
             assert!(fs::read(&path).unwrap().ends_with(body));
         }
         assert_eq!(fs::read_dir(root.join(INCOMING_DIR)).unwrap().count(), 0);
@@ -281,7 +392,7 @@ mod tests {
             spool.write(&part).unwrap();
             body.extend_from_slice(&part);
         }
-        let path = storage.publish(spool, Path::new("w.dcm")).unwrap();
+        let path = stored(storage.publish(spool, Path::new("w.dcm"), REPLACE, None));
         let mut header = Vec::new();
         meta().encode(&mut header);
         assert_eq!(fs::read(&path).unwrap(), [header, body].concat());
@@ -309,8 +420,8 @@ mod tests {
         let second = Storage::open(&root, false).unwrap();
         let mut b = second.spool(&meta()).unwrap();
         b.write(b"second").unwrap();
-        let a = first.publish(a, Path::new("a.dcm")).unwrap();
-        let b = second.publish(b, Path::new("b.dcm")).unwrap();
+        let a = stored(first.publish(a, Path::new("a.dcm"), REPLACE, None));
+        let b = stored(second.publish(b, Path::new("b.dcm"), REPLACE, None));
         assert!(fs::read(a).unwrap().ends_with(b"first storage"));
         assert!(fs::read(b).unwrap().ends_with(b"second"));
         fs::remove_dir_all(&root).unwrap();
@@ -330,11 +441,61 @@ mod tests {
     fn escaping_paths_are_refused() {
         let root = temp_root("escape");
         let storage = Storage::open(&root, false).unwrap();
-        for bad in ["../x.dcm", "/tmp/x.dcm", ".incoming/x.dcm"] {
+        for bad in [
+            "../x.dcm",
+            "/tmp/x.dcm",
+            ".incoming/x.dcm",
+            ".journal/x.dcm",
+        ] {
             let spool = storage.spool(&meta()).unwrap();
-            assert!(storage.publish(spool, Path::new(bad)).is_err(), "{bad}");
+            let published = storage.publish(spool, Path::new(bad), REPLACE, None);
+            assert!(published.is_err(), "{bad}");
         }
         assert_eq!(fs::read_dir(root.join(INCOMING_DIR)).unwrap().count(), 0);
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn duplicate_policies() {
+        let root = temp_root("duplicates");
+        let storage = Storage::open(&root, true).unwrap();
+        let held = root.join("held");
+        fs::create_dir_all(&held).unwrap();
+        let publish = |body: &[u8], policy, hold: Option<&Path>| {
+            let mut spool = storage.spool(&meta()).unwrap();
+            spool.write(body).unwrap();
+            storage.publish(spool, Path::new("s/1.2.3.dcm"), policy, hold)
+        };
+        let first = stored(publish(b"first", Duplicates::KeepFirst, None));
+        let kept = publish(b"second", Duplicates::KeepFirst, Some(&held.join("k")));
+        assert_eq!(kept.unwrap(), Placed::Kept(first.clone()));
+        let refused = publish(b"third", Duplicates::Reject, Some(&held.join("r")));
+        assert_eq!(refused.unwrap(), Placed::Refused);
+        assert!(fs::read(&first).unwrap().ends_with(b"first"));
+        let both = stored(publish(b"fourth", Duplicates::KeepBoth, None));
+        assert_eq!(both, root.join("s/1.2.3~2.dcm"));
+        assert!(fs::read(&both).unwrap().ends_with(b"fourth"));
+        // A held version outlives its replacement; dropped ones leave no link.
+        let hold = held.join("h.dcm");
+        stored(publish(b"fifth", REPLACE, Some(&hold)));
+        stored(publish(b"sixth", REPLACE, None));
+        assert!(fs::read(&hold).unwrap().ends_with(b"fifth"));
+        assert!(fs::read(&first).unwrap().ends_with(b"sixth"));
+        assert_eq!(fs::read_dir(&held).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(root.join(INCOMING_DIR)).unwrap().count(), 0);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn duplicate_policy_names() {
+        for (name, policy) in [
+            ("replace", Duplicates::Replace),
+            ("keep-first", Duplicates::KeepFirst),
+            ("KEEP_BOTH", Duplicates::KeepBoth),
+            ("reject", Duplicates::Reject),
+        ] {
+            assert_eq!(Duplicates::parse(name), Some(policy));
+        }
+        assert_eq!(Duplicates::parse("newest"), None);
     }
 }

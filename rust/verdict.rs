@@ -70,6 +70,15 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// Success, dicom-inlet keeping the file: the answer when no handler is configured.
+    pub fn success() -> Verdict {
+        Verdict {
+            status: status::SUCCESS,
+            error_comment: None,
+            keep: true,
+        }
+    }
+
     pub fn failure(status: u16, comment: impl Into<String>) -> Verdict {
         Verdict {
             status,
@@ -217,12 +226,12 @@ impl Verdicts {
     /// says: before (a verdict that does not publish drops the spool, so no file is left) or
     /// after (the verdict changes only the answer). `instance` describes it for the handler,
     /// given the file to read. Returns the verdict to answer and the stored path, if any.
-    pub fn around_publish(
+    pub fn around_publish<P: AsRef<Path>>(
         &self,
         mut spool: Spool,
         instance: impl FnOnce(&Path) -> Instance,
-        place: impl FnOnce(Spool) -> Result<PathBuf, Failure>,
-    ) -> (Verdict, Option<PathBuf>) {
+        place: impl FnOnce(Spool) -> Result<P, Failure>,
+    ) -> (Verdict, Option<P>) {
         let failed = |(status, comment): Failure| (Verdict::failure(status, comment), None);
         match self.config.stage {
             Stage::BeforePublish => {
@@ -240,7 +249,7 @@ impl Verdicts {
                 }
             }
             Stage::AfterPublish => match place(spool) {
-                Ok(stored) => (self.ask(instance(&stored)), Some(stored)),
+                Ok(stored) => (self.ask(instance(stored.as_ref())), Some(stored)),
                 Err(failure) => failed(failure),
             },
         }

@@ -26,12 +26,29 @@ class ServerProcess:
 
     ``fsize_limit``: a per-process file size limit (RLIMIT_FSIZE, bytes) with SIGXFSZ
     ignored, so writes past it fail with EFBIG instead of killing the process.
+    ``callback_log``: a callback appends each instance's SOP Instance UID to this file (one
+    line, flushed), taking ``callback_delay`` seconds first. ``study_log``: a study callback
+    appends ``StudyInstanceUID revision instances`` for each study event.
     """
 
     def __init__(
-        self, data_dir: str | os.PathLike[str], *, fsize_limit: int | None = None, **options: Any
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        fsize_limit: int | None = None,
+        callback_log: str | os.PathLike[str] | None = None,
+        callback_delay: float = 0.0,
+        study_log: str | os.PathLike[str] | None = None,
+        **options: Any,
     ) -> None:
-        config = {"data_dir": os.fspath(data_dir), "fsize_limit": fsize_limit, "options": options}
+        config = {
+            "data_dir": os.fspath(data_dir),
+            "fsize_limit": fsize_limit,
+            "callback_log": None if callback_log is None else os.fspath(callback_log),
+            "callback_delay": callback_delay,
+            "study_log": None if study_log is None else os.fspath(study_log),
+            "options": options,
+        }
         self.process = subprocess.Popen(
             [sys.executable, __file__, json.dumps(config)],
             stdin=subprocess.PIPE,
@@ -87,10 +104,31 @@ def _child(config: dict[str, Any]) -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
         resource.setrlimit(resource.RLIMIT_FSIZE, (config["fsize_limit"], hard))
+    import threading
+
     from dicom_inlet import StoreSCPServer
 
+    options = dict(config["options"])
+    if config["callback_log"] is not None:
+        log = open(config["callback_log"], "a", encoding="ascii")  # noqa: SIM115
+        slow = threading.Event()
+
+        def log_instance(ds: Any) -> None:
+            slow.wait(config["callback_delay"])  # a slow consumer, never set
+            log.write(f"{ds.SOPInstanceUID}\n")
+            log.flush()
+
+        options["callbacks"] = [log_instance]
+    if config["study_log"] is not None:
+        study_log = open(config["study_log"], "a", encoding="ascii")  # noqa: SIM115
+
+        def log_study(event: Any) -> None:
+            study_log.write(f"{event.study_instance_uid} {event.revision} {len(event.instances)}\n")
+            study_log.flush()
+
+        options["study_callbacks"] = [log_study]
     node = {"aetitle": SCP_AET, "port": 0, "ip": HOST}
-    server = StoreSCPServer(node, data_dir=config["data_dir"], **config["options"])
+    server = StoreSCPServer(node, data_dir=config["data_dir"], **options)
     server.run(block=False)
     print(server.port, flush=True)
     sys.stdin.read()

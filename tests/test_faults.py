@@ -361,7 +361,9 @@ def test_slow_and_raising_callbacks_hold_back_only_through_the_queue(
     def collect(ds: Dataset) -> None:
         seen.put(ds.SOPInstanceUID)
 
-    server = server_factory(callbacks=[slow, raising, collect], callback_queue_size=queue_size)
+    server = server_factory(
+        callbacks=[slow, raising, collect], callback_queue_size=queue_size, callback_retries=0
+    )
     sent = [instance_file(tmp_path) for _ in range(1 + (queue_size - 2) + (queue_size + 2))]
     first, within, beyond = sent[:1], sent[1 : queue_size - 1], sent[queue_size - 1 :]
     try:

@@ -12,18 +12,24 @@ from dicom_inlet.tls import ClientTLS
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
+    "JOURNAL_VERSION",
     "TRANSFER_SYNTAXES",
     "AssociationAborted",
     "AssociationError",
     "AssociationRecord",
     "AssociationRejected",
+    "Completed",
     "FailedStore",
+    "Journal",
+    "JournalEntry",
     "ScuAssociation",
     "SentInstance",
+    "SeriesSummary",
     "Server",
     "ServerStats",
     "StoreRequest",
     "StoredInstance",
+    "StudySummary",
     "UserIdentityRequest",
     "_bench_parse_pdata",
     "_bench_scan",
@@ -36,6 +42,7 @@ __all__ = [
 TRANSFER_SYNTAXES: list[str]
 IMPLEMENTATION_CLASS_UID: str
 IMPLEMENTATION_VERSION_NAME: str
+JOURNAL_VERSION: int
 
 # PyO3 classes cannot be subclassed.
 @final
@@ -44,6 +51,10 @@ class StoredInstance:
 
     @property
     def path(self) -> Path: ...
+    @property
+    def held(self) -> Path | None: ...
+    @property
+    def journal_id(self) -> int | None: ...
     @property
     def sop_class_uid(self) -> str: ...
     @property
@@ -89,6 +100,8 @@ class AssociationRecord:
     def detail(self) -> str | None: ...
     @property
     def user_identity(self) -> str | None: ...
+    @property
+    def studies(self) -> list[str]: ...
 
 @final
 class UserIdentityRequest:
@@ -125,6 +138,26 @@ class FailedStore:
     def status(self) -> int: ...
     @property
     def error_comment(self) -> str: ...
+
+@final
+class Completed:
+    """A study or series quiet for the study timeout (or released), with its instances:
+    (Series Instance UID, SOP Instance UID, SOP Class UID, Modality, path) each."""
+
+    @property
+    def level(self) -> str: ...
+    @property
+    def uid(self) -> str: ...
+    @property
+    def study_instance_uid(self) -> str: ...
+    @property
+    def patient_id(self) -> str: ...
+    @property
+    def revision(self) -> int: ...
+    @property
+    def last_received(self) -> float: ...
+    @property
+    def members(self) -> list[tuple[str, str, str, str, Path]]: ...
 
 @final
 class ServerStats:
@@ -172,6 +205,12 @@ class Server:
         require_user_identity: bool = False,
         handler_stage: str | None = None,
         handler_timeout: float | None = None,
+        journal: bool = True,
+        duplicates: str = "replace",
+        study_timeout: float | None = None,
+        study_events: bool = False,
+        series_events: bool = False,
+        events_on_release: bool = False,
     ) -> Self: ...
     @property
     def port(self) -> int: ...
@@ -184,8 +223,18 @@ class Server:
     def data_dir(self) -> Path: ...
     def stats(self) -> ServerStats:
         """Associations open now, and instances stored, refused and bytes received so far."""
-    def next_event(self) -> StoredInstance | AssociationRecord | FailedStore | None:
+    def next_event(
+        self,
+    ) -> StoredInstance | AssociationRecord | FailedStore | Completed | None:
         """Wait for the next event; None once shut down and drained."""
+    def delivered(self, journal_id: int) -> None:
+        """The callbacks of journal row ``journal_id`` returned: mark it delivered."""
+    def failed(self, journal_id: int, attempts: int, error: str) -> None:
+        """The callbacks of journal row ``journal_id`` kept failing: park it."""
+    def replay(self, ids: list[int] | None = None) -> int:
+        """Deliver failed instances again (these journal ids, or all); how many."""
+    def completed(self, event: Completed, done: bool) -> None:
+        """A completion event was handled (``done``) or given up on."""
     def shutdown(self, timeout: float) -> None:
         """Stop accepting, let open associations finish for ``timeout`` s, abort the rest."""
     def abort_associations(self) -> None:
@@ -223,6 +272,111 @@ class StoreRequest:
     def context_id(self) -> int: ...
     def answer(self, status: int, error_comment: str | None = None, keep: bool = True) -> bool:
         """Give the verdict; False when the association no longer waits for it."""
+
+# The journal as an index.
+@final
+class StudySummary:
+    """One study in the journal."""
+
+    @property
+    def study_instance_uid(self) -> str: ...
+    @property
+    def patient_id(self) -> str | None: ...
+    @property
+    def accession_number(self) -> str | None: ...
+    @property
+    def study_date(self) -> str | None: ...
+    @property
+    def modalities(self) -> str: ...
+    @property
+    def series(self) -> int: ...
+    @property
+    def instances(self) -> int: ...
+    @property
+    def last_received(self) -> float: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def events(self) -> int: ...
+
+@final
+class SeriesSummary:
+    """One series in the journal."""
+
+    @property
+    def series_instance_uid(self) -> str: ...
+    @property
+    def study_instance_uid(self) -> str: ...
+    @property
+    def modality(self) -> str | None: ...
+    @property
+    def instances(self) -> int: ...
+    @property
+    def last_received(self) -> float: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+
+@final
+class JournalEntry:
+    """One journal row: an acknowledged instance and its delivery state."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def received(self) -> float: ...
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def patient_id(self) -> str | None: ...
+    @property
+    def study_instance_uid(self) -> str | None: ...
+    @property
+    def series_instance_uid(self) -> str | None: ...
+    @property
+    def transfer_syntax_uid(self) -> str: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def held(self) -> Path | None: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def calling_ae(self) -> str: ...
+    @property
+    def called_ae(self) -> str: ...
+    @property
+    def peer(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...
+
+@final
+class Journal:
+    """The journal of a data_dir, opened for reading (and replaying failed deliveries)."""
+
+    def __new__(cls, data_dir: str | PathLike[str]) -> Self: ...
+    def studies(self) -> list[StudySummary]:
+        """Every study, oldest first."""
+    def series(self, study_instance_uid: str | None = None) -> list[SeriesSummary]:
+        """The series of one study, or of all."""
+    def instances(
+        self,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        state: str | None = None,
+    ) -> list[JournalEntry]:
+        """Rows in arrival order, filtered by study, series and state."""
+    def replay(self, ids: list[int] | None = None) -> int:
+        """Failed deliveries (these ids, or all) back to pending for the next start."""
 
 # The storage SCU.
 class AssociationError(ConnectionError):

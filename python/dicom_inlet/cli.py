@@ -1,10 +1,12 @@
-"""The ``dicom-inlet`` command line: ``serve`` (Storage SCP), ``send`` (storage SCU), ``echo``."""
+"""The ``dicom-inlet`` command line: ``serve`` (Storage SCP), ``send`` (storage SCU), ``echo``,
+and ``status``/``replay`` (the journal of a data_dir)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
+import shlex
 import signal
 import sys
 import threading
@@ -13,11 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePath
 from typing import Any, NoReturn
 
-from dicom_inlet import __version__, console
+from dicom_inlet import __version__, console, delivery
 from dicom_inlet.identity import UserIdentity, UsersFile
 from dicom_inlet.models import DEFAULT_AE_TITLE, DicomNode, StorageSortKey
 from dicom_inlet.scu import DEFAULT_CALLED_AET, InstanceResult, echo, files_in, send, status_text
-from dicom_inlet.server import StoreSCPServer
+from dicom_inlet.server import DEFAULT_STUDY_TIMEOUT, StoreSCPServer
 from dicom_inlet.tls import DEFAULT_TLS_PORT, ClientTLS, ServerTLS
 
 __all__ = ["main"]
@@ -239,6 +241,38 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds to wait for the handler's verdict before refusing with 0xA700 (default: 30)",
     )
+    serve.add_argument(
+        "--no-journal",
+        action="store_true",
+        help="do not record instances in DATA_DIR/.journal (no --on-study, no status)",
+    )
+    serve.add_argument(
+        "--duplicates",
+        choices=["replace", "keep-first", "reject", "keep-both"],
+        default="replace",
+        help="an instance whose file exists: replace it, keep the first, reject it "
+        "(0x0111), or keep both as UID~2.dcm (default: replace)",
+    )
+    serve.add_argument(
+        "--on-study",
+        metavar="CMD",
+        help="run CMD (split like a shell would, but never run by one) with the study "
+        "folder appended, once a study has been quiet for --study-timeout; its UIDs are in "
+        "DICOM_INLET_STUDY_UID, DICOM_INLET_PATIENT_ID, DICOM_INLET_REVISION",
+    )
+    serve.add_argument(
+        "--study-timeout",
+        type=_positive(float),
+        default=DEFAULT_STUDY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"quiet seconds before a study counts as complete (default: "
+        f"{DEFAULT_STUDY_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--on-release",
+        action="store_true",
+        help="also run --on-study for an association's studies as soon as it is released",
+    )
     serve.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")
     _add_serve_tls(serve)
     identity = serve.add_argument_group("user identity (PS3.7 D.3.3.7)")
@@ -316,6 +350,13 @@ def _serve(args: argparse.Namespace) -> int:
         handler=args.handler,
         handler_threads=args.handler_threads,
         handler_timeout=args.handler_timeout,
+        journal=not args.no_journal,
+        duplicates=args.duplicates,
+        study_callbacks=[delivery.run_command(shlex.split(args.on_study))]
+        if args.on_study
+        else None,
+        study_timeout=args.study_timeout,
+        events_on_release=args.on_release,
     )
     with console.server_status(server, enabled=sys.stderr.isatty() and not args.quiet):
         server.run(block=True)
@@ -587,6 +628,47 @@ def _users_add(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# status and replay: the journal of a data_dir
+
+
+def _add_journal_commands(commands: Any) -> None:
+    status = commands.add_parser(
+        "status",
+        help="list what a data_dir has received, from its journal",
+        description="Print the studies of DATA_DIR's journal as a table: series and "
+        "instances, last arrival, and deliveries pending or failed; with --failed, the "
+        "parked instances whose callbacks kept failing.",
+    )
+    status.add_argument("data_dir", metavar="DATA_DIR", help="the storage root")
+    status.add_argument(
+        "--failed", action="store_true", help="list parked instances and their last error"
+    )
+    status.set_defaults(run=_status)
+    replay = commands.add_parser(
+        "replay",
+        help="deliver parked instances again at the next start",
+        description="Set DATA_DIR's parked deliveries (all, or --id) back to pending: the "
+        "next 'serve' on DATA_DIR runs their callbacks again.",
+    )
+    replay.add_argument("data_dir", metavar="DATA_DIR", help="the storage root")
+    replay.add_argument(
+        "--id", dest="ids", type=int, action="append", metavar="N", help="only this journal id"
+    )
+    replay.set_defaults(run=_replay)
+
+
+def _status(args: argparse.Namespace) -> int:
+    print(delivery.status_table(args.data_dir, failed=args.failed))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    count = delivery.replay(args.data_dir, args.ids)
+    print(f"{count} parked instances pending again")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def _parser() -> tuple[_Parser, argparse.ArgumentParser]:
@@ -606,6 +688,7 @@ def _parser() -> tuple[_Parser, argparse.ArgumentParser]:
     _add_send(commands)
     _add_echo(commands)
     _add_users(commands)
+    _add_journal_commands(commands)
     return parser, serve
 
 

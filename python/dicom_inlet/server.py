@@ -18,6 +18,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from dicom_inlet import _core
+from dicom_inlet.delivery import Completion, Dispatcher, JournalEntry
 from dicom_inlet.handlers import Handler, HandlerPool, IncomingInstance, Verdict, verdict_of
 from dicom_inlet.identity import IdentityCheck, UserIdentity
 from dicom_inlet.models import DicomNode, StorageSortKey
@@ -28,12 +29,18 @@ from dicom_inlet.tls import ServerTLS
 if TYPE_CHECKING:
     from pydicom import Dataset
 
-__all__ = ["Callback", "StoreSCPServer", "run_server"]
+__all__ = ["Callback", "CompletionCallback", "StoreSCPServer", "run_server"]
 
 logger = logging.getLogger("dicom_inlet")
 
 #: A callback receives each stored instance as a pydicom Dataset.
 Callback: TypeAlias = "Callable[[Dataset], Any]"
+#: A study or series callback receives a :class:`~dicom_inlet.delivery.Completion`.
+CompletionCallback: TypeAlias = "Callable[[Completion], Any]"
+#: Quiet seconds before a study counts as complete: a modality pauses between series (a
+#: reconstruction, the next scan of the exam) for tens of seconds, so a shorter wait would
+#: mostly produce revisions; Orthanc's StableAge has the same default.
+DEFAULT_STUDY_TIMEOUT = 60.0
 
 
 class StoreSCPServer:
@@ -52,9 +59,12 @@ class StoreSCPServer:
             not supported (a value raises ``NotImplementedError``): record from a handler
             or callback, e.g. with :func:`dicom_inlet.convert.dcm2dict`.
         callbacks: Called with each stored instance, after its file is complete on disk,
-            on a dispatcher thread in arrival order, after the peer was answered. A raising
-            callback is logged on the ``dicom_inlet`` logger and the others still run. See
-            ``callbacks_before_response`` for pacsanini's order.
+            on a dispatcher thread in arrival order, after the peer was answered, at least
+            once (see ``journal``). A raising callback is logged on the ``dicom_inlet``
+            logger, the others still run, and it is retried (``callback_retries``) before
+            the instance is parked as failed. The Dataset is read from exactly the version
+            acknowledged, even if a later duplicate replaced the file; read what you need
+            during the call. See ``callbacks_before_response`` for pacsanini's order.
         handler: Decides each instance's C-STORE status before it is stored: called with an
             :class:`~dicom_inlet.handlers.IncomingInstance` (its ``dataset`` read lazily
             from the complete spool file) on a pool of handler threads; returns the status
@@ -95,7 +105,8 @@ class StoreSCPServer:
             SOP class of the current standard.
         transfer_syntaxes: Transfer Syntax UIDs to accept, in order of preference; default
             all supported ones, taking the first the peer proposes (no conversion needed).
-        durable: fsync each file and its directory before answering success.
+        durable: fsync each file and its directory (and the journal's commit) before
+            answering success.
         callback_queue_size: Stored instances waiting for callbacks before associations
             wait for the callbacks to catch up (back-pressure; nothing is dropped).
         shutdown_timeout: Seconds :meth:`shutdown` lets open associations finish before
@@ -115,6 +126,22 @@ class StoreSCPServer:
             :class:`~dicom_inlet.identity.UsersFile`. Without it identities are accepted
             and recorded in the association log line.
         require_user_identity: Reject associations that present no user identity.
+        journal: Record every acknowledged instance in ``data_dir/.journal/`` before
+            answering, so callbacks and study events survive a crash (delivered at the next
+            start); also the index behind ``dicom-inlet status``. False: callbacks are lost
+            with the process, and study events are not available.
+        duplicates: An instance whose file exists already: ``"replace"`` it (default),
+            ``"keep-first"`` (acknowledged, dropped), ``"reject"`` (status 0x0111 Duplicate
+            SOP Instance with an Error Comment) or ``"keep-both"`` (``UID~2.dcm``...).
+        study_callbacks: Called with a :class:`~dicom_inlet.delivery.Completion` once a
+            study has been quiet for ``study_timeout`` seconds; again, as a revision, if
+            more of it arrives later. At least once, after its instances' callbacks.
+        series_callbacks: The same per series.
+        study_timeout: Quiet seconds before a study (series) counts as complete.
+        events_on_release: Also fire the study (series) events of an association as soon
+            as it is released, for senders that send one study per association.
+        callback_retries: Retries of a raising callback before the instance is parked.
+        retry_backoff: Seconds before the first retry; doubled for each next one.
     """
 
     def __init__(
@@ -146,6 +173,14 @@ class StoreSCPServer:
         tls_port: int | None = None,
         user_identity: IdentityCheck | None = None,
         require_user_identity: bool = False,
+        journal: bool = True,
+        duplicates: str = "replace",
+        study_callbacks: Iterable[CompletionCallback] | None = None,
+        series_callbacks: Iterable[CompletionCallback] | None = None,
+        study_timeout: float = DEFAULT_STUDY_TIMEOUT,
+        events_on_release: bool = False,
+        callback_retries: int = 3,
+        retry_backoff: float = 1.0,
     ) -> None:
         if db_session is not None:
             if isinstance(db_session, (list, tuple)):
@@ -163,7 +198,9 @@ class StoreSCPServer:
         self.data_dir = os.path.abspath(os.fspath(data_dir) or os.getcwd())
         self.sort_by = StorageSortKey(sort_by.upper() if isinstance(sort_by, str) else sort_by)
         self.callbacks: list[Callback] = list(callbacks or [])
-        for callback in self.callbacks:
+        self.study_callbacks: list[CompletionCallback] = list(study_callbacks or [])
+        self.series_callbacks: list[CompletionCallback] = list(series_callbacks or [])
+        for callback in [*self.callbacks, *self.study_callbacks, *self.series_callbacks]:
             if not callable(callback):
                 raise TypeError(f"callbacks must be callable, got {callback!r}")
         if handler is not None and not callable(handler):
@@ -175,6 +212,16 @@ class StoreSCPServer:
             )
         self.handler = handler
         self.callbacks_before_response = callbacks_before_response
+        if (self.study_callbacks or self.series_callbacks) and not journal:
+            raise ValueError("study and series callbacks need the journal (journal=True)")
+        if study_timeout < 0 or callback_retries < 0 or retry_backoff < 0:
+            raise ValueError("study_timeout, callback_retries and retry_backoff must be >= 0")
+        self.journal = journal
+        self.duplicates = duplicates
+        self.study_timeout = study_timeout
+        self.events_on_release = events_on_release
+        self.callback_retries = callback_retries
+        self.retry_backoff = retry_backoff
         if maximum_associations < 1:
             raise ValueError("maximum_associations must be at least 1")
         self.handler_threads = maximum_associations if handler_threads is None else handler_threads
@@ -293,6 +340,12 @@ class StoreSCPServer:
                 **_tls_arguments(self.tls, self.tls_port),
                 identity_check=_identity_check(self.user_identity),
                 require_user_identity=self.require_user_identity,
+                journal=self.journal,
+                duplicates=self.duplicates,
+                study_timeout=self.study_timeout,
+                study_events=bool(self.study_callbacks),
+                series_events=bool(self.series_callbacks),
+                events_on_release=self.events_on_release,
             )
             # Only once it runs: a server that failed to start leaves shutdown() nothing to await.
             self._stopped.clear()
@@ -300,8 +353,19 @@ class StoreSCPServer:
                 self.tls_port = self.scp.tls_port
             self._bound_port = self.scp.port
             self._handlers = self._start_handlers(self.scp)
+            dispatcher = Dispatcher(
+                self.scp,
+                self.callbacks,
+                self.study_callbacks,
+                self.series_callbacks,
+                retries=self.callback_retries,
+                backoff=self.retry_backoff,
+                stop=self._stop,
+                log_association=_log_association,
+                log_failure=_log_failure,
+            )
             self._dispatcher = threading.Thread(
-                target=self._dispatch, args=(self.scp,), name="dicom-inlet-callbacks", daemon=True
+                target=dispatcher.run, name="dicom-inlet-callbacks", daemon=True
             )
             self._dispatcher.start()
         logger.info(
@@ -440,30 +504,20 @@ class StoreSCPServer:
         self._closing = None
         self._stopped.set()
 
-    def _dispatch(self, scp: _core.Server) -> None:
-        while (event := scp.next_event()) is not None:
-            if isinstance(event, _core.StoredInstance):
-                self._run_callbacks(event)
-            elif isinstance(event, _core.FailedStore):
-                _log_failure(event)
-            else:
-                _log_association(event)
+    def parked(self) -> list[JournalEntry]:
+        """Instances whose callbacks kept failing, with the traceback in ``error``."""
+        return _core.Journal(self.data_dir).instances(state="failed")
 
-    def _run_callbacks(self, stored: _core.StoredInstance) -> None:
-        # Imported here: pydicom (and numpy) cost 35 MiB, needed only once callbacks exist.
-        from dicom_inlet.part10 import read_stored
+    def replay(self, ids: Iterable[int] | None = None) -> int:
+        """Deliver parked instances again now (these journal ids, or all); how many.
 
-        try:
-            dataset = read_stored(stored)
-        except Exception:
-            logger.exception("cannot read back stored instance %s", stored.path)
-            return
-        for callback in self.callbacks:
-            try:
-                callback(dataset)
-            except Exception:
-                name = getattr(callback, "__name__", repr(callback))
-                logger.exception("callback %s failed for %s", name, stored.path)
+        Raises:
+            RuntimeError: The server is not running (use :func:`dicom_inlet.delivery.replay`).
+        """
+        scp = self.scp
+        if scp is None:
+            raise RuntimeError("this StoreSCPServer is not running")
+        return scp.replay(None if ids is None else list(ids))
 
     def __enter__(self) -> StoreSCPServer:
         self.run(block=False)

@@ -1,14 +1,16 @@
 //! C-STORE on the SCP side (PS3.4 §B.2, PS3.7 §9.1.1): the data set streams to a spool file
 //! while the scanner reads its filing attributes; on the last fragment it is checked against
-//! the command, published, and answered.
+//! the command, published, journaled, and answered.
 
 use crate::association::{AcceptedContext, Association};
 use crate::dimse::{status, Command};
+use crate::events::FailedStore;
+use crate::events::StoredInstance;
 use crate::file_meta::FileMeta;
+use crate::journal::Row;
 use crate::layout;
-use crate::scan::{Encoding, Scanner};
-use crate::server::{Event, FailedStore, StoredInstance};
-use crate::store::Spool;
+use crate::scan::{Encoding, Scanner, SortAttributes};
+use crate::store::{Placed, Spool};
 use crate::verdict::{self, Failure, Instance, Verdict};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,20 @@ pub(super) struct Receiving {
     scanner: Scanner,
     /// Data set bytes received so far.
     bytes: u64,
+}
+
+/// An instance in its place: where, and the version held for its callbacks. Not `new` when a
+/// duplicate was dropped under "keep the first": the earlier file stands, nothing to journal.
+struct Published {
+    path: PathBuf,
+    held: Option<PathBuf>,
+    new: bool,
+}
+
+impl AsRef<Path> for Published {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Where the bytes of the current data set go.
@@ -141,25 +157,83 @@ impl Connection<'_> {
         sink: Sink,
     ) -> Result<(), Stop> {
         let mut received = 0;
-        let answer = match sink {
-            Sink::Discard { status, comment } => Answer::failure(status, comment),
-            Sink::Spool(receiving) => {
-                received = receiving.bytes;
-                self.record.bytes += receiving.bytes;
-                let origin = Origin {
-                    association,
-                    context_id,
-                    context,
-                    command,
-                };
-                self.store(&origin, *receiving)
-            }
+        let origin = Origin {
+            association,
+            context_id,
+            context,
+            command,
         };
         let Answer {
             status,
             comment,
-            path,
-        } = answer;
+            stored,
+        } = match sink {
+            Sink::Discard { status, comment } => Answer::failure(status, comment),
+            Sink::Spool(receiving) => {
+                received = receiving.bytes;
+                self.record.bytes += receiving.bytes;
+                self.store(&origin, *receiving)
+            }
+        };
+        let emit = self.shared.config.emit_stored;
+        // Only an instance the sender is told is stored, and new (not a duplicate dropped under
+        // "keep the first"), is journaled and announced.
+        let row = stored.and_then(|(published, attrs)| {
+            if published.new && verdict::is_stored(status) {
+                return Some(origin.row(published, attrs, self.peer, received, emit));
+            }
+            if let Some(held) = published.held {
+                let _ = std::fs::remove_file(held);
+            }
+            None
+        });
+        // What the consumer is told of; taken before the row goes to the journal's writer.
+        let announced = row.as_ref().map(|row| {
+            let event = emit.then(|| StoredInstance {
+                path: row.path.clone(),
+                held: row.held.clone(),
+                journal_id: None,
+                sop_class_uid: row.sop_class_uid.clone(),
+                sop_instance_uid: row.sop_instance_uid.clone(),
+                transfer_syntax_uid: row.transfer_syntax_uid.clone(),
+                calling_ae: row.calling_ae.clone(),
+                called_ae: row.called_ae.clone(),
+                peer: self.peer,
+                bytes: received,
+            });
+            (row.study_instance_uid.clone(), event)
+        });
+        // Journaled before the answer leaves: what the sender is told is stored is never
+        // forgotten, even if the process dies right after.
+        let (status, comment, announced) = match (row, &self.shared.journal) {
+            (Some(row), Some(journal)) => {
+                let held = row.held.clone();
+                match journal.record(row) {
+                    Ok(id) => {
+                        let announced = announced.map(|(study, event)| {
+                            let event = event.map(|e| StoredInstance {
+                                journal_id: Some(id),
+                                ..e
+                            });
+                            (study, event)
+                        });
+                        (status, comment, announced)
+                    }
+                    Err(e) => {
+                        if let Some(held) = held {
+                            let _ = std::fs::remove_file(held);
+                        }
+                        let comment = format!("cannot record the instance in the journal: {e}");
+                        (status::OUT_OF_RESOURCES, Some(comment), None)
+                    }
+                }
+            }
+            _ => (status, comment, announced),
+        };
+        let (study, event) = announced.unwrap_or_default();
+        if let Some(study) = study.filter(|s| !self.record.studies.contains(s)) {
+            self.record.studies.push(study);
+        }
         let stored = verdict::is_stored(status);
         self.count_instance(stored, received);
         self.respond(association, context_id, command, status, comment.as_deref())?;
@@ -168,28 +242,15 @@ impl Connection<'_> {
             let comment = comment.as_deref().unwrap_or_default();
             self.report_failure(association, command, status, comment);
         }
-        if let Some(path) = path.filter(|_| self.shared.config.emit_stored) {
-            let stored = StoredInstance {
-                path,
-                sop_class_uid: context.abstract_syntax.clone(),
-                sop_instance_uid: command
-                    .affected_sop_instance_uid
-                    .clone()
-                    .unwrap_or_default(),
-                transfer_syntax_uid: context.transfer_syntax.clone(),
-                calling_ae: association.calling_ae.clone(),
-                called_ae: association.called_ae.clone(),
-                peer: self.peer,
-                bytes: received,
-            };
+        if let Some(event) = event {
             // A full queue makes this association wait: back-pressure, never loss.
-            let _ = self.events.send(Event::Stored(stored));
+            self.events.push_stored(event);
         }
         Ok(())
     }
 
-    /// A refused C-STORE, for the log: always sent (waiting for room, as stored instances do),
-    /// so the SCP's side says what the sender was told.
+    /// A refused C-STORE, for the log: always reported (waiting for room, as stored instances
+    /// do), so the SCP's side says what the sender was told.
     pub(super) fn report_failure(
         &self,
         association: &Association,
@@ -209,27 +270,36 @@ impl Connection<'_> {
             status,
             error_comment: error_comment.to_owned(),
         };
-        let _ = self.events.send(Event::StoreFailed(failed));
+        self.events.push_failed(failed);
     }
 
     /// Check the data set against its command, let the handler decide if there is one, and
-    /// publish: what to answer and where the file went.
+    /// publish: what to answer, and where the file went with what the scanner found.
     fn store(&self, origin: &Origin<'_>, receiving: Receiving) -> Answer {
         let bytes = receiving.bytes;
-        let (spool, relative) = match self.check(origin.command, receiving) {
+        let (spool, relative, attrs) = match self.check(origin.command, receiving) {
             Ok(checked) => checked,
             Err((status, comment)) => return Answer::failure(status, comment),
         };
-        let Some(verdicts) = &self.shared.verdicts else {
-            return self.place(spool, &relative).into();
+        let (verdict, published) = match &self.shared.verdicts {
+            None => match self.place(spool, &relative) {
+                Ok(published) => (Verdict::success(), Some(published)),
+                Err((status, comment)) => return Answer::failure(status, comment),
+            },
+            Some(verdicts) => {
+                let path = self.shared.storage.root().join(&relative);
+                verdicts.around_publish(
+                    spool,
+                    |file| origin.instance(file, &path, self.peer, bytes),
+                    |spool| self.place(spool, &relative),
+                )
+            }
         };
-        let path = self.shared.storage.root().join(&relative);
-        let (verdict, stored) = verdicts.around_publish(
-            spool,
-            |file| origin.instance(file, &path, self.peer, bytes),
-            |spool| self.place(spool, &relative),
-        );
-        Answer::from_verdict(verdict, stored)
+        Answer {
+            status: verdict.status,
+            comment: verdict.error_comment,
+            stored: published.map(|published| (published, attrs)),
+        }
     }
 
     /// Check the data set against its command and find its layout path.
@@ -237,7 +307,7 @@ impl Connection<'_> {
         &self,
         command: &Command,
         Receiving { spool, scanner, .. }: Receiving,
-    ) -> Result<(Spool, PathBuf), Failure> {
+    ) -> Result<(Spool, PathBuf, SortAttributes), Failure> {
         let attrs = scanner.finish().map_err(|e| {
             (
                 status::CANNOT_UNDERSTAND,
@@ -268,15 +338,40 @@ impl Connection<'_> {
         let relative =
             layout::relative_path(self.shared.config.sort_key, &attrs, sop_instance.as_bytes())
                 .map_err(|missing| (status::CANNOT_UNDERSTAND, missing.to_string()))?;
-        Ok((spool, relative))
+        Ok((spool, relative, attrs))
     }
 
-    /// Move a checked spool file into its layout path.
-    fn place(&self, spool: Spool, relative: &Path) -> Result<PathBuf, Failure> {
-        self.shared
+    /// Move a checked spool file into its layout path, as the duplicate policy says.
+    fn place(&self, spool: Spool, relative: &Path) -> Result<Published, Failure> {
+        let config = &self.shared.config;
+        // Callbacks read the version they were told of, even after a duplicate replaced it.
+        let held = match &self.shared.journal {
+            Some(journal) if config.emit_stored => Some(journal.held_path(&spool.name())),
+            _ => None,
+        };
+        let placed = self
+            .shared
             .storage
-            .publish(spool, relative)
-            .map_err(|e| (status::OUT_OF_RESOURCES, format!("cannot store: {e}")))
+            .publish(spool, relative, config.duplicates, held.as_deref())
+            .map_err(|e| (status::OUT_OF_RESOURCES, format!("cannot store: {e}")))?;
+        match placed {
+            Placed::Stored(path) => Ok(Published {
+                path,
+                held,
+                new: true,
+            }),
+            Placed::Kept(path) => Ok(Published {
+                path,
+                held: None,
+                new: false,
+            }),
+            Placed::Refused => Err((
+                status::DUPLICATE_SOP_INSTANCE,
+                // The UID is in the response's Affected SOP Instance UID; the comment (LO)
+                // holds 64 characters.
+                "this SOP Instance is stored already (duplicates rejected)".into(),
+            )),
+        }
     }
 }
 
@@ -308,13 +403,51 @@ impl Origin<'_> {
             context_id: self.context_id,
         }
     }
+
+    /// The journal's row for a stored instance.
+    fn row(
+        &self,
+        Published { path, held, .. }: Published,
+        attrs: SortAttributes,
+        peer: SocketAddr,
+        bytes: u64,
+        pending: bool,
+    ) -> Row {
+        let text = |v: Option<Vec<u8>>| {
+            v.filter(|v| !v.is_empty())
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        };
+        Row {
+            sop_class_uid: self.context.abstract_syntax.clone(),
+            sop_instance_uid: self
+                .command
+                .affected_sop_instance_uid
+                .clone()
+                .unwrap_or_default(),
+            transfer_syntax_uid: self.context.transfer_syntax.clone(),
+            patient_id: text(attrs.patient_id),
+            study_instance_uid: text(attrs.study_instance_uid),
+            series_instance_uid: text(attrs.series_instance_uid),
+            accession_number: text(attrs.accession_number),
+            modality: text(attrs.modality),
+            study_date: text(attrs.study_date),
+            path,
+            bytes,
+            calling_ae: self.association.calling_ae.clone(),
+            called_ae: self.association.called_ae.clone(),
+            peer: Some(peer),
+            held,
+            pending,
+        }
+    }
 }
 
-/// What a C-STORE is answered with, and the file it left (None: no file).
+/// What a C-STORE is answered with, and the file it left with what the scanner found (None:
+/// no file).
 struct Answer {
     status: u16,
     comment: Option<String>,
-    path: Option<PathBuf>,
+    stored: Option<(Published, SortAttributes)>,
 }
 
 impl Answer {
@@ -322,28 +455,7 @@ impl Answer {
         Answer {
             status,
             comment: Some(comment),
-            path: None,
-        }
-    }
-
-    fn from_verdict(verdict: Verdict, path: Option<PathBuf>) -> Answer {
-        Answer {
-            status: verdict.status,
-            comment: verdict.error_comment,
-            path,
-        }
-    }
-}
-
-impl From<Result<PathBuf, Failure>> for Answer {
-    fn from(placed: Result<PathBuf, Failure>) -> Answer {
-        match placed {
-            Ok(path) => Answer {
-                status: status::SUCCESS,
-                comment: None,
-                path: Some(path),
-            },
-            Err((status, comment)) => Answer::failure(status, comment),
+            stored: None,
         }
     }
 }

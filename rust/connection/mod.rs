@@ -4,15 +4,15 @@
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::association::{self, AcceptedContext, Association};
 use crate::dimse::{self, status, Command, Response, MAX_COMMAND_SET};
 use crate::error::rejection_words;
+use crate::events::{AssociationRecord, EventQueue, Outcome};
 use crate::pdu::{self, abort, Abort, Pdu, MAX_CONTROL_PDU};
-use crate::server::{AssociationRecord, Event, Outcome, Shared};
+use crate::server::Shared;
 use crate::tls::ServerStream;
 
 use c_store::Sink;
@@ -154,7 +154,7 @@ enum Message {
 struct Connection<'a> {
     stream: ServerStream,
     shared: &'a Shared,
-    events: &'a SyncSender<Event>,
+    events: &'a EventQueue,
     peer: SocketAddr,
     /// Encoded PDUs waiting to leave in one write.
     out: Vec<u8>,
@@ -167,7 +167,7 @@ pub(crate) fn serve(
     tcp: TcpStream,
     tls: Option<&Arc<rustls::ServerConfig>>,
     shared: &Shared,
-    events: &SyncSender<Event>,
+    events: &EventQueue,
     over_limit: bool,
 ) {
     let Ok(peer) = tcp.peer_addr() else { return };
@@ -187,6 +187,7 @@ pub(crate) fn serve(
         outcome: Outcome::Closed,
         detail: None,
         user_identity: None,
+        studies: Vec::new(),
     };
     let stream = match tls {
         None => Ok(ServerStream::plain(tcp)),
@@ -214,9 +215,9 @@ pub(crate) fn serve(
         }
     }
     record.duration = started.elapsed();
-    // A summary for the log, not an instance: never wait for room, so a stuck callback cannot
-    // pin finished associations (and their slots) behind a full queue.
-    let _ = events.try_send(Event::AssociationEnded(record));
+    // Never waits for room, never dropped: a stuck callback neither pins finished
+    // associations (and their slots) nor loses their log lines.
+    events.push_record(record);
 }
 
 /// TLS over the accepted socket (PS3.15 Annex B), the handshake done by `due` on this

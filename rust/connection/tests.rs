@@ -6,30 +6,28 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use crate::association::{AcceptorPolicy, VERIFICATION_SOP_CLASS};
 use crate::dimse::{self, Command};
+use crate::events::{Event, Outcome};
+use crate::journal::Feed;
 use crate::layout::SortKey;
 use crate::pdu::{self, ae_field, AssociateRq, PresentationContextRq, UserInfo};
-use crate::server::{Event, Outcome, Server, ServerConfig};
-use crate::store::INCOMING_DIR;
+use crate::server::{Server, ServerConfig};
+use crate::store::{Duplicates, INCOMING_DIR};
 use crate::verdict::{HandlerConfig, Instance, Stage, Verdict, HANDLER_FAILED};
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const MAX_PDU: u32 = 16_384;
 
-fn start(name: &str) -> (Server, Receiver<Event>, PathBuf) {
+fn start(name: &str) -> (Server, Feed, PathBuf) {
     start_with(name, |_| {})
 }
 
 /// A server on 127.0.0.1 storing into a fresh temp dir, `tweak` adjusting the test config.
-fn start_with(
-    name: &str,
-    tweak: impl FnOnce(&mut ServerConfig),
-) -> (Server, Receiver<Event>, PathBuf) {
+fn start_with(name: &str, tweak: impl FnOnce(&mut ServerConfig)) -> (Server, Feed, PathBuf) {
     let dir = std::env::temp_dir().join(format!("dicom-inlet-conn-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     let mut config = ServerConfig {
@@ -60,6 +58,9 @@ fn start_with(
         event_queue: 16,
         tls: None,
         handler: None,
+        journal: true,
+        duplicates: Duplicates::Replace,
+        timers: None,
     };
     tweak(&mut config);
     let (server, events) = Server::start(config).unwrap();
@@ -251,7 +252,7 @@ fn command_and_data_in_one_pdu_then_data_split_over_many() {
     assert!(incoming_is_empty(&root));
     peer.release();
     server.shutdown(Duration::from_secs(5));
-    let events: Vec<Event> = events.iter().collect();
+    let events: Vec<Event> = events.collect();
     assert!(
         matches!(&events[0], Event::Stored(s) if s.bytes == data.len() as u64 && s.calling_ae == "RUST_SCU")
     );
@@ -342,7 +343,7 @@ fn oversized_pdu_is_aborted_and_partial_instance_removed() {
 
 #[test]
 fn data_set_not_matching_the_command_is_refused_without_a_file() {
-    let (server, events, root) = start("mismatch");
+    let (server, mut events, root) = start("mismatch");
     let mut peer = Peer::associate(&server);
     let data = data_set("9.9.9", 10);
     peer.send_pdvs(&[
@@ -361,7 +362,7 @@ fn data_set_not_matching_the_command_is_refused_without_a_file() {
     assert!(!root.join("1.2.3.4").exists());
     // The server's side reports the failure as the peer was told it.
     let failures: Vec<_> = events
-        .try_iter()
+        .by_ref()
         .filter_map(|e| match e {
             Event::StoreFailed(f) => Some(f),
             _ => None,
@@ -377,7 +378,7 @@ fn data_set_not_matching_the_command_is_refused_without_a_file() {
 
 #[test]
 fn peer_abort_mid_instance_leaves_nothing() {
-    let (server, events, root) = start("peer-abort");
+    let (server, mut events, root) = start("peer-abort");
     let mut peer = Peer::associate(&server);
     let data = data_set("1.2.3.4.8", 1000);
     peer.send_pdvs(&[
@@ -392,7 +393,7 @@ fn peer_abort_mid_instance_leaves_nothing() {
     .encode(&mut out);
     peer.stream.write_all(&out).unwrap();
     // The association's end event arrives only after its thread has cleaned up.
-    let ended = events.recv().unwrap();
+    let ended = events.next().unwrap();
     assert!(matches!(ended, Event::AssociationEnded(r) if r.instances == 0));
     assert!(incoming_is_empty(&root));
     server.shutdown(Duration::from_secs(5));
@@ -691,7 +692,7 @@ fn after_publish_the_handler_sees_the_stored_file_and_a_failure_keeps_it() {
 
 #[test]
 fn cutting_the_grace_short_aborts_open_associations_at_once() {
-    let (server, events, root) = start("grace-cut");
+    let (server, mut events, root) = start("grace-cut");
     let mut peer = Peer::associate(&server);
     let mut echo = Vec::new();
     Command {
@@ -711,7 +712,7 @@ fn cutting_the_grace_short_aborts_open_associations_at_once() {
     });
     assert_eq!(peer.read_pdu().0, pdu::ABORT);
     let record = events
-        .try_iter()
+        .by_ref()
         .find_map(|e| match e {
             Event::AssociationEnded(r) => Some(r),
             _ => None,

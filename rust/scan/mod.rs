@@ -29,6 +29,9 @@ const SEQUENCE_DELIMITER: u32 = 0xFFFE_E0DD;
 
 const SOP_CLASS_UID: u32 = 0x0008_0016;
 const SOP_INSTANCE_UID: u32 = 0x0008_0018;
+const STUDY_DATE: u32 = 0x0008_0020;
+const ACCESSION_NUMBER: u32 = 0x0008_0050;
+const MODALITY: u32 = 0x0008_0060;
 const PATIENT_ID: u32 = 0x0010_0020;
 const STUDY_INSTANCE_UID: u32 = 0x0020_000D;
 const SERIES_INSTANCE_UID: u32 = 0x0020_000E;
@@ -66,11 +69,15 @@ impl Encoding {
     }
 }
 
-/// The attributes needed to file an instance, padding removed.
+/// The attributes needed to file an instance, and those the journal indexes it by, padding
+/// removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SortAttributes {
     pub sop_class_uid: Option<Vec<u8>>,
     pub sop_instance_uid: Option<Vec<u8>>,
+    pub study_date: Option<Vec<u8>>,
+    pub accession_number: Option<Vec<u8>>,
+    pub modality: Option<Vec<u8>>,
     pub patient_id: Option<Vec<u8>>,
     pub study_instance_uid: Option<Vec<u8>>,
     pub series_instance_uid: Option<Vec<u8>>,
@@ -184,6 +191,9 @@ struct Level {
 enum Slot {
     SopClass,
     SopInstance,
+    StudyDate,
+    Accession,
+    Modality,
     PatientId,
     Study,
     Series,
@@ -194,6 +204,9 @@ impl Slot {
         match tag {
             SOP_CLASS_UID => Some(Slot::SopClass),
             SOP_INSTANCE_UID => Some(Slot::SopInstance),
+            STUDY_DATE => Some(Slot::StudyDate),
+            ACCESSION_NUMBER => Some(Slot::Accession),
+            MODALITY => Some(Slot::Modality),
             PATIENT_ID => Some(Slot::PatientId),
             STUDY_INSTANCE_UID => Some(Slot::Study),
             SERIES_INSTANCE_UID => Some(Slot::Series),
@@ -207,6 +220,9 @@ impl SortAttributes {
         match slot {
             Slot::SopClass => &mut self.sop_class_uid,
             Slot::SopInstance => &mut self.sop_instance_uid,
+            Slot::StudyDate => &mut self.study_date,
+            Slot::Accession => &mut self.accession_number,
+            Slot::Modality => &mut self.modality,
             Slot::PatientId => &mut self.patient_id,
             Slot::Study => &mut self.study_instance_uid,
             Slot::Series => &mut self.series_instance_uid,
@@ -439,9 +455,9 @@ impl Parser {
     fn end_capture(&mut self, slot: Slot) {
         self.step = Step::Header;
         if let Some(value) = self.attrs.slot_mut(slot) {
-            // LO also allows insignificant leading spaces.
+            // LO, SH and CS also allow insignificant leading spaces.
             value.truncate(vr::trim_padding(value).len());
-            if slot == Slot::PatientId {
+            if matches!(slot, Slot::PatientId | Slot::Accession | Slot::Modality) {
                 let start = value.iter().position(|&b| b != b' ').unwrap_or(value.len());
                 value.drain(..start);
             }

@@ -110,7 +110,9 @@ pub(super) fn sample(ts: &str) -> Vec<u8> {
         .raw(&seq.out);
     w.elem(SOP_CLASS_UID, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0")
         .elem(SOP_INSTANCE_UID, b"UI", b"1.2.3.4.5\0")
-        .elem(0x0008_0020, b"DA", b"20240101")
+        .elem(STUDY_DATE, b"DA", b"20240101")
+        .elem(ACCESSION_NUMBER, b"SH", b" ACC7 ")
+        .elem(MODALITY, b"CS", b"CT")
         .elem(0x0009_0010, b"LO", b"PRIVATE ");
     // UN with undefined length: its content is implicit VR LE in every syntax.
     let mut un = W::new(IMPLICIT_LE_TS);
@@ -142,6 +144,9 @@ pub(super) fn sample_attrs() -> SortAttributes {
     SortAttributes {
         sop_class_uid: Some(b"1.2.840.10008.5.1.4.1.1.2".to_vec()),
         sop_instance_uid: Some(b"1.2.3.4.5".to_vec()),
+        study_date: Some(b"20240101".to_vec()),
+        accession_number: Some(b"ACC7".to_vec()),
+        modality: Some(b"CT".to_vec()),
         patient_id: Some(b"PID42".to_vec()),
         study_instance_uid: Some(b"1.2.3.6".to_vec()),
         series_instance_uid: Some(b"1.2.3.7".to_vec()),

@@ -13,10 +13,13 @@ use std::time::Duration;
 use super::*;
 use crate::association::{AcceptorPolicy, VERIFICATION_SOP_CLASS};
 use crate::dimse::Response;
+use crate::events::Event;
 use crate::file_meta::FileMeta;
+use crate::journal::Feed;
 use crate::layout::SortKey;
 use crate::pdu::{Pdu, HEADER_LEN};
-use crate::server::{Event, Server, ServerConfig};
+use crate::server::{Server, ServerConfig};
+use crate::store::Duplicates;
 use crate::transfer_syntax::{
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -51,11 +54,11 @@ fn policy(require_called_ae: bool) -> AcceptorPolicy {
 }
 
 /// Our server on 127.0.0.1, storing flat (`SOPInstanceUID.dcm`) under `dir/data`.
-fn server(dir: &Path, require_called_ae: bool) -> (Server, std::sync::mpsc::Receiver<Event>) {
+fn server(dir: &Path, require_called_ae: bool) -> (Server, Feed) {
     server_with(dir, policy(require_called_ae))
 }
 
-fn server_with(dir: &Path, policy: AcceptorPolicy) -> (Server, std::sync::mpsc::Receiver<Event>) {
+fn server_with(dir: &Path, policy: AcceptorPolicy) -> (Server, Feed) {
     Server::start(server_config(dir, policy)).unwrap()
 }
 
@@ -76,6 +79,9 @@ fn server_config(dir: &Path, policy: AcceptorPolicy) -> ServerConfig {
         event_queue: 64,
         tls: None,
         handler: None,
+        journal: false,
+        duplicates: Duplicates::Replace,
+        timers: None,
     }
 }
 
@@ -152,9 +158,8 @@ fn quiet(_: Option<&InstanceResult>) -> ControlFlow<()> {
 }
 
 /// Instances stored on each association the server has ended, in order.
-fn instances_per_association(events: &std::sync::mpsc::Receiver<Event>) -> Vec<u64> {
+fn instances_per_association(events: Feed) -> Vec<u64> {
     events
-        .iter()
         .filter_map(|e| match e {
             Event::AssociationEnded(r) => Some(r.instances),
             _ => None,
@@ -419,7 +424,7 @@ fn parallel_associations_share_the_files() {
         (12, 0, bytes as u64)
     );
     server.shutdown(TIMEOUT);
-    let associations = instances_per_association(&events);
+    let associations = instances_per_association(events);
     assert!((1..=3).contains(&associations.len()), "{associations:?}");
     assert_eq!(associations.iter().sum::<u64>(), 12);
     fs::remove_dir_all(&dir).unwrap();
@@ -447,7 +452,7 @@ fn our_server_grants_the_window_and_pipelined_files_arrive_whole() {
         assert_eq!(&stored_data_set(&dir, uid), data);
     }
     server.shutdown(TIMEOUT);
-    let instances = instances_per_association(&events);
+    let instances = instances_per_association(events);
     assert_eq!(
         instances,
         [0, 20],

@@ -1,0 +1,359 @@
+//! What the core reports to its consumer (stored instances, finished associations, completed
+//! studies and series) and the queue that carries the first two from the association threads.
+//!
+//! The queue is bounded for instances only: a full queue makes an association wait for the
+//! consumer (back-pressure, never loss). Association records never wait and are never dropped:
+//! one small record per association, so a stuck callback can neither pin finished associations
+//! nor lose their log lines.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// One instance written under `data_dir`.
+#[derive(Debug, Clone)]
+pub struct StoredInstance {
+    pub path: PathBuf,
+    /// The journal's hard link to exactly the version acknowledged, kept until its callbacks
+    /// ran (a later instance with the same UID may replace `path`); None without a journal.
+    pub held: Option<PathBuf>,
+    /// Its row in the journal, to mark it delivered; None without a journal.
+    pub journal_id: Option<i64>,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub transfer_syntax_uid: String,
+    pub calling_ae: String,
+    pub called_ae: String,
+    pub peer: SocketAddr,
+    /// Data set bytes received (file meta excluded).
+    pub bytes: u64,
+}
+
+/// One C-STORE answered with a failure status (PS3.4 §B.2.3), nothing stored.
+#[derive(Debug, Clone)]
+pub struct FailedStore {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub calling_ae: String,
+    pub called_ae: String,
+    pub peer: SocketAddr,
+    pub status: u16,
+    pub error_comment: String,
+}
+
+/// How an association ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Released,
+    Rejected,
+    AbortedByPeer,
+    /// We aborted: a protocol error, a timeout, or shutdown.
+    Aborted,
+    /// The connection dropped without release or abort.
+    Closed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Released => "released",
+            Outcome::Rejected => "rejected",
+            Outcome::AbortedByPeer => "aborted by peer",
+            Outcome::Aborted => "aborted",
+            Outcome::Closed => "connection closed",
+        }
+    }
+}
+
+/// Summary of one association, reported when it ends.
+#[derive(Debug, Clone)]
+pub struct AssociationRecord {
+    pub peer: SocketAddr,
+    pub calling_ae: String,
+    pub called_ae: String,
+    pub instances: u64,
+    pub failures: u64,
+    /// C-ECHO requests answered.
+    pub echoes: u64,
+    pub bytes: u64,
+    pub duration: Duration,
+    pub outcome: Outcome,
+    /// Why we rejected or aborted, when we did.
+    pub detail: Option<String>,
+    /// The user identity the requestor presented, in words (PS3.7 §D.3.3.7).
+    pub user_identity: Option<String>,
+    /// Study Instance UIDs of the instances it stored, each once, in order of arrival.
+    pub studies: Vec<String>,
+}
+
+/// A study or a series: what a completion event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Level {
+    Study,
+    Series,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Study => "study",
+            Level::Series => "series",
+        }
+    }
+}
+
+/// One instance of a completed study or series, as the journal lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub series_instance_uid: String,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub modality: String,
+    pub path: PathBuf,
+}
+
+/// A study or series that has been quiet for the study timeout (or whose association was
+/// released), with every instance the journal holds for it.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub level: Level,
+    /// The Study or Series Instance UID.
+    pub uid: String,
+    pub study_instance_uid: String,
+    pub patient_id: String,
+    /// 0 for the first event, then one more for each later event (instances arrived after it).
+    pub revision: u32,
+    /// Arrival time (Unix seconds) of the newest instance included, to mark the event done.
+    pub last_received: f64,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Stored(StoredInstance),
+    AssociationEnded(AssociationRecord),
+    StoreFailed(FailedStore),
+    Completed(Completed),
+}
+
+/// What a wait on the queue gave.
+// Moved out once per event; boxing would cost an allocation per instance instead.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Received {
+    Event(Event),
+    /// Woken by `poke` (the journal committed something) or the wait's time ran out.
+    Woken,
+    /// The server has ended and every event was taken.
+    Ended,
+}
+
+#[derive(Default)]
+struct State {
+    events: VecDeque<Event>,
+    /// Instances among `events`: what the capacity bounds.
+    instances: usize,
+    /// The consumer is gone: nothing waits for room any more.
+    closed: bool,
+    /// No more events will come.
+    ended: bool,
+    poked: bool,
+}
+
+/// The association threads' events on their way to the one consumer.
+pub struct EventQueue {
+    state: Mutex<State>,
+    ready: Condvar,
+    room: Condvar,
+    capacity: usize,
+}
+
+fn lock(mutex: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panicking association thread must not stop the others from reporting.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EventQueue {
+    /// A queue holding up to `capacity` instances (at least one).
+    pub fn new(capacity: usize) -> EventQueue {
+        EventQueue {
+            state: Mutex::default(),
+            ready: Condvar::new(),
+            room: Condvar::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Queue a stored instance, waiting while the queue is full. False once the consumer is
+    /// gone (the instance is not queued).
+    pub fn push_stored(&self, stored: StoredInstance) -> bool {
+        self.push_instance(Event::Stored(stored))
+    }
+
+    /// Queue a refused C-STORE for the log, as an instance: it waits for room, never dropped.
+    pub fn push_failed(&self, failed: FailedStore) -> bool {
+        self.push_instance(Event::StoreFailed(failed))
+    }
+
+    fn push_instance(&self, event: Event) -> bool {
+        let mut state = lock(&self.state);
+        while state.instances >= self.capacity && !state.closed {
+            state = self.room.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if state.closed {
+            return false;
+        }
+        state.instances += 1;
+        state.events.push_back(event);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Queue an association record: never waits, never dropped (kept even past the capacity).
+    pub fn push_record(&self, record: AssociationRecord) {
+        let mut state = lock(&self.state);
+        state.events.push_back(Event::AssociationEnded(record));
+        self.ready.notify_one();
+    }
+
+    /// Wake a waiting consumer without an event: the journal has news for its timers.
+    pub fn poke(&self) {
+        let mut state = lock(&self.state);
+        state.poked = true;
+        self.ready.notify_one();
+    }
+
+    /// The next event, waiting until `until` (None: no limit).
+    pub fn recv(&self, until: Option<Instant>) -> Received {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(event) = state.events.pop_front() {
+                if matches!(event, Event::Stored(_) | Event::StoreFailed(_)) {
+                    state.instances -= 1;
+                    self.room.notify_one();
+                }
+                return Received::Event(event);
+            }
+            if state.ended {
+                return Received::Ended;
+            }
+            if std::mem::take(&mut state.poked) {
+                return Received::Woken;
+            }
+            state = match until {
+                None => self.ready.wait(state).unwrap_or_else(|p| p.into_inner()),
+                Some(until) => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Received::Woken;
+                    }
+                    self.ready
+                        .wait_timeout(state, left)
+                        .map_or_else(|p| p.into_inner().0, |r| r.0)
+                }
+            };
+        }
+    }
+
+    /// The consumer is gone: senders stop waiting for room (at interpreter exit, say).
+    pub fn close(&self) {
+        lock(&self.state).closed = true;
+        self.room.notify_all();
+    }
+
+    /// Every association has ended: once the queue is empty, `recv` says so.
+    pub fn end(&self) {
+        lock(&self.state).ended = true;
+        self.ready.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::thread;
+
+    fn stored(n: u64) -> StoredInstance {
+        StoredInstance {
+            path: PathBuf::from(format!("{n}.dcm")),
+            held: None,
+            journal_id: None,
+            sop_class_uid: String::new(),
+            sop_instance_uid: n.to_string(),
+            transfer_syntax_uid: String::new(),
+            calling_ae: String::new(),
+            called_ae: String::new(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            bytes: n,
+        }
+    }
+
+    fn record() -> AssociationRecord {
+        AssociationRecord {
+            peer: "127.0.0.1:1".parse().unwrap(),
+            calling_ae: String::new(),
+            called_ae: String::new(),
+            instances: 0,
+            failures: 0,
+            echoes: 0,
+            bytes: 0,
+            duration: Duration::ZERO,
+            outcome: Outcome::Released,
+            detail: None,
+            user_identity: None,
+            studies: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn records_never_wait_and_keep_their_order() {
+        let queue = EventQueue::new(1);
+        assert!(queue.push_stored(stored(1)));
+        // The queue is full of instances, yet records still go in, any number of them.
+        for _ in 0..100 {
+            queue.push_record(record());
+        }
+        queue.end();
+        assert!(matches!(
+            queue.recv(None),
+            Received::Event(Event::Stored(s)) if s.bytes == 1
+        ));
+        for _ in 0..100 {
+            assert!(matches!(
+                queue.recv(None),
+                Received::Event(Event::AssociationEnded(_))
+            ));
+        }
+        assert!(matches!(queue.recv(None), Received::Ended));
+    }
+
+    #[test]
+    fn a_full_queue_holds_instances_back_until_taken_or_closed() {
+        let queue = Arc::new(EventQueue::new(1));
+        assert!(queue.push_stored(stored(1)));
+        let sender = {
+            let queue = Arc::clone(&queue);
+            thread::spawn(move || queue.push_stored(stored(2)))
+        };
+        assert!(matches!(
+            queue.recv(None),
+            Received::Event(Event::Stored(_))
+        ));
+        assert!(sender.join().unwrap());
+        queue.close();
+        // Full again, but the consumer is gone: the sender is told at once.
+        assert!(!queue.push_stored(stored(3)));
+    }
+
+    #[test]
+    fn pokes_and_deadlines_wake_the_consumer() {
+        let queue = EventQueue::new(4);
+        queue.poke();
+        assert!(matches!(queue.recv(None), Received::Woken));
+        let soon = Instant::now() + Duration::from_millis(1);
+        assert!(matches!(queue.recv(Some(soon)), Received::Woken));
+    }
+}

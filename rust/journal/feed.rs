@@ -1,0 +1,247 @@
+//! The consumer's side: events from the association threads, instances a previous run
+//! acknowledged but never delivered (or that were replayed), and study/series completion
+//! events when their timers run out, merged into one stream.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{unix_now, Index, InstanceEntry};
+use crate::error::Result;
+use crate::events::{Completed, Event, EventQueue, Level, Outcome, Received, StoredInstance};
+
+/// Undelivered rows read from the journal at a time.
+const BACKLOG_PAGE: usize = 64;
+
+/// When study and series events fire.
+#[derive(Debug, Clone)]
+pub struct Timers {
+    /// Quiet time after a study's (series') last instance before its event.
+    pub timeout: Duration,
+    pub studies: bool,
+    pub series: bool,
+    /// Also fire for the studies of an association as soon as it is released.
+    pub on_release: bool,
+}
+
+/// What the consumer reads events from.
+pub struct Feed {
+    queue: Arc<EventQueue>,
+    index: Option<Index>,
+    /// Rows of earlier runs still to deliver: ids in (cursor, through].
+    cursor: i64,
+    through: i64,
+    backlog: VecDeque<InstanceEntry>,
+    replays: Arc<Mutex<VecDeque<i64>>>,
+    timers: Option<Timers>,
+    /// Studies whose association was released, due at once.
+    released: HashSet<String>,
+    /// Completion events given out and not yet done: not given again in this run.
+    handed: HashSet<(Level, String)>,
+    ended: bool,
+}
+
+impl Feed {
+    /// With `index`, deliver the journal's undelivered rows first; with `timers`, fire
+    /// completion events (`index` needed).
+    pub fn new(
+        queue: Arc<EventQueue>,
+        index: Option<Index>,
+        deliver_backlog: bool,
+        timers: Option<Timers>,
+    ) -> Result<Feed> {
+        let through = match (&index, deliver_backlog) {
+            (Some(index), true) => index.last_id()?,
+            _ => 0,
+        };
+        let timers = timers.filter(|_| index.is_some());
+        Ok(Feed {
+            queue,
+            index,
+            cursor: 0,
+            through,
+            backlog: VecDeque::new(),
+            replays: Arc::default(),
+            timers,
+            released: HashSet::new(),
+            handed: HashSet::new(),
+            ended: false,
+        })
+    }
+
+    /// The next event; None once the server has ended and nothing is left to deliver.
+    pub fn next_event(&mut self) -> Result<Option<Event>> {
+        loop {
+            if let Some(stored) = self.next_backlog()? {
+                return Ok(Some(Event::Stored(stored)));
+            }
+            let due = self.next_completion()?;
+            let until = match due {
+                Ok(completed) => return Ok(Some(Event::Completed(completed))),
+                Err(until) => until,
+            };
+            if self.ended {
+                return Ok(None);
+            }
+            match self.queue.recv(until) {
+                Received::Event(Event::AssociationEnded(record)) => {
+                    let timers = self.timers.as_ref();
+                    if timers.is_some_and(|t| t.on_release) && record.outcome == Outcome::Released {
+                        self.released.extend(record.studies.iter().cloned());
+                    }
+                    return Ok(Some(Event::AssociationEnded(record)));
+                }
+                Received::Event(event) => return Ok(Some(event)),
+                Received::Woken => {}
+                Received::Ended => self.ended = true,
+            }
+        }
+    }
+
+    /// A way for other threads to have rows delivered again while this feed waits.
+    pub fn replayer(&self) -> Replayer {
+        Replayer {
+            replays: Arc::clone(&self.replays),
+            queue: Arc::clone(&self.queue),
+        }
+    }
+
+    /// A completion event was delivered (or given up on): it may come again only with a
+    /// newer instance, as a revision.
+    pub fn completion_done(&mut self, level: Level, uid: &str) {
+        self.handed.remove(&(level, uid.to_owned()));
+    }
+
+    fn next_backlog(&mut self) -> Result<Option<StoredInstance>> {
+        let Some(index) = &self.index else {
+            return Ok(None);
+        };
+        loop {
+            let next = self
+                .replays
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            let Some(id) = next else { break };
+            if let Some(entry) = index.pending_row(id)? {
+                return Ok(Some(stored(entry)));
+            }
+        }
+        if self.backlog.is_empty() && self.cursor < self.through {
+            self.backlog = index
+                .pending(self.cursor, self.through, BACKLOG_PAGE)?
+                .into();
+            self.cursor = self.backlog.back().map_or(self.through, |e| e.id);
+        }
+        Ok(self.backlog.pop_front().map(stored))
+    }
+
+    /// A due completion event, or else when the next one is due (None: no timer runs).
+    fn next_completion(&mut self) -> Result<std::result::Result<Completed, Option<Instant>>> {
+        let (Some(index), Some(timers)) = (&self.index, &self.timers) else {
+            return Ok(Err(None));
+        };
+        let now = unix_now();
+        let timeout = timers.timeout.as_secs_f64();
+        let mut found = None;
+        // Released studies first: due whatever their last arrival.
+        for study in std::mem::take(&mut self.released) {
+            let candidates = index.candidates(timers.studies, timers.series, Some(&study), 64)?;
+            let ready = candidates
+                .into_iter()
+                .find(|c| !self.handed.contains(&(c.level, c.uid.clone())));
+            // Kept while it has one more group to fire (its series, say) or callbacks to wait
+            // for: the writer's poke after their delivery brings it back here.
+            if ready.is_some() || index.has_pending(&study)? {
+                self.released.insert(study);
+            }
+            if found.is_none() {
+                found = ready;
+            }
+        }
+        let mut next_due = None;
+        if found.is_none() {
+            let limit = self.handed.len() + 1;
+            let candidates = index.candidates(timers.studies, timers.series, None, limit)?;
+            let waiting = candidates
+                .into_iter()
+                .find(|c| !self.handed.contains(&(c.level, c.uid.clone())));
+            match waiting {
+                Some(c) if c.last_received + timeout <= now => found = Some(c),
+                Some(c) => next_due = Some(c.last_received + timeout - now),
+                None => {}
+            }
+        }
+        let Some(candidate) = found else {
+            let until = next_due.map(|left| {
+                let left = Duration::try_from_secs_f64(left.max(0.0)).unwrap_or(Duration::MAX);
+                Instant::now()
+                    .checked_add(left)
+                    .unwrap_or_else(Instant::now)
+            });
+            return Ok(Err(until));
+        };
+        let (members, patient_id) = index.members(candidate.level, &candidate.uid)?;
+        self.handed.insert((candidate.level, candidate.uid.clone()));
+        Ok(Ok(Completed {
+            level: candidate.level,
+            uid: candidate.uid,
+            study_instance_uid: candidate.study_instance_uid,
+            patient_id,
+            revision: u32::try_from(candidate.events).unwrap_or(u32::MAX),
+            last_received: candidate.last_received,
+            members,
+        }))
+    }
+}
+
+/// Hands replayed rows to a feed from another thread.
+#[derive(Clone)]
+pub struct Replayer {
+    replays: Arc<Mutex<VecDeque<i64>>>,
+    queue: Arc<EventQueue>,
+}
+
+impl Replayer {
+    /// Deliver these rows again (set pending in the journal already), waking the feed.
+    pub fn replay(&self, ids: impl IntoIterator<Item = i64>) {
+        self.replays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(ids);
+        self.queue.poke();
+    }
+}
+
+fn stored(entry: InstanceEntry) -> StoredInstance {
+    let unknown = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    StoredInstance {
+        peer: entry.peer.parse().unwrap_or(unknown),
+        path: entry.path,
+        held: entry.held,
+        journal_id: Some(entry.id),
+        sop_class_uid: entry.sop_class_uid,
+        sop_instance_uid: entry.sop_instance_uid,
+        transfer_syntax_uid: entry.transfer_syntax_uid,
+        calling_ae: entry.calling_ae,
+        called_ae: entry.called_ae,
+        bytes: entry.bytes,
+    }
+}
+
+/// The events until the end; a journal that fails to read ends them too (tests, mostly).
+impl Iterator for Feed {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.next_event().ok().flatten()
+    }
+}
+
+impl Drop for Feed {
+    /// The consumer is gone: associations waiting for room stop waiting.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}

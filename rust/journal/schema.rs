@@ -1,0 +1,73 @@
+//! The journal's tables, versioned with SQLite's `user_version`: each release that changes
+//! them appends a migration, and opening a journal runs the ones it has not had yet.
+
+use rusqlite::Connection;
+
+/// Delivery states of an instance row.
+pub const NOT_QUEUED: i64 = 0;
+pub const PENDING: i64 = 1;
+pub const DELIVERED: i64 = 2;
+pub const FAILED: i64 = 3;
+
+/// Migration `n` takes a journal from version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: one row per acknowledged instance, and the studies/series their timers run on.
+    "CREATE TABLE instances (
+        id INTEGER PRIMARY KEY,
+        received REAL NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        patient_id TEXT,
+        study_instance_uid TEXT,
+        series_instance_uid TEXT,
+        accession_number TEXT,
+        modality TEXT,
+        study_date TEXT,
+        path TEXT NOT NULL,          -- relative to data_dir
+        bytes INTEGER NOT NULL,
+        transfer_syntax_uid TEXT NOT NULL,
+        calling_ae TEXT NOT NULL,
+        called_ae TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        held TEXT,                   -- file name in the journal's held/ folder
+        state INTEGER NOT NULL,      -- 0 no callbacks, 1 pending, 2 delivered, 3 failed
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT
+    );
+    CREATE INDEX instances_study ON instances (study_instance_uid, series_instance_uid);
+    CREATE INDEX instances_waiting ON instances (state) WHERE state IN (1, 3);
+    CREATE TABLE groups (
+        level TEXT NOT NULL,         -- 'study' or 'series'
+        uid TEXT NOT NULL,
+        study_instance_uid TEXT NOT NULL,
+        last_received REAL NOT NULL,
+        changed INTEGER NOT NULL,    -- instances arrived since its last completion event
+        events INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (level, uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX groups_changed ON groups (last_received) WHERE changed = 1;",
+];
+
+/// The version this build writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Bring the journal to `VERSION`, each step in its own transaction. A journal written by a
+/// newer release is refused rather than misread.
+pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    if found > VERSION {
+        return Err(format!(
+            "schema version {found} is newer than this dicom-inlet knows ({VERSION})"
+        ));
+    }
+    for (version, step) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(step)
+            .and_then(|()| tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1)))
+            .and_then(|()| tx.commit())
+            .map_err(|e| format!("migration to version {}: {e}", version + 1))?;
+    }
+    Ok(())
+}

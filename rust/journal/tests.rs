@@ -1,0 +1,309 @@
+//! The journal alone: rows, group commit across threads, delivery states, replays, completion
+//! timers and their revisions, restarts, migrations and unusable files.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use super::*;
+use crate::events::{AssociationRecord, Event, EventQueue, Outcome};
+
+fn temp_root(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("dicom-inlet-journal-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::canonicalize(dir).unwrap()
+}
+
+fn row(root: &Path, study: &str, series: &str, sop: &str, pending: bool) -> Row {
+    Row {
+        sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+        sop_instance_uid: sop.into(),
+        transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+        patient_id: Some("PID".into()),
+        study_instance_uid: Some(study.into()),
+        series_instance_uid: Some(series.into()),
+        modality: Some("CT".into()),
+        path: root.join(series).join(format!("{sop}.dcm")),
+        bytes: 10,
+        calling_ae: "SCU".into(),
+        called_ae: "INLET".into(),
+        pending,
+        ..Row::default()
+    }
+}
+
+fn timers(studies: bool, series: bool, on_release: bool) -> Timers {
+    Timers {
+        timeout: Duration::ZERO,
+        studies,
+        series,
+        on_release,
+    }
+}
+
+#[test]
+fn rows_from_many_threads_are_all_committed_in_order_of_their_ids() {
+    let root = temp_root("group");
+    let journal = Arc::new(Journal::open(&root, false, None).unwrap());
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let journal = Arc::clone(&journal);
+            let root = root.clone();
+            thread::spawn(move || {
+                let recorder = &journal;
+                (0..50)
+                    .map(|i| recorder.record(row(&root, "1", "1.1", &format!("{t}.{i}"), true)))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut ids: Vec<i64> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=200).collect::<Vec<_>>());
+    let index = journal.index().unwrap();
+    let pending = index.instances(None, None, Some("pending")).unwrap();
+    assert_eq!(pending.len(), 200);
+    assert_eq!(
+        pending[0].path,
+        root.join("1.1")
+            .join(format!("{}.dcm", pending[0].sop_instance_uid))
+    );
+    let studies = index.studies().unwrap();
+    assert_eq!(studies.len(), 1);
+    assert_eq!(
+        (studies[0].instances, studies[0].pending, studies[0].series),
+        (200, 200, 1)
+    );
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn undelivered_rows_survive_a_restart_and_failed_ones_wait_for_a_replay() {
+    let root = temp_root("restart");
+    {
+        let journal = Journal::open(&root, true, None).unwrap();
+        let recorder = &journal;
+        for i in 0..5 {
+            recorder
+                .record(row(&root, "1", "1.1", &i.to_string(), true))
+                .unwrap();
+        }
+        recorder
+            .record(row(&root, "1", "1.1", "quiet", false))
+            .unwrap();
+        journal.delivered(1);
+        journal.failed(2, 3, "Traceback: boom".into());
+        // Dropped without any shutdown of the rows' deliveries: as after kill -9.
+    }
+    let journal = Journal::open(&root, false, None).unwrap();
+    let queue = Arc::new(EventQueue::new(4));
+    queue.end();
+    let feed = Feed::new(
+        Arc::clone(&queue),
+        Some(journal.index().unwrap()),
+        true,
+        None,
+    )
+    .unwrap();
+    let ids: Vec<i64> = feed
+        .map(|e| match e {
+            Event::Stored(s) => s.journal_id.unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, [3, 4, 5]);
+    let index = journal.index().unwrap();
+    let failed = index.instances(None, None, Some("failed")).unwrap();
+    assert_eq!((failed[0].id, failed[0].attempts), (2, 3));
+    assert_eq!(failed[0].error.as_deref(), Some("Traceback: boom"));
+    assert_eq!(journal.replay(None).unwrap(), 1);
+    assert_eq!(index.instances(None, None, Some("failed")).unwrap(), []);
+    assert_eq!(index.instances(None, None, Some("-")).unwrap().len(), 1);
+    assert!(index.instances(None, None, Some("lost")).is_err());
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn held_versions_go_once_delivered_and_strays_at_open() {
+    let root = temp_root("held");
+    let journal = Journal::open(&root, false, None).unwrap();
+    let held = journal.held_path("kept.dcm");
+    fs::write(&held, b"acknowledged").unwrap();
+    let stray = journal.held_path("stray.dcm");
+    fs::write(&stray, b"crashed before its commit").unwrap();
+    let recorder = &journal;
+    let id = recorder
+        .record(Row {
+            held: Some(held.clone()),
+            ..row(&root, "1", "1.1", "1", true)
+        })
+        .unwrap();
+    drop(journal);
+    let journal = Journal::open(&root, false, None).unwrap();
+    assert!(held.exists() && !stray.exists());
+    // Committed (and the link removed) before delivered() returns, no thread being busy.
+    journal.delivered(id);
+    assert!(!held.exists());
+    fs::remove_dir_all(&root).unwrap();
+}
+
+/// The next completion event of a feed whose queue has ended.
+fn next_completed(feed: &mut Feed) -> Option<crate::events::Completed> {
+    match feed.next_event().unwrap() {
+        Some(Event::Completed(c)) => Some(c),
+        None => None,
+        Some(other) => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn completion_events_list_their_instances_then_come_as_revisions() {
+    let root = temp_root("completion");
+    let queue = Arc::new(EventQueue::new(4));
+    // With a queue to poke the timers are on: the journal keeps their rows.
+    let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
+    let recorder = &journal;
+    for (series, sop) in [("1.1", "a"), ("1.2", "b"), ("1.1", "a"), ("1.1", "c")] {
+        recorder
+            .record(row(&root, "1", series, sop, false))
+            .unwrap();
+    }
+    queue.end();
+    let index = journal.index().unwrap();
+    let mut feed = Feed::new(
+        Arc::clone(&queue),
+        Some(index),
+        false,
+        Some(timers(true, false, false)),
+    )
+    .unwrap();
+    let study = next_completed(&mut feed).unwrap();
+    assert_eq!(
+        (study.level, study.uid.as_str(), study.revision),
+        (Level::Study, "1", 0)
+    );
+    assert_eq!(study.patient_id, "PID");
+    // The replaced duplicate (same path) is listed once.
+    let sops: Vec<&str> = study
+        .members
+        .iter()
+        .map(|m| m.sop_instance_uid.as_str())
+        .collect();
+    assert_eq!(sops, ["b", "a", "c"]);
+    // Given out, not yet done: not given again.
+    assert!(next_completed(&mut feed).is_none());
+    journal
+        .completed(Level::Study, "1".into(), study.last_received)
+        .unwrap();
+    feed.completion_done(Level::Study, "1");
+    assert!(next_completed(&mut feed).is_none());
+    let index = journal.index().unwrap();
+    assert_eq!(index.group_events(Level::Study, "1"), Some((1, false)));
+    // A late instance: the study comes again, as revision 1, with all its instances.
+    recorder.record(row(&root, "1", "1.3", "d", false)).unwrap();
+    let revision = next_completed(&mut feed).unwrap();
+    assert_eq!((revision.revision, revision.members.len()), (1, 4));
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn completion_waits_for_pending_callbacks_and_fires_on_release() {
+    let root = temp_root("release");
+    let queue = Arc::new(EventQueue::new(4));
+    let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
+    let recorder = &journal;
+    recorder.record(row(&root, "7", "7.1", "x", true)).unwrap();
+    let mut feed = Feed::new(
+        Arc::clone(&queue),
+        Some(journal.index().unwrap()),
+        true,
+        Some(Timers {
+            timeout: Duration::from_secs(3600),
+            ..timers(true, true, true)
+        }),
+    )
+    .unwrap();
+    assert!(matches!(feed.next_event().unwrap(), Some(Event::Stored(_))));
+    queue.push_record(AssociationRecord {
+        peer: "127.0.0.1:1".parse().unwrap(),
+        calling_ae: String::new(),
+        called_ae: String::new(),
+        instances: 1,
+        failures: 0,
+        echoes: 0,
+        user_identity: None,
+        bytes: 0,
+        duration: Duration::ZERO,
+        outcome: Outcome::Released,
+        detail: None,
+        studies: vec!["7".into()],
+    });
+    assert!(matches!(
+        feed.next_event().unwrap(),
+        Some(Event::AssociationEnded(_))
+    ));
+    // Its callbacks have not returned yet: no event, though released and the hour not over.
+    journal.delivered(1);
+    queue.end();
+    let mut levels = vec![];
+    while let Some(c) = next_completed(&mut feed) {
+        levels.push((c.level, c.uid));
+    }
+    levels.sort_by_key(|(l, _)| l.as_str());
+    assert_eq!(
+        levels,
+        [(Level::Series, "7.1".into()), (Level::Study, "7".into())]
+    );
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn schema_versions_and_unusable_files_are_told() {
+    let root = temp_root("schema");
+    drop(Journal::open(&root, false, None).unwrap());
+    let database = root.join(JOURNAL_DIR).join(DATABASE);
+    let conn = rusqlite::Connection::open(&database).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, VERSION);
+    conn.execute_batch(&format!("PRAGMA user_version = {}", VERSION + 1))
+        .unwrap();
+    drop(conn);
+    let newer = Journal::open(&root, false, None).err().unwrap().to_string();
+    assert!(newer.contains("newer than this dicom-inlet"), "{newer}");
+    for garbage in [
+        b"not a database at all, just some bytes".repeat(200),
+        vec![],
+    ] {
+        for suffix in ["-wal", "-shm"] {
+            let _ = fs::remove_file(format!("{}{suffix}", database.display()));
+        }
+        fs::write(&database, &garbage).unwrap();
+        match Journal::open(&root, false, None) {
+            // An empty file is a new database.
+            Ok(_) => assert!(garbage.is_empty()),
+            Err(e) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("is unusable") && message.contains("journal.sqlite"),
+                    "{message}"
+                );
+            }
+        }
+    }
+    let missing = Index::open(&root.join("nowhere"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(missing.contains("cannot use data_dir"), "{missing}");
+    fs::remove_dir_all(&root).unwrap();
+}
