@@ -13,9 +13,11 @@ use crate::pdu::{self, abort, Abort, Pdu, MAX_CONTROL_PDU};
 use crate::server::{AssociationRecord, Event, Outcome, Shared};
 
 use c_store::Sink;
+use read_timeout::ReadTimeout;
 use reader::PduReader;
 
 mod c_store;
+mod read_timeout;
 mod reader;
 
 /// Longest wait for the peer to close after our A-ASSOCIATE-RJ or A-ABORT.
@@ -85,20 +87,13 @@ impl Wait {
 /// limit), so a trickle of bytes cannot stretch the deadline.
 struct Due<'s> {
     stream: &'s TcpStream,
+    timeout: &'s mut ReadTimeout,
     due: Option<Instant>,
 }
 
 impl Read for Due<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = match self.due {
-            None => None,
-            Some(due) => match due.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(left),
-                _ => return Err(io::ErrorKind::TimedOut.into()),
-            },
-        };
-        self.stream.set_read_timeout(left)?;
-        self.stream.read(buf)
+        read_timeout::read_by(self.stream, self.timeout, self.due, buf)
     }
 }
 
@@ -170,6 +165,8 @@ struct Connection<'a> {
     out: Vec<u8>,
     command: Vec<u8>,
     record: AssociationRecord,
+    /// What the socket's read timeout is, so reads set it only when it must change.
+    read_timeout: ReadTimeout,
 }
 
 /// Serve one connection to its end and report it.
@@ -198,6 +195,7 @@ pub(crate) fn serve(
             outcome: Outcome::Closed,
             detail: None,
         },
+        read_timeout: ReadTimeout::default(),
     };
     let started = Instant::now();
     let result = connection.run(over_limit);
@@ -317,13 +315,14 @@ impl Connection<'_> {
 
     /// Read a PDU header by `due`: (type, body length).
     fn read_header(
-        &self,
+        &mut self,
         reader: &mut PduReader,
         due: Option<Instant>,
         wait: Wait,
     ) -> Result<(u8, u32), Stop> {
         let mut stream = Due {
             stream: &self.stream,
+            timeout: &mut self.read_timeout,
             due,
         };
         reader.header(&mut stream).map_err(|e| wait.failed(e))
@@ -332,7 +331,7 @@ impl Connection<'_> {
     /// Read the body of `length` bytes of the PDU whose header was just read, by `due`. The
     /// length is checked against `max` before a byte of the body is read or allocated.
     fn read_body<'r>(
-        &self,
+        &mut self,
         reader: &'r mut PduReader,
         length: u32,
         max: u32,
@@ -347,6 +346,7 @@ impl Connection<'_> {
         }
         let mut stream = Due {
             stream: &self.stream,
+            timeout: &mut self.read_timeout,
             due,
         };
         reader.body(&mut stream, length).map_err(|e| wait.failed(e))
@@ -532,6 +532,7 @@ impl Connection<'_> {
             .unwrap_or(ARTIM_LINGER)
             .min(ARTIM_LINGER);
         self.stream.set_read_timeout(Some(artim))?;
+        self.read_timeout = ReadTimeout::Set(Some(artim));
         let mut sink = [0u8; 4096];
         let mut drained = 0;
         while drained < MAX_CONTROL_PDU as usize {
