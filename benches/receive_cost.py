@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 import corpus
-from peers import DCMTK_ENV, _children, STORESCP, STORESCU, count_files, free_port, wait_ready
+from peers import DCMTK_ENV, STORESCP, STORESCU, _children, count_files, free_port, wait_ready
 
 RECEIVERS = {
     "inlet": (
@@ -34,7 +34,17 @@ RECEIVERS = {
         *("-m", "dicom_inlet", "serve", "{dir}", "--port", "{port}", "--host", "127.0.0.1"),
         *("-q", "--aet", "INLET", "--max-pdu", "{pdu}"),
     ),
-    "storescp": (STORESCP, "-aet", "STORESCP", "+B", "--max-pdu", "{pdu}", "-od", "{dir}", "{port}"),
+    "storescp": (
+        STORESCP,
+        "-aet",
+        "STORESCP",
+        "+B",
+        "--max-pdu",
+        "{pdu}",
+        "-od",
+        "{dir}",
+        "{port}",
+    ),
 }
 
 
