@@ -10,7 +10,7 @@ use std::io::{self, ErrorKind, Read};
 use crate::pdu;
 
 /// How far past the bytes needed a read may go. A sender of 16 KiB PDUs (DCMTK's default) has
-/// several queued by the time we read: 256 KiB takes in ~4 per read where 64 KiB took ~2.5
+/// several queued by the time we read: 256 KiB takes in ~8 per read where 64 KiB took ~3
 /// (`benches/receive_cost.py strace`). The leftover moved to the buffer front stays under one
 /// PDU, whatever this is.
 const READ_AHEAD: usize = 256 * 1024;
