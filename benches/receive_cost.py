@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,10 @@ RECEIVERS = {
 
 
 def tool_argv(tool: str, out: Path) -> list[str]:
+    if tool == "task-clock":
+        return ["perf", "stat", "-e", "task-clock", "-x", ",", "-o", str(out)]
+    if tool == "profile":
+        return ["perf", "record", "-q", "-e", "cpu-clock", "-F", "20000", "-g", "-o", str(out)]
     if tool == "callgrind":
         return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "-q"]
     return ["strace", "-f", "-c", "-o", str(out)]
@@ -56,7 +61,12 @@ def tool_argv(tool: str, out: Path) -> list[str]:
 
 def read_counts(tool: str, out: Path) -> dict[str, int]:
     """callgrind: {"instructions": total}; strace: {syscall: calls} and "total"."""
+    if tool == "profile":
+        return {}  # read with perf report (--keep)
     text = out.read_text()
+    if tool == "task-clock":
+        msec = re.search(r"^([\d.]+),msec,task-clock", text, re.M)[1]
+        return {"CPU µs": round(float(msec) * 1e3)}
     if tool == "callgrind":
         return {"instructions": int(re.search(r"^(?:summary|totals): (\d+)", text, re.M)[1])}
     counts = {}
@@ -85,7 +95,7 @@ def run_once(args: argparse.Namespace, files: list[Path], work: Path) -> dict[st
         if (got := count_files(data_dir)) != len(files):
             raise RuntimeError(f"{args.receiver} stored {got} of {len(files)} files")
     finally:
-        # strace stays attached until its tracee exits: stop the receiver itself.
+        # strace and perf wait for their child to exit: stop the receiver itself.
         target = process.pid if args.tool == "callgrind" else _children(process.pid)[0]
         for _ in range(60):  # a SIGTERM before the server's handler is installed is lost
             os.kill(target, signal.SIGTERM)
@@ -103,12 +113,13 @@ def run_once(args: argparse.Namespace, files: list[Path], work: Path) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("tool", choices=("callgrind", "strace"))
+    parser.add_argument("tool", choices=("callgrind", "strace", "task-clock", "profile"))
     parser.add_argument("--receiver", choices=sorted(RECEIVERS), default="inlet")
     parser.add_argument("--max-pdu", type=int, default=16_384)
     parser.add_argument("--files", default="10,40", help="two instance counts (default: 10,40)")
     parser.add_argument("--corpus", type=Path, help="corpus cache (default: as peers.py --quick)")
     parser.add_argument("--work", type=Path, help="receiver's data directory's parent")
+    parser.add_argument("--repeat", type=int, default=1, help="pairs of runs (median)")
     parser.add_argument("--keep", type=Path, help="keep the tool's report of each run here")
     args = parser.parse_args(argv)
     few, many = (int(n) for n in args.files.split(","))
@@ -117,19 +128,22 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted(ct.directory.rglob("*.dcm"))[:many]
     size = sum(f.stat().st_size for f in files[few:]) / (many - few)
     work = Path(tempfile.mkdtemp(prefix="receive-cost-", dir=args.work))
+    per: dict[str, list[float]] = {}
     try:
-        a = run_once(args, files[:few], work)
-        b = run_once(args, files, work)
+        for _ in range(args.repeat):
+            a = run_once(args, files[:few], work)
+            b = run_once(args, files, work)
+            for name in set(a) | set(b):
+                per.setdefault(name, []).append((b.get(name, 0) - a.get(name, 0)) / (many - few))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"{args.receiver} at max PDU {args.max_pdu}, {args.tool}, per instance "
-        f"({size / 1e3:,.0f} kB files, {few} vs {many} instances):"
+        f"({size / 1e3:,.0f} kB files, {few} vs {many} instances, median of {args.repeat}):"
     )
-    for name in sorted(set(a) | set(b), key=lambda n: -(b.get(n, 0) - a.get(n, 0))):
-        per = (b.get(name, 0) - a.get(name, 0)) / (many - few)
-        if abs(per) >= 0.05:
-            print(f"  {name:16} {per:14,.1f}")
+    for name, values in sorted(per.items(), key=lambda item: -statistics.median(item[1])):
+        if abs(median := statistics.median(values)) >= 0.05:
+            print(f"  {name:16} {median:14,.1f}")
     return 0
 
 
