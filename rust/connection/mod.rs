@@ -17,7 +17,8 @@ use read_timeout::ReadTimeout;
 use reader::PduReader;
 
 mod c_store;
-mod read_timeout;
+// pub(crate): any stream reading its socket by a deadline (TLS too) can use it.
+pub(crate) mod read_timeout;
 mod reader;
 
 /// Longest wait for the peer to close after our A-ASSOCIATE-RJ or A-ABORT.
