@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("data_dir")
     parser.add_argument("port", type=int)
     parser.add_argument("--aet", default="INLET")
+    parser.add_argument("--max-pdu", type=int, default=262_144, help="largest PDU we accept")
     parser.add_argument("--expect", type=int, required=True, help="callbacks before 'ALL'")
     args = parser.parse_args()
     seen: set[str] = set()
@@ -31,7 +32,10 @@ def main() -> None:
             print("ALL", flush=True)
 
     node = {"aetitle": args.aet, "port": args.port, "ip": "127.0.0.1"}
-    StoreSCPServer(node, data_dir=args.data_dir, callbacks=[callback]).run(block=True)
+    server = StoreSCPServer(
+        node, data_dir=args.data_dir, callbacks=[callback], maximum_pdu_size=args.max_pdu
+    )
+    server.run(block=True)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import corpus
@@ -73,14 +73,45 @@ READY_TIMEOUT = 60.0
 CONCURRENT = corpus.SHARDS
 
 
+SENDERS = ("storescu", "dicom-inlet send", "dicom-rs storescu")
+
+
 @dataclass(frozen=True)
 class Receiver:
     name: str
-    argv: tuple[str, ...]  # {dir}, {port} and {expect} are filled in
+    argv: tuple[str, ...]  # {dir}, {port} and {expect} are filled in; PDU marks pdu_argv's place
     workloads: tuple[str, ...]
     stores: bool = True  # writes one file per instance under {dir}
     reports_done: bool = False  # prints "ALL" once every instance went through Python
-    senders: tuple[str, ...] = ("storescu", "dicom-inlet send")
+    senders: tuple[str, ...] = SENDERS
+    pdu_argv: tuple[str, ...] = ()  # sets the max PDU to {pdu}; () for a receiver that can't
+
+    def at_pdu(self, size: int | None) -> Receiver | None:
+        """This receiver announcing ``size`` as its max PDU (None: its default), named for it;
+        None if it has no such setting."""
+        if size is None:
+            return replace(self, argv=tuple(a for a in self.argv if a != PDU))
+        if not self.pdu_argv:
+            return None
+        i = self.argv.index(PDU)
+        options = tuple(a.format(pdu=size) for a in self.pdu_argv)
+        argv = (*self.argv[:i], *options, *self.argv[i + 1 :])
+        return replace(self, name=self.name + pdu_suffix(size), argv=argv)
+
+
+# Where a receiver's max PDU option goes in its argv.
+PDU = "{max pdu}"
+
+
+def pdu_suffix(size: int | None) -> str:
+    """What names a receiver run at ``size`` (None: its default max PDU)."""
+    return "" if size is None else f" @{size // 1024}K"
+
+
+def pdu_group(name: str) -> str:
+    """The max PDU suffix of a receiver's name ("" for its default)."""
+    _, at, size = name.rpartition(" @")
+    return at + size if at and size.endswith("K") and size[:-1].isdigit() else ""
 
 
 @dataclass
@@ -89,6 +120,7 @@ class Sample:
     files_per_s: float
     mb_per_s: float
     cpu_s: float
+    cpu_us_per_file: float
     peak_rss_mib: float
     idle_rss_mib: float
     load1: float
@@ -157,18 +189,27 @@ def make_certificates(directory: Path) -> dict[str, str]:
     return files
 
 
-def receivers(python: str, inlets: list[tuple[str, str]], pacsanini: str | None) -> list[Receiver]:
-    """Every receiver measured; ``inlets`` are (label, interpreter) of dicom-inlet builds,
-    ``pacsanini`` the interpreter of a venv with pacsanini (None: not measured)."""
+def receivers(
+    python: str,
+    inlets: list[tuple[str, str]],
+    pacsanini: str | None,
+    dicom_rs: Path | None = None,
+) -> list[Receiver]:
+    """Every receiver measured, at its default max PDU; ``inlets`` are (label, interpreter) of
+    dicom-inlet builds, ``pacsanini`` the interpreter of a venv with pacsanini (None: not
+    measured), ``dicom_rs`` the install root of dicom-rs's tools (None: not measured)."""
     single = ("ct", "small", "big")
     # The seed's SCP decodes and re-encodes every data set: the 200 MB ones take minutes.
     seed = ("ct", "small")
     inlet_args = ("-m", "dicom_inlet", "serve", "{dir}", "--port", "{port}", "--host")
+    inlet_pdu = ("--max-pdu", "{pdu}")
+    dcmtk_pdu = ("--max-pdu", "{pdu}")
     found = [
         Receiver(
             label,
-            (interpreter, *inlet_args, "127.0.0.1", "-q", "--aet", "INLET"),
+            (interpreter, *inlet_args, "127.0.0.1", "-q", "--aet", "INLET", PDU),
             (*single, "ct x4"),
+            pdu_argv=inlet_pdu,
         )
         for label, interpreter in inlets
     ]
@@ -185,13 +226,25 @@ def receivers(python: str, inlets: list[tuple[str, str]], pacsanini: str | None)
     ]
     # pacsanini takes minutes per run on the 200 MB instances (module docstring).
     pacsanini_scp = (pacsanini, str(HERE / "pacsanini_scp.py"), "{dir}", "{port}")
+    # dicom-rs's storescp holds each instance in memory (README), and listens on every
+    # interface: the benchmark sends to it on 127.0.0.1 only.
+    dicom_rs_scp = (str(dicom_rs / "bin" / "dicom-storescp") if dicom_rs else "", "-p", "{port}")
     return [
         *found,
         Receiver(
             CALLBACK,
-            (python, str(HERE / "inlet_callback.py"), "{dir}", "{port}", "--expect", "{expect}"),
+            (
+                python,
+                str(HERE / "inlet_callback.py"),
+                "{dir}",
+                "{port}",
+                "--expect",
+                "{expect}",
+                PDU,
+            ),
             ("ct", "small"),
             reports_done=True,
+            pdu_argv=inlet_pdu,
         ),
         Receiver(HANDLER, (python, str(HERE / "inlet_handler.py"), "{dir}", "{port}"), single),
         *(
@@ -202,22 +255,42 @@ def receivers(python: str, inlets: list[tuple[str, str]], pacsanini: str | None)
             )
         ),
         Receiver(
-            "storescp +B", (STORESCP, "-aet", "STORESCP", "+B", "-od", "{dir}", "{port}"), single
+            "storescp +B",
+            (STORESCP, "-aet", "STORESCP", "+B", PDU, "-od", "{dir}", "{port}"),
+            single,
+            pdu_argv=dcmtk_pdu,
         ),
         Receiver(
             "storescp --ignore",
-            (STORESCP, "-aet", "STORESCP", "--ignore", "{port}"),
+            (STORESCP, "-aet", "STORESCP", "--ignore", PDU, "{port}"),
             single,
             stores=False,
+            pdu_argv=dcmtk_pdu,
         ),
         Receiver(
-            "pynetdicom", (python, str(HERE / "pynetdicom_scp.py"), "{dir}", "{port}"), single
+            "pynetdicom",
+            (python, str(HERE / "pynetdicom_scp.py"), "{dir}", "{port}", PDU),
+            single,
+            pdu_argv=inlet_pdu,
         ),
         *([Receiver(PACSANINI, pacsanini_scp, ("ct", "small"))] if pacsanini else []),
+        *(
+            [
+                Receiver(
+                    DICOM_RS_SCP,
+                    (*dicom_rs_scp, PDU, "-o", "{dir}"),
+                    single,
+                    pdu_argv=("-m", "{pdu}"),
+                )
+            ]
+            if dicom_rs
+            else []
+        ),
         Receiver(
             "storescp --fork +B",
-            (STORESCP, "-aet", "STORESCP", "--fork", "+B", "-od", "{dir}", "{port}"),
+            (STORESCP, "-aet", "STORESCP", "--fork", "+B", PDU, "-od", "{dir}", "{port}"),
             ("ct x4",),
+            pdu_argv=dcmtk_pdu,
         ),
         Receiver(
             RAW_SINK,
@@ -261,16 +334,21 @@ def sender_commands(
     port: int,
     window: int,
     tls: dict[str, str],
+    dicom_rs: Path | None = None,
 ) -> list[list[str]]:
-    """The processes that send ``workload``. All but storescu print READY and wait for a line
-    on stdin before sending, then print DONE: their Python start-up and exit stay off the
-    clock (storescu's, a C program's, cost little)."""
+    """The processes that send ``workload``. All but storescu and dicom-rs's storescu print
+    READY and wait for a line on stdin before sending, then print DONE: their Python start-up
+    and exit stay off the clock (that of a compiled program costs little)."""
+    dirs = workload.shards if concurrent else (workload.directory,)
     if sender.startswith("storescu"):
-        dirs = workload.shards if concurrent else (workload.directory,)
         secure = ["+tls", tls["client_key"], tls["client"], "+cf", tls["ca"]]
         command = [STORESCU, *(secure if sender in TLS_SENDERS else [])]
         command += ["-aet", "BENCHSCU", "-aec", "ANY", "+sd", "+r", "127.0.0.1", str(port)]
         return [[*command, str(d)] for d in dirs]
+    if sender == DICOM_RS_SCU:
+        # The files listed, as it takes them, in the order storescu sends them.
+        command = [str(Path(dicom_rs or "", "bin", "dicom-storescu")), f"ANY@127.0.0.1:{port}"]
+        return [[*command, *map(str, sorted(d.rglob("*.dcm")))] for d in dirs]
     if sender == RAW_SOURCE:
         script = ["raw_tcp.py", "source"]
     else:
@@ -296,6 +374,9 @@ BASELINE = {
 }
 FLOOR = "storescp --ignore"
 PACSANINI = "pacsanini"
+DICOM_RS_SCP = "dicom-rs storescp"
+DICOM_RS_SCU = "dicom-rs storescu"
+DICOM_RS_CRATES = ("dicom-storescp", "dicom-storescu")
 RAW_SINK = "raw TCP sink"
 RAW_SOURCE = "raw TCP"
 
@@ -419,6 +500,7 @@ def measure(
     data_dir: Path,
     window: int = 1,
     tls: dict[str, str] | None = None,
+    dicom_rs: Path | None = None,
 ) -> Sample:
     """One run: start the receiver on an empty ``data_dir``, send, read the figures, stop it."""
     data_dir.mkdir(parents=True)
@@ -444,10 +526,10 @@ def measure(
         reset_peak_rss(process.pid)
         children = ChildPeaks(process.pid)
         children.start()
-        commands = sender_commands(sender, workload, concurrent, port, window, tls)
-        handshake = not sender.startswith("storescu")
+        commands = sender_commands(sender, workload, concurrent, port, window, tls, dicom_rs)
+        handshake = not sender.startswith("storescu") and sender != DICOM_RS_SCU
         pipe = subprocess.PIPE if handshake else subprocess.DEVNULL
-        if not handshake:  # storescu's start-up is on the clock, as a user sees it
+        if not handshake:  # a compiled sender's start-up is on the clock, as a user sees it
             cpu_before, started = tree_cpu_seconds(process.pid), time.perf_counter()
         senders = [
             subprocess.Popen(c, env=DCMTK_ENV, stdin=pipe, stdout=pipe, stderr=subprocess.PIPE)
@@ -495,6 +577,7 @@ def measure(
         files_per_s=workload.files / seconds,
         mb_per_s=workload.bytes / 1e6 / seconds,
         cpu_s=cpu,
+        cpu_us_per_file=cpu * 1e6 / workload.files,
         peak_rss_mib=peak_kib / 1024,
         idle_rss_mib=idle_kib / 1024,
         load1=load1,
@@ -504,7 +587,7 @@ def measure(
 # ---------------------------------------------------------------------------------------------
 # Report
 
-METRICS = ("files_per_s", "mb_per_s", "peak_rss_mib", "cpu_s")
+METRICS = ("files_per_s", "mb_per_s", "peak_rss_mib", "cpu_s", "cpu_us_per_file")
 
 
 def _ratio(samples: list[Sample], base: list[Sample], metric: str) -> float | None:
@@ -531,14 +614,16 @@ def summarize(results: list[Result], inlet: str) -> list[dict]:
         }
         for metric in (*METRICS, "idle_rss_mib", "seconds", "load1"):
             row[metric] = statistics.median(getattr(s, metric) for s in r.samples)
-        baseline = STORESCP_TLS if r.sender in TLS_SENDERS else BASELINE[r.workload]
+        # A receiver at a given max PDU is compared with DCMTK's at the same one.
+        at = pdu_group(r.receiver)
+        baseline = STORESCP_TLS if r.sender in TLS_SENDERS else BASELINE[r.workload] + at
         others = [
             ("dcmtk", (r.sender, baseline)),
-            ("ignore", (r.sender, FLOOR)),
+            ("ignore", (r.sender, FLOOR + at)),
             ("raw_tcp", (RAW_SOURCE, RAW_SINK)),
         ]
-        if r.receiver == CALLBACK:
-            others.append(("no_callback", (r.sender, inlet)))
+        if r.receiver == CALLBACK + at:
+            others.append(("no_callback", (r.sender, inlet + at)))
         if r.receiver == HANDLER:
             others.append(("no_handler", (r.sender, inlet)))
         if r.receiver == SEED_INLET:
@@ -580,14 +665,16 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
         raw = name == "big" and any(r["receiver"] == RAW_SINK for r in chosen)
         lines += [
             f"**{titles[name]}**: {w.files} files, {w.bytes / 1e6:,.0f} MB; "
-            f"ratios to `{BASELINE[name]}` (TLS rows: `{STORESCP_TLS}`) with the same sender"
+            f"ratios to `{BASELINE[name]}` (TLS rows: `{STORESCP_TLS}`) with the same sender (at "
+            "the same max PDU for a receiver named @N K)"
             + (", files/s to `--ignore`" if single else "")
             + (", MB/s to raw loopback TCP" if raw else ""),
             "",
-            "| sender | receiver | files/s | MB/s | peak RSS MiB | idle RSS MiB | CPU s | load |"
+            "| sender | receiver | files/s | MB/s | peak RSS MiB | idle RSS MiB | CPU s "
+            "| CPU µs/file | load |"
             + (" files/s ÷ `--ignore` |" if single else "")
             + (" MB/s ÷ raw TCP |" if raw else ""),
-            "|---|---|---:|---:|---:|---:|---:|---:|"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"
             + ("---:|" if single else "")
             + ("---:|" if raw else ""),
         ]
@@ -601,6 +688,7 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
                 _cell(r["peak_rss_mib"], x.get("peak_rss_mib"), 1),
                 f"{r['idle_rss_mib']:.1f}",
                 _cell(r["cpu_s"], x.get("cpu_s"), 2),
+                _cell(r["cpu_us_per_file"], x.get("cpu_us_per_file")),
                 f"{r['load1']:.2f}",
             ]
             for shown, label, metric in (
@@ -631,6 +719,24 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def dicom_rs_root(root: Path | None, build: bool, log) -> Path | None:
+    """``root`` if dicom-rs's storescp and storescu are installed there, after building them
+    when ``build`` asks; None, with a note, if they are not."""
+    if root is None:
+        log(f"{DICOM_RS_SCP} and {DICOM_RS_SCU} skipped: give --dicom-rs ROOT (--build-dicom-rs)")
+        return None
+    missing = [c for c in DICOM_RS_CRATES if not (root / "bin" / c).is_file()]
+    if missing and build:
+        log(f"building {', '.join(missing)} into {root} (once; cargo install at nice 19)")
+        command = ["nice", "-n", "19", "cargo", "install", "--root", str(root), *missing]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        missing = [c for c in DICOM_RS_CRATES if not (root / "bin" / c).is_file()]
+    if missing:
+        log(f"dicom-rs skipped: no {', '.join(missing)} in {root}/bin (--build-dicom-rs)")
+        return None
+    return root
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -652,9 +758,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--receivers", help="comma-separated receiver names to run (default: all)")
     parser.add_argument(
         "--senders",
-        default=",".join(["storescu", "dicom-inlet send", RAW_SOURCE, *TLS_SENDERS]),
-        help="comma-separated senders (default: storescu,dicom-inlet send,"
-        f"{RAW_SOURCE},{','.join(TLS_SENDERS)})",
+        default=",".join((*SENDERS, RAW_SOURCE, *TLS_SENDERS)),
+        help=f"comma-separated senders (default: {','.join((*SENDERS, RAW_SOURCE, *TLS_SENDERS))}; "
+        f"{DICOM_RS_SCU} only with --dicom-rs)",
     )
     parser.add_argument(
         "--workloads",
@@ -683,6 +789,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "StoreSCPServer (default: pacsanini is skipped)",
     )
     parser.add_argument(
+        "--same-pdu",
+        nargs="?",
+        const="16384,131072",
+        metavar="BYTES,BYTES",
+        help="also run every receiver that has the setting announcing each of these max PDU "
+        "sizes, named RECEIVER @16K etc. and compared with storescp at the same size "
+        "(default sizes: 16384,131072)",
+    )
+    parser.add_argument(
+        "--dicom-rs",
+        type=Path,
+        metavar="ROOT",
+        help="cargo install root holding bin/dicom-storescp and bin/dicom-storescu, measured "
+        "as a receiver and a sender (default: dicom-rs is skipped)",
+    )
+    parser.add_argument(
+        "--build-dicom-rs",
+        action="store_true",
+        help="build them into --dicom-rs ROOT first if missing (cargo install at nice 19, "
+        "from crates.io; minutes of CPU)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print JSON on stdout (progress and the table go to stderr)",
@@ -700,14 +828,19 @@ def main(argv: list[str] | None = None) -> int:
         for path in w.directory.rglob("*.dcm"):
             path.read_bytes()
     inlets = [tuple(i.split("=", 1)) for i in args.inlet] or [("dicom-inlet", sys.executable)]
-    chosen = receivers(sys.executable, inlets, args.pacsanini)
+    dicom_rs = dicom_rs_root(args.dicom_rs, args.build_dicom_rs, log)
+    defaults = receivers(sys.executable, inlets, args.pacsanini, dicom_rs)
+    sizes = [None, *(int(n) for n in args.same_pdu.split(","))] if args.same_pdu else [None]
+    chosen = [r for size in sizes for r in map(lambda d: d.at_pdu(size), defaults) if r]
     wanted = {n.strip() for n in args.receivers.split(",")} if args.receivers else None
     if wanted is not None:
-        chosen = [r for r in chosen if r.name in wanted]
+        chosen = [r for r in chosen if {r.name, r.name.removesuffix(pdu_group(r.name))} & wanted]
     if args.pacsanini is None and (wanted is None or PACSANINI in wanted):
         log(f"{PACSANINI} skipped: give --pacsanini PYTHON, a venv with pacsanini 0.2.1")
     names = [w.strip() for w in args.workloads.split(",")]
     senders = [s.strip() for s in args.senders.split(",")]
+    if dicom_rs is None:
+        senders = [s for s in senders if s != DICOM_RS_SCU]
     results = {
         (w, s, r.name): Result(w, s, r.name)
         for w in names
@@ -728,8 +861,16 @@ def main(argv: list[str] | None = None) -> int:
                 receiver = next(r for r in chosen if r.name == receiver_name)
                 data_dir = work / f"run{run}-{i}"
                 workload = workloads[name.split()[0]]
+                concurrent = name.endswith("x4")
                 sample = measure(
-                    receiver, sender, workload, name.endswith("x4"), data_dir, args.window, tls
+                    receiver,
+                    sender,
+                    workload,
+                    concurrent,
+                    data_dir,
+                    args.window,
+                    tls,
+                    dicom_rs,
                 )
                 result.samples.append(sample)
                 log(

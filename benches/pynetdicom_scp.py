@@ -3,7 +3,7 @@
 
 It follows pynetdicom's own fastest recipe: the handler writes ``event.encoded_dataset()``
 (preamble, file meta and the received data set bytes, not decoded) and the largest PDU we
-advertise is the one dicom-inlet uses.
+advertise is the one dicom-inlet uses (``--max-pdu`` another).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("data_dir")
     parser.add_argument("port", type=int)
     parser.add_argument("--aet", default="PYNETDICOM")
+    parser.add_argument("--max-pdu", type=int, default=262_144, help="largest PDU we accept")
     args = parser.parse_args()
     os.makedirs(args.data_dir, exist_ok=True)
 
@@ -35,7 +36,7 @@ def main() -> None:
         return SUCCESS
 
     ae = AE(ae_title=args.aet)
-    ae.maximum_pdu_size = 262_144
+    ae.maximum_pdu_size = args.max_pdu
     ae.supported_contexts = AllStoragePresentationContexts
     ae.add_supported_context(Verification)
     server = ae.start_server(

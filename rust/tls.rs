@@ -24,6 +24,7 @@ use rustls::{
     RootCertStore, ServerConfig, ServerConnection, SideData, SignatureScheme,
 };
 
+use crate::connection::read_timeout::{self, ReadTimeout};
 use crate::error::Error;
 
 /// Encrypted bytes read from the socket at once: rustls asks for 4 KiB per read, so without
@@ -217,14 +218,25 @@ impl ServerCertVerifier for AnyName {
 pub struct Socket {
     tcp: TcpStream,
     due: Option<Instant>,
+    /// The read timeout the socket has, so a read sets it only when it must change.
+    timeout: ReadTimeout,
 }
 
 impl Socket {
+    fn new(tcp: TcpStream, due: Option<Instant>) -> Socket {
+        Socket {
+            tcp,
+            due,
+            timeout: ReadTimeout::default(),
+        }
+    }
+
     /// Set the deadline for the reads that follow; None waits as long as it takes.
     fn set_due(&mut self, due: Option<Instant>) -> io::Result<()> {
         self.due = due;
-        if due.is_none() {
+        if due.is_none() && self.timeout != ReadTimeout::Set(None) {
             self.tcp.set_read_timeout(None)?;
+            self.timeout = ReadTimeout::Set(None);
         }
         Ok(())
     }
@@ -232,13 +244,11 @@ impl Socket {
 
 impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(due) = self.due {
-            match due.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => self.tcp.set_read_timeout(Some(left))?,
-                _ => return Err(io::ErrorKind::TimedOut.into()),
-            }
+        match self.due {
+            // No deadline of ours: the socket's own timeout (the SCU's, say) applies.
+            None => self.tcp.read(buf),
+            Some(_) => read_timeout::read_by(&self.tcp, &mut self.timeout, self.due, buf),
         }
-        self.tcp.read(buf)
     }
 }
 
@@ -278,7 +288,7 @@ pub type ClientStream = Stream<ClientConnection>;
 
 impl<C> Stream<C> {
     pub fn plain(tcp: TcpStream) -> Stream<C> {
-        Stream::Plain(Socket { tcp, due: None })
+        Stream::Plain(Socket::new(tcp, None))
     }
 
     /// The TCP socket under it, for its options.
@@ -307,7 +317,7 @@ where
     fn handshake(tcp: TcpStream, mut conn: C, due: Option<Instant>) -> Result<Self, Handshake> {
         let mut sock = Buffered(BufReader::with_capacity(
             SOCKET_READ_AHEAD,
-            Socket { tcp, due },
+            Socket::new(tcp, due),
         ));
         while conn.is_handshaking() {
             conn.complete_io(&mut sock).map_err(Handshake::from)?;

@@ -19,6 +19,8 @@ use c_store::Sink;
 use reader::PduReader;
 
 mod c_store;
+// pub(crate): any stream reading its socket by a deadline (TLS too) can use it.
+pub(crate) mod read_timeout;
 mod reader;
 
 /// The first byte of a TLS client's first record (RFC 8446 §5.1, content type handshake).
