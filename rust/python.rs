@@ -112,7 +112,7 @@ impl Server {
         max_associations=64, max_pdu=262_144, acse_timeout=None, network_timeout=None,
         dimse_timeout=None, max_instance_size=None, durable=false, emit_stored=false,
         event_queue=64, tls_cert=None, tls_key=None, tls_ca=None, tls_port=None,
-        identity_check=None, require_user_identity=false))]
+        identity_check=None, require_user_identity=false, node_id=String::from("node")))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -140,6 +140,7 @@ impl Server {
         tls_port: Option<u16>,
         identity_check: Option<Py<PyAny>>,
         require_user_identity: bool,
+        node_id: String,
     ) -> PyResult<Server> {
         let sort_key = SortKey::parse(sort_by)
             .ok_or_else(|| Error::InvalidConfig(format!("unknown sort key {sort_by:?}")))?;
@@ -179,6 +180,7 @@ impl Server {
             emit_stored,
             event_queue,
             tls: server_tls(tls_cert, tls_key, tls_ca, tls_port)?,
+            node_id,
         };
         let (inner, events) = py.detach(|| server::Server::start(config))?;
         Ok(Server {
@@ -758,7 +760,7 @@ mod bench {
     }
 
     /// Store an Explicit VR Little Endian data set `count` times as the receive path does:
-    /// scan, spool under `data_dir/.incoming`, publish to its PATIENT layout path (each time
+    /// scan, spool under `data_dir/.incoming/bench`, publish to its PATIENT layout path (each time
     /// replacing the previous copy). Returns the final path.
     #[pyfunction]
     #[pyo3(signature = (data_dir, data_set, count=1))]
@@ -770,7 +772,8 @@ mod bench {
     ) -> PyResult<PathBuf> {
         const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
         py.detach(|| {
-            let storage = Storage::open(&data_dir, false).map_err(Error::io("open data_dir"))?;
+            let storage =
+                Storage::open(&data_dir, false, "bench").map_err(Error::io("open data_dir"))?;
             let mut path = PathBuf::new();
             for _ in 0..count {
                 let attrs = scan(data_set, EXPLICIT_LE)?;

@@ -167,6 +167,7 @@ class Server:
         tls_port: int | None = None,
         identity_check: Callable[[UserIdentityRequest], tuple[bool, bytes | None]] | None = None,
         require_user_identity: bool = False,
+        node_id: str = ...,
     ) -> Self: ...
     @property
     def port(self) -> int: ...

@@ -58,6 +58,7 @@ fn start_with(
         emit_stored: true,
         event_queue: 16,
         tls: None,
+        node_id: "test".into(),
     };
     tweak(&mut config);
     let (server, events) = Server::start(config).unwrap();
@@ -208,7 +209,7 @@ fn stored_file(root: &Path, sop_instance: &str) -> Vec<u8> {
 }
 
 fn incoming_is_empty(root: &Path) -> bool {
-    fs::read_dir(root.join(INCOMING_DIR))
+    fs::read_dir(root.join(INCOMING_DIR).join("test"))
         .unwrap()
         .next()
         .is_none()

@@ -75,6 +75,7 @@ fn server_config(dir: &Path, policy: AcceptorPolicy) -> ServerConfig {
         emit_stored: false,
         event_queue: 64,
         tls: None,
+        node_id: "test".into(),
     }
 }
 
