@@ -3,6 +3,7 @@ real peers store, are refused, are rejected and fail their TLS handshake; and ``
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from conftest import (
     write_file,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from test_cli import LISTENING, ServeProcess
 from test_tls import Pki, _garbage_client_hello, pki, server_tls
 
 __all__ = ["pki"]  # a fixture, used by name
@@ -185,3 +187,22 @@ def test_missing_prometheus_client_is_one_line(tmp_path: Path):
     assert "metrics_port needs prometheus_client" in result.stderr, result.stderr
     assert "dicom-inlet[metrics]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_takes_the_keys_from_toml_and_drains_on_sigterm(tmp_path: Path):
+    config = tmp_path / "inlet.toml"
+    config.write_text(
+        f'data_dir = "data"\nhost = "{HOST}"\nport = 0\nnode_id = "toml-node"\n'
+        "metrics_port = 0\ndrain_delay = 0.5\n"
+    )
+    node = ServeProcess(["--config", str(config)], cwd=tmp_path)
+    try:
+        node.wait_for(LISTENING)
+        port = int(node.wait_for(r"node toml-node: metrics on http://\S+:(\d+)/metrics").group(1))
+        assert get(port, "/readyz") == (200, "ready\n")
+        assert (tmp_path / "data" / ".incoming" / "toml-node").is_dir()
+        node.proc.send_signal(signal.SIGTERM)
+        node.wait_for(r"draining: /readyz fails, accepting for 0.5 s more")
+        assert node.proc.wait(TIMEOUT) == 0
+    finally:
+        node.kill()
