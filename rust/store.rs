@@ -55,17 +55,22 @@ pub fn check_node_id(node_id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Lock `path` exclusively without waiting; None if another holds it. The lock is only taken
-/// as the file still at `path`: a node cleaning a dead area unlinks the lock file while it
-/// holds it, and a lock on the unlinked file would guard nothing.
-fn try_lock_file(path: &Path) -> io::Result<Option<File>> {
+/// Lock `path` exclusively without waiting (creating it if `create`); None if another holds
+/// it, or it is gone and not to be created. The lock is only taken as the file still at
+/// `path`: a node cleaning a dead area unlinks the lock file while it holds it, and a lock on
+/// the unlinked file would guard nothing.
+fn try_lock_file(path: &Path, create: bool) -> io::Result<Option<File>> {
     loop {
-        let file = File::options()
+        let opened = File::options()
             .read(true)
             .write(true)
-            .create(true)
+            .create(create)
             .truncate(false)
-            .open(path)?;
+            .open(path);
+        let file = match opened {
+            Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            opened => opened?,
+        };
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Ok(None),
@@ -75,7 +80,8 @@ fn try_lock_file(path: &Path) -> io::Result<Option<File>> {
         match fs::metadata(path) {
             Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Some(file)),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         }
     }
@@ -95,7 +101,7 @@ fn claim_area(incoming: &Path, node_id: &str) -> io::Result<Arc<NodeArea>> {
         return Ok(area);
     }
     let lock_path = incoming.join(format!("{node_id}{LOCK_SUFFIX}"));
-    let Some(lock) = try_lock_file(&lock_path)? else {
+    let Some(lock) = try_lock_file(&lock_path, true)? else {
         return Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!("node id {node_id:?} is in use by another running node"),
@@ -121,8 +127,10 @@ fn remove_area(dir: &Path) -> io::Result<()> {
 /// Loose spool files beside the areas come from versions before areas existed.
 fn remove_dead_areas(incoming: &Path, own_lock: &Path) -> io::Result<()> {
     for entry in fs::read_dir(incoming)? {
-        let path = entry?.path();
-        if path == own_lock {
+        let entry = entry?;
+        let path = entry.path();
+        // Areas are found by their lock files (an area may be named `x.lock` itself).
+        if path == own_lock || !entry.file_type()?.is_file() {
             continue;
         }
         if path.extension().is_some_and(|e| e == &SPOOL_SUFFIX[1..]) {
@@ -132,8 +140,9 @@ fn remove_dead_areas(incoming: &Path, own_lock: &Path) -> io::Result<()> {
         if path.extension().is_none_or(|e| e != &LOCK_SUFFIX[1..]) {
             continue;
         }
-        // The lock of a node alive elsewhere, or one another node is removing right now.
-        if let Some(_dead) = try_lock_file(&path)? {
+        // Held: a node alive elsewhere, or another node removing it right now. Never created
+        // here, so a node starting under that id cannot find it held by us.
+        if let Some(_dead) = try_lock_file(&path, false)? {
             remove_area(&path.with_extension(""))?;
             let _ = fs::remove_file(&path);
         }
@@ -439,7 +448,7 @@ mod tests {
         fs::create_dir_all(incoming.join("alive")).unwrap();
         fs::write(incoming.join("alive").join("7.part"), b"in progress").unwrap();
         // Held as another process would hold it (flock is per open file).
-        let held = try_lock_file(&incoming.join("alive.lock"))
+        let held = try_lock_file(&incoming.join("alive.lock"), true)
             .unwrap()
             .unwrap();
         let _storage = Storage::open(&root, false, "node").unwrap();
@@ -453,6 +462,10 @@ mod tests {
         // Once its node is gone, the next start removes it.
         drop(held);
         let _other = Storage::open(&root, false, "other").unwrap();
+        // A node whose id looks like a lock file name is no lock file.
+        let _dotted = Storage::open(&root, false, "dotted.lock").unwrap();
+        let _third = Storage::open(&root, false, "third").unwrap();
+        assert!(incoming.join("dotted.lock").is_dir());
         assert!(!incoming.join("alive").exists());
         assert!(!incoming.join("alive.lock").exists());
         fs::remove_dir_all(&root).unwrap();
