@@ -131,7 +131,8 @@ impl Server {
         event_queue=64, tls_cert=None, tls_key=None, tls_ca=None, tls_port=None,
         identity_check=None, require_user_identity=false, handler_stage=None,
         handler_timeout=None, journal=true, duplicates="replace", study_timeout=None,
-        study_events=false, series_events=false, events_on_release=false))]
+        study_events=false, series_events=false, events_on_release=false,
+        node_id=String::from("node")))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -167,6 +168,7 @@ impl Server {
         study_events: bool,
         series_events: bool,
         events_on_release: bool,
+        node_id: String,
     ) -> PyResult<Server> {
         let handler = handlers::config(handler_stage, seconds(handler_timeout)?)?;
         let duplicates = Duplicates::parse(duplicates).ok_or_else(|| {
@@ -233,6 +235,7 @@ impl Server {
             journal,
             duplicates,
             timers,
+            node_id,
         };
         let (inner, events) = py.detach(|| server::Server::start(config))?;
         Ok(Server {
@@ -1405,7 +1408,7 @@ mod bench {
     }
 
     /// Store an Explicit VR Little Endian data set `count` times as the receive path does:
-    /// scan, spool under `data_dir/.incoming`, publish to its PATIENT layout path (each time
+    /// scan, spool under `data_dir/.incoming/bench`, publish to its PATIENT layout path (each time
     /// replacing the previous copy). Returns the final path.
     #[pyfunction]
     #[pyo3(signature = (data_dir, data_set, count=1))]
@@ -1417,7 +1420,8 @@ mod bench {
     ) -> PyResult<PathBuf> {
         const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
         py.detach(|| {
-            let storage = Storage::open(&data_dir, false).map_err(Error::io("open data_dir"))?;
+            let storage =
+                Storage::open(&data_dir, false, "bench").map_err(Error::io("open data_dir"))?;
             let mut path = PathBuf::new();
             for _ in 0..count {
                 let attrs = scan(data_set, EXPLICIT_LE)?;

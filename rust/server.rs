@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub duplicates: Duplicates,
     /// Study/series completion events (the journal must be on).
     pub timers: Option<Timers>,
+    /// This node's name among those sharing `data_dir`: its spool area is
+    /// `.incoming/<node_id>/`.
+    pub node_id: String,
 }
 
 /// The TLS configuration and where it is served.
@@ -162,6 +165,7 @@ impl Server {
                 "max_associations must be at least 1".into(),
             ));
         }
+        crate::store::check_node_id(&config.node_id).map_err(Error::InvalidConfig)?;
         let listener = bind(&config.host, config.port)?;
         let local_addr = listener
             .local_addr()
@@ -177,7 +181,7 @@ impl Server {
             None => None,
         };
         // Only once the ports are ours: a failed bind leaves no data_dir behind.
-        let storage = open_storage(&config.data_dir, config.durable)?;
+        let storage = open_storage(&config.data_dir, config.durable, &config.node_id)?;
         let events = Arc::new(EventQueue::new(config.event_queue));
         let (journal, feed) = open_journal(&config, storage.root(), &events)?;
         let verdicts = config.handler.map(Verdicts::new);
@@ -324,13 +328,13 @@ impl Drop for Server {
 
 /// The storage root, created if missing; a file in its place is named as such, not as the
 /// "File exists" that creating a directory over it would say.
-fn open_storage(data_dir: &Path, durable: bool) -> Result<Storage> {
+fn open_storage(data_dir: &Path, durable: bool, node_id: &str) -> Result<Storage> {
     let context = format!("cannot use data_dir {}", data_dir.display());
     if data_dir.exists() && !data_dir.is_dir() {
         let source = std::io::Error::new(ErrorKind::NotADirectory, "is not a directory");
         return Err(Error::Io { context, source });
     }
-    Storage::open(data_dir, durable).map_err(Error::io(context))
+    Storage::open(data_dir, durable, node_id).map_err(Error::io(context))
 }
 
 /// The journal (unless turned off) and the feed that reads it with the event queue. The feed

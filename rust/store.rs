@@ -1,34 +1,153 @@
-//! Spool and publish: a received data set is written to `data_dir/.incoming/` as it arrives,
-//! then renamed into its layout path in one atomic step, so no partial file is ever visible.
+//! Spool and publish: a received data set is written to this node's spool area,
+//! `data_dir/.incoming/<node id>/`, as it arrives, then renamed into its layout path in one
+//! atomic step, so no partial file is ever visible.
+//!
+//! Several nodes (processes, machines) may share one data_dir. Each holds an exclusive lock on
+//! `.incoming/<node id>.lock` for its lifetime; a spool area whose lock can be taken belongs to
+//! a node that is gone, and the next node to start removes it.
 
 use std::fs::{self, File};
 use std::io::{self, IoSlice, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::file_meta::FileMeta;
 
 /// Spool directory under `data_dir`; on the same filesystem, so publishing is a rename.
 pub const INCOMING_DIR: &str = ".incoming";
 const SPOOL_SUFFIX: &str = ".part";
+const LOCK_SUFFIX: &str = ".lock";
+/// Longest node id: a file name on every file system, with room for the suffix.
+const NODE_ID_MAX: usize = 64;
 /// Writes smaller than this are gathered: the file meta and a small data set leave in one
 /// write, and a 16 KiB-PDU sender's fragments in one write per ~64 KiB. A larger fragment is
 /// written straight from the receive buffer, uncopied.
 const GATHER: usize = 64 * 1024;
-/// Spool ids are drawn for the whole process: servers of one process may share a data_dir.
+/// Spool ids are drawn for the whole process: servers of one process may share a spool area.
 static NEXT_SPOOL_ID: AtomicU64 = AtomicU64::new(0);
 
-/// The start of this process's spool names: its id and start time, so a later run, even under
-/// a reused process id, tells its own live spool files from those a crashed run left.
-fn spool_prefix() -> &'static str {
-    static PREFIX: OnceLock<String> = OnceLock::new();
-    PREFIX.get_or_init(|| {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH);
-        let started = now.map_or(0, |d| d.as_nanos());
-        format!("{}-{started:x}-", std::process::id())
-    })
+/// A node's spool area and the lock that says its node is alive. Servers of one process with
+/// the same node id share it (a second lock on the file would fail: flock is per open file).
+#[derive(Debug)]
+struct NodeArea {
+    dir: PathBuf,
+    _lock: File,
+}
+
+/// The areas this process holds.
+static AREAS: Mutex<Vec<Weak<NodeArea>>> = Mutex::new(Vec::new());
+
+/// A node id is one path component of safe characters: it names a directory and a lock file.
+pub fn check_node_id(node_id: &str) -> Result<(), String> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if node_id.is_empty() || node_id.len() > NODE_ID_MAX {
+        return Err(format!(
+            "node_id must be 1 to {NODE_ID_MAX} characters, got {node_id:?}"
+        ));
+    }
+    if node_id.starts_with('.') || !node_id.chars().all(safe) {
+        return Err(format!(
+            "node_id may hold letters, digits, '-', '_' and '.' (not first), got {node_id:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Lock `path` exclusively without waiting (creating it if `create`); None if another holds
+/// it, or it is gone and not to be created. The lock is only taken as the file still at
+/// `path`: a node cleaning a dead area unlinks the lock file while it holds it, and a lock on
+/// the unlinked file would guard nothing.
+fn try_lock_file(path: &Path, create: bool) -> io::Result<Option<File>> {
+    loop {
+        let opened = File::options()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path);
+        let file = match opened {
+            Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            opened => opened?,
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        let held = file.metadata()?;
+        match fs::metadata(path) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Some(file)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Take this node's area under `incoming` (or share the one this process holds), emptying
+/// what a crashed run under the same id left, and remove the areas of nodes that are gone.
+fn claim_area(incoming: &Path, node_id: &str) -> io::Result<Arc<NodeArea>> {
+    let dir = incoming.join(node_id);
+    let mut areas = AREAS.lock().unwrap_or_else(|p| p.into_inner());
+    areas.retain(|area| area.strong_count() > 0);
+    if let Some(area) = areas
+        .iter()
+        .filter_map(Weak::upgrade)
+        .find(|area| area.dir == dir)
+    {
+        return Ok(area);
+    }
+    let lock_path = incoming.join(format!("{node_id}{LOCK_SUFFIX}"));
+    let Some(lock) = try_lock_file(&lock_path, true)? else {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("node id {node_id:?} is in use by another running node"),
+        ));
+    };
+    remove_area(&dir)?;
+    fs::create_dir(&dir)?;
+    remove_dead_areas(incoming, &lock_path)?;
+    let area = Arc::new(NodeArea { dir, _lock: lock });
+    areas.push(Arc::downgrade(&area));
+    Ok(area)
+}
+
+fn remove_area(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Every other node's area whose lock is free is a dead node's: its partial files go, then
+/// its lock file (still held, so no node starting under that id meanwhile can own it).
+/// Loose spool files beside the areas come from versions before areas existed.
+fn remove_dead_areas(incoming: &Path, own_lock: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(incoming)? {
+        let entry = entry?;
+        let path = entry.path();
+        // Areas are found by their lock files (an area may be named `x.lock` itself).
+        if path == own_lock || !entry.file_type()?.is_file() {
+            continue;
+        }
+        if path.extension().is_some_and(|e| e == &SPOOL_SUFFIX[1..]) {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != &LOCK_SUFFIX[1..]) {
+            continue;
+        }
+        // Held: a node alive elsewhere, or another node removing it right now. Never created
+        // here, so a node starting under that id cannot find it held by us.
+        if let Some(_dead) = try_lock_file(&path, false)? {
+            remove_area(&path.with_extension(""))?;
+            let _ = fs::remove_file(&path);
+        }
+    }
+    Ok(())
 }
 
 /// Copies of one instance kept at most under `Duplicates::KeepBoth`.
@@ -80,31 +199,22 @@ fn numbered(target: &Path, copy: u32) -> PathBuf {
 #[derive(Debug)]
 pub struct Storage {
     root: PathBuf,
-    incoming: PathBuf,
+    area: Arc<NodeArea>,
     durable: bool,
 }
 
 impl Storage {
-    /// Create `root` and its spool directory; remove spool files a crashed run left behind
-    /// (not those of other servers in this process).
-    pub fn open(root: &Path, durable: bool) -> io::Result<Storage> {
+    /// Create `root` and the spool area of node `node_id` (a valid id: [`check_node_id`]);
+    /// remove spool files left by a crashed run of this node and by nodes that are gone.
+    pub fn open(root: &Path, durable: bool, node_id: &str) -> io::Result<Storage> {
         fs::create_dir_all(root)?;
         let root = fs::canonicalize(root)?;
         let incoming = root.join(INCOMING_DIR);
         fs::create_dir_all(&incoming)?;
-        for entry in fs::read_dir(&incoming)? {
-            let path = entry?.path();
-            let ours = path
-                .file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with(spool_prefix()));
-            if path.extension().is_some_and(|e| e == &SPOOL_SUFFIX[1..]) && !ours {
-                let _ = fs::remove_file(&path);
-            }
-        }
+        let area = claim_area(&incoming, node_id)?;
         Ok(Storage {
             root,
-            incoming,
+            area,
             durable,
         })
     }
@@ -116,9 +226,7 @@ impl Storage {
     /// Start a spool file holding preamble and file meta.
     pub fn spool(&self, meta: &FileMeta<'_>) -> io::Result<Spool> {
         let id = NEXT_SPOOL_ID.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .incoming
-            .join(format!("{}{id}{SPOOL_SUFFIX}", spool_prefix()));
+        let path = self.area.dir.join(format!("{id}{SPOOL_SUFFIX}"));
         // Never another's file, whatever happens to the names.
         let file = File::create_new(&path)?;
         let mut pending = Vec::with_capacity(GATHER);
@@ -355,6 +463,16 @@ mod tests {
         }
     }
 
+    /// Spool files under `.incoming`, in every node's area.
+    fn spool_files(root: &Path) -> usize {
+        let areas = fs::read_dir(root.join(INCOMING_DIR)).unwrap();
+        areas
+            .map(|area| area.unwrap().path())
+            .filter(|area| area.is_dir())
+            .map(|area| fs::read_dir(area).unwrap().count())
+            .sum()
+    }
+
     fn meta() -> FileMeta<'static> {
         FileMeta {
             sop_class_uid: "1.2.840.10008.5.1.4.1.1.7",
@@ -367,21 +485,21 @@ mod tests {
     #[test]
     fn publish_moves_complete_file_and_replaces_duplicates() {
         let root = temp_root("publish");
-        let storage = Storage::open(&root, true).unwrap();
+        let storage = Storage::open(&root, true, "node").unwrap();
         for body in [b"first".as_slice(), b"second"] {
             let mut spool = storage.spool(&meta()).unwrap();
             spool.write(body).unwrap();
             let path = stored(storage.publish(spool, Path::new("a/b/1.2.3.dcm"), REPLACE, None));
             assert!(fs::read(&path).unwrap().ends_with(body));
         }
-        assert_eq!(fs::read_dir(root.join(INCOMING_DIR)).unwrap().count(), 0);
+        assert_eq!(spool_files(&root), 0);
         fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn gathered_and_direct_writes_keep_their_order() {
         let root = temp_root("writes");
-        let storage = Storage::open(&root, false).unwrap();
+        let storage = Storage::open(&root, false, "node").unwrap();
         let mut spool = storage.spool(&meta()).unwrap();
         let mut body = Vec::new();
         for (i, size) in [10, GATHER - 5, 3 * GATHER, 7, GATHER, 1]
@@ -402,45 +520,110 @@ mod tests {
     #[test]
     fn dropped_spool_leaves_nothing() {
         let root = temp_root("drop");
-        let storage = Storage::open(&root, false).unwrap();
+        let storage = Storage::open(&root, false, "node").unwrap();
         let mut spool = storage.spool(&meta()).unwrap();
         spool.write(&[0; 100_000]).unwrap();
         drop(spool);
-        assert_eq!(fs::read_dir(root.join(INCOMING_DIR)).unwrap().count(), 0);
+        assert_eq!(spool_files(&root), 0);
         fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn storages_sharing_a_root_keep_their_spools_apart() {
         let root = temp_root("shared");
-        let first = Storage::open(&root, false).unwrap();
+        let first = Storage::open(&root, false, "node").unwrap();
         let mut a = first.spool(&meta()).unwrap();
         a.write(b"first storage").unwrap();
-        // Opening a second one neither removes nor reuses the first one's spool file.
-        let second = Storage::open(&root, false).unwrap();
+        // Opening more, of this node or another, neither removes nor reuses its spool file.
+        let second = Storage::open(&root, false, "node").unwrap();
         let mut b = second.spool(&meta()).unwrap();
         b.write(b"second").unwrap();
+        let third = Storage::open(&root, false, "other").unwrap();
+        let mut c = third.spool(&meta()).unwrap();
+        c.write(b"third").unwrap();
         let a = stored(first.publish(a, Path::new("a.dcm"), REPLACE, None));
         let b = stored(second.publish(b, Path::new("b.dcm"), REPLACE, None));
+        let c = stored(third.publish(c, Path::new("c.dcm"), REPLACE, None));
         assert!(fs::read(a).unwrap().ends_with(b"first storage"));
         assert!(fs::read(b).unwrap().ends_with(b"second"));
+        assert!(fs::read(c).unwrap().ends_with(b"third"));
         fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn stale_spool_files_are_removed_at_open() {
         let root = temp_root("stale");
-        fs::create_dir_all(root.join(INCOMING_DIR)).unwrap();
-        fs::write(root.join(INCOMING_DIR).join("123-4.part"), b"partial").unwrap();
-        Storage::open(&root, false).unwrap();
-        assert_eq!(fs::read_dir(root.join(INCOMING_DIR)).unwrap().count(), 0);
+        let incoming = root.join(INCOMING_DIR);
+        // A crashed run of this node, a dead node, and a loose file of an older version.
+        for dir in ["node", "dead"] {
+            fs::create_dir_all(incoming.join(dir)).unwrap();
+            fs::write(incoming.join(dir).join("4.part"), b"partial").unwrap();
+            fs::write(incoming.join(format!("{dir}.lock")), b"").unwrap();
+        }
+        fs::write(incoming.join("123-4.part"), b"partial").unwrap();
+        let _storage = Storage::open(&root, false, "node").unwrap();
+        let mut left: Vec<_> = fs::read_dir(&incoming)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["node", "node.lock"]);
+        assert_eq!(spool_files(&root), 0);
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_live_nodes_area_is_kept_and_its_id_refused() {
+        let root = temp_root("live");
+        let incoming = root.join(INCOMING_DIR);
+        fs::create_dir_all(incoming.join("alive")).unwrap();
+        fs::write(incoming.join("alive").join("7.part"), b"in progress").unwrap();
+        // Held as another process would hold it (flock is per open file).
+        let held = try_lock_file(&incoming.join("alive.lock"), true)
+            .unwrap()
+            .unwrap();
+        let _storage = Storage::open(&root, false, "node").unwrap();
+        assert!(incoming.join("alive").join("7.part").exists());
+        let err = Storage::open(&root, false, "alive").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(
+            err.to_string().contains("in use by another running node"),
+            "{err}"
+        );
+        // Once its node is gone, the next start removes it.
+        drop(held);
+        let _other = Storage::open(&root, false, "other").unwrap();
+        // A node whose id looks like a lock file name is no lock file.
+        let _dotted = Storage::open(&root, false, "dotted.lock").unwrap();
+        let _third = Storage::open(&root, false, "third").unwrap();
+        assert!(incoming.join("dotted.lock").is_dir());
+        assert!(!incoming.join("alive").exists());
+        assert!(!incoming.join("alive.lock").exists());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn node_ids_are_single_safe_components() {
+        for good in ["a", "host-1.example_2", &"x".repeat(NODE_ID_MAX)] {
+            assert!(check_node_id(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "..",
+            "a b",
+            "é",
+            &"x".repeat(NODE_ID_MAX + 1),
+        ] {
+            assert!(check_node_id(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
     fn escaping_paths_are_refused() {
         let root = temp_root("escape");
-        let storage = Storage::open(&root, false).unwrap();
+        let storage = Storage::open(&root, false, "node").unwrap();
         for bad in [
             "../x.dcm",
             "/tmp/x.dcm",
@@ -451,14 +634,14 @@ mod tests {
             let published = storage.publish(spool, Path::new(bad), REPLACE, None);
             assert!(published.is_err(), "{bad}");
         }
-        assert_eq!(fs::read_dir(root.join(INCOMING_DIR)).unwrap().count(), 0);
+        assert_eq!(spool_files(&root), 0);
         fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn duplicate_policies() {
         let root = temp_root("duplicates");
-        let storage = Storage::open(&root, true).unwrap();
+        let storage = Storage::open(&root, true, "node").unwrap();
         let held = root.join("held");
         fs::create_dir_all(&held).unwrap();
         let publish = |body: &[u8], policy, hold: Option<&Path>| {
@@ -482,7 +665,7 @@ mod tests {
         assert!(fs::read(&hold).unwrap().ends_with(b"fifth"));
         assert!(fs::read(&first).unwrap().ends_with(b"sixth"));
         assert_eq!(fs::read_dir(&held).unwrap().count(), 1);
-        assert_eq!(fs::read_dir(root.join(INCOMING_DIR)).unwrap().count(), 0);
+        assert_eq!(spool_files(&root), 0);
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -271,11 +271,11 @@ def stored_files(data_dir: str | os.PathLike[str]) -> list[Path]:
 
 
 def incoming_entries(data_dir: str | os.PathLike[str]) -> list[str]:
-    """Entries left in the server's spool dir ``data_dir/.incoming`` (missing dir: [])."""
+    """Spool files left under ``data_dir/.incoming``, in any node's area (missing dir: [])."""
     spool = Path(data_dir) / ".incoming"
     if not spool.exists():
         return []
-    return sorted(p.name for p in spool.iterdir())
+    return sorted(p.name for p in spool.rglob("*") if p.is_file() and p.suffix != ".lock")
 
 
 def patient_layout(ds: Dataset) -> Path:

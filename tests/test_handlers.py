@@ -115,7 +115,7 @@ def test_handler_sees_the_instance_lazily_and_where_it_will_be_stored(
             meta_ts=instance.file_meta.TransferSyntaxUID,
             meta_uid=instance.file_meta.MediaStorageSOPInstanceUID,
             file_complete=instance.file.stat().st_size >= instance.bytes,
-            file_in_spool=instance.file.parent.name == ".incoming",
+            file_in_spool=instance.file.parent.parent.name == ".incoming",
             attrs=(
                 instance.sop_class_uid,
                 instance.sop_instance_uid,

@@ -211,6 +211,7 @@ class Server:
         study_events: bool = False,
         series_events: bool = False,
         events_on_release: bool = False,
+        node_id: str = ...,
     ) -> Self: ...
     @property
     def port(self) -> int: ...

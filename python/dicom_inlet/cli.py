@@ -275,6 +275,7 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
     )
     serve.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")
     _add_serve_tls(serve)
+    _add_serve_cluster(serve)
     identity = serve.add_argument_group("user identity (PS3.7 D.3.3.7)")
     identity.add_argument(
         "--users",
@@ -309,6 +310,31 @@ def _add_serve_tls(serve: argparse.ArgumentParser) -> None:
         type=_port(0),
         metavar="PORT",
         help="serve TLS on this port and plain TCP on --port (default: TLS alone, on --port)",
+    )
+
+
+def _add_serve_cluster(serve: argparse.ArgumentParser) -> None:
+    cluster = serve.add_argument_group("several nodes, load balancers and monitoring")
+    cluster.add_argument(
+        "--node-id",
+        metavar="ID",
+        help="this node's name among those sharing DATA_DIR; its spool area is "
+        "DATA_DIR/.incoming/ID (default: HOSTNAME-PID)",
+    )
+    cluster.add_argument(
+        "--metrics-port",
+        type=_port(0),
+        metavar="PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz over HTTP on this port "
+        "(needs dicom-inlet[metrics]; default: none)",
+    )
+    cluster.add_argument(
+        "--drain-delay",
+        type=_positive(float),
+        default=0.0,
+        metavar="SECONDS",
+        help="at SIGTERM, /readyz fails at once but associations are accepted for this long "
+        "before the port closes, for the load balancer to notice (default: 0)",
     )
 
 
@@ -357,6 +383,9 @@ def _serve(args: argparse.Namespace) -> int:
         else None,
         study_timeout=args.study_timeout,
         events_on_release=args.on_release,
+        node_id=args.node_id,
+        metrics_port=args.metrics_port,
+        drain_delay=args.drain_delay,
     )
     with console.server_status(server, enabled=sys.stderr.isatty() and not args.quiet):
         server.run(block=True)
@@ -803,8 +832,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ndicom-inlet: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (OSError, ValueError) as error:
-        # User mistakes and unreachable or refusing peers: one line, no traceback.
+    except (OSError, ValueError, ImportError) as error:
+        # User mistakes, a missing extra, and unreachable or refusing peers: one line.
         # ConnectionError (and AssociationRejected, with its reason) is an OSError.
         print(f"dicom-inlet {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,6 +30,8 @@ from dicom_inlet.tls import ServerTLS
 
 if TYPE_CHECKING:
     from pydicom import Dataset
+
+    from dicom_inlet.metrics import Metrics
 
 __all__ = ["Callback", "CompletionCallback", "StoreSCPServer", "run_server"]
 
@@ -142,6 +146,18 @@ class StoreSCPServer:
             as it is released, for senders that send one study per association.
         callback_retries: Retries of a raising callback before the instance is parked.
         retry_backoff: Seconds before the first retry; doubled for each next one.
+        node_id: This node's name among the servers sharing ``data_dir`` (processes or
+            machines): its unfinished instances are spooled in ``data_dir/.incoming/<node_id>/``,
+            held by a lock for its lifetime, and a node starting removes only the areas whose
+            lock is free (their node is gone). Letters, digits, ``-``, ``_``, ``.``, up to 64;
+            default ``<hostname>-<pid>``. Two running nodes cannot share one.
+        metrics_port: Serve Prometheus metrics on ``/metrics``, ``/healthz`` (alive) and
+            ``/readyz`` (accepting associations) over HTTP on this port of the node's address
+            (0 picks a free one: :attr:`metrics_port`). Needs ``pip install
+            "dicom-inlet[metrics]"``. None (the default): no metrics, and no cost.
+        drain_delay: Seconds :meth:`drain` (and SIGTERM/SIGINT) keeps accepting associations
+            after ``/readyz`` starts failing, so a load balancer sees the node go down before
+            it stops listening: more than its health check's interval times its fall count.
     """
 
     def __init__(
@@ -181,6 +197,9 @@ class StoreSCPServer:
         events_on_release: bool = False,
         callback_retries: int = 3,
         retry_backoff: float = 1.0,
+        node_id: str | None = None,
+        metrics_port: int | None = None,
+        drain_delay: float = 0.0,
     ) -> None:
         if db_session is not None:
             if isinstance(db_session, (list, tuple)):
@@ -256,6 +275,18 @@ class StoreSCPServer:
             raise TypeError(f"user_identity must be callable, got {user_identity!r}")
         self.user_identity = user_identity
         self.require_user_identity = require_user_identity
+        self.node_id = _default_node_id() if node_id is None else node_id
+        if metrics_port is not None and not 0 <= metrics_port < 65536:
+            raise ValueError("metrics_port must be a TCP port (0 picks a free one)")
+        self.metrics_port = metrics_port
+        if drain_delay < 0:
+            raise ValueError("drain_delay must be a number of seconds, at least 0")
+        self.drain_delay = drain_delay
+        self._metrics: Metrics | None = None
+        # Set by drain() and shutdown(): /readyz fails from then on.
+        self._draining = False
+        # A second signal during the drain delay ends it.
+        self._hurry = threading.Event()
         #: The running core server while serving; None before :meth:`run` and after shutdown.
         self.scp: _core.Server | None = None
         self._lock = threading.Lock()
@@ -288,6 +319,7 @@ class StoreSCPServer:
         Raises:
             RuntimeError: The server is already running.
             OSError: The port cannot be bound or ``data_dir`` cannot be used.
+            ImportError: ``metrics_port`` without ``prometheus_client`` installed.
         """
         if block and threading.current_thread() is threading.main_thread():
             # Signals are ours before the server listens, so none can come unhandled.
@@ -299,7 +331,7 @@ class StoreSCPServer:
                 # second signal.
                 stopper = threading.Thread(
                     target=self._shutdown,
-                    args=("; Ctrl-C again aborts them",),
+                    args=("; Ctrl-C again aborts them", self.drain_delay),
                     name="dicom-inlet-shutdown",
                 )
                 stopper.start()
@@ -346,23 +378,30 @@ class StoreSCPServer:
                 study_events=bool(self.study_callbacks),
                 series_events=bool(self.series_callbacks),
                 events_on_release=self.events_on_release,
+                node_id=self.node_id,
             )
             # Only once it runs: a server that failed to start leaves shutdown() nothing to await.
             self._stopped.clear()
             if self.scp.tls_port is not None:
                 self.tls_port = self.scp.tls_port
             self._bound_port = self.scp.port
+            self._draining = False
+            self._hurry.clear()
             self._handlers = self._start_handlers(self.scp)
+            callbacks = self.callbacks
+            if self.metrics_port is not None:
+                self._metrics = self._serve_metrics(self.scp)
+                callbacks = [self._metrics.timed(c) for c in callbacks]
             dispatcher = Dispatcher(
                 self.scp,
-                self.callbacks,
+                callbacks,
                 self.study_callbacks,
                 self.series_callbacks,
                 retries=self.callback_retries,
                 backoff=self.retry_backoff,
                 stop=self._stop,
-                log_association=_log_association,
-                log_failure=_log_failure,
+                log_association=self._association_ended,
+                log_failure=self._store_failed,
             )
             self._dispatcher = threading.Thread(
                 target=dispatcher.run, name="dicom-inlet-callbacks", daemon=True
@@ -382,6 +421,49 @@ class StoreSCPServer:
             where = f"port {self.tls_port}" if self.tls_port is not None else "that port alone"
             mutual = ", client certificates required" if self.tls.ca is not None else ""
             logger.info("DICOM TLS on %s%s", where, mutual)
+        if self._metrics is not None:
+            logger.info(
+                "node %s: metrics on http://%s:%d/metrics, /healthz and /readyz",
+                self.node_id,
+                self.scp.host,
+                self.metrics_port,
+            )
+
+    def _serve_metrics(self, scp: _core.Server) -> Metrics:
+        try:
+            # Here, not at the top: a server without metrics does not load prometheus_client.
+            from dicom_inlet.metrics import Metrics
+
+            metrics = Metrics(self._live_stats, self.ready, self.node_id)
+            self.metrics_port = metrics.serve(self.node.ip or "0.0.0.0", self.metrics_port or 0)
+        except BaseException as error:
+            # Not half a node: without its health checks, the DICOM port closes too.
+            scp.shutdown(0)
+            self.scp = None
+            self._stopped.set()
+            if isinstance(error, ImportError):
+                raise ImportError(
+                    f"metrics_port needs prometheus_client ({error}): "
+                    "pip install 'dicom-inlet[metrics]'"
+                ) from None
+            raise
+        return metrics
+
+    def _live_stats(self) -> _core.ServerStats | None:
+        scp = self.scp or self._closing
+        return None if scp is None else scp.stats()
+
+    def ready(self) -> str | None:
+        """Why this server would not take a new association now; None when it would.
+
+        What ``/readyz`` answers (HTTP 503 with the reason, or 200).
+        """
+        if self._draining:
+            return "draining"
+        if self.scp is None:
+            return "not running"
+        # Later: the journal's reachability, checked here.
+        return None
 
     def _handler_stage(self) -> str | None:
         if self.handler is not None:
@@ -437,6 +519,7 @@ class StoreSCPServer:
             if not self._stop.is_set():
                 self._stop.set()
                 return
+            self._hurry.set()
             scp = self._closing or self.scp
             if scp is not None:
                 logger.warning("aborting the open associations now")
@@ -457,9 +540,18 @@ class StoreSCPServer:
         seconds, then aborts them), and returns once the callbacks of every stored instance
         have run.
         """
-        self._shutdown("")
+        self._shutdown("", 0.0)
 
-    def _shutdown(self, hint: str) -> None:
+    def drain(self) -> None:
+        """Shut down the way a load balancer wants it: what SIGTERM does.
+
+        ``/readyz`` fails at once; associations are still accepted for ``drain_delay``
+        seconds, then no longer; open ones finish as in :meth:`shutdown`, and this returns
+        once they have and every stored instance's callbacks have run.
+        """
+        self._shutdown("", self.drain_delay)
+
+    def _shutdown(self, hint: str, drain_delay: float) -> None:
         current = threading.current_thread()
         if current is self._dispatcher or (
             self._handlers is not None and current in self._handlers
@@ -468,6 +560,13 @@ class StoreSCPServer:
             # waits for.
             threading.Thread(target=self.shutdown, name="dicom-inlet-shutdown").start()
             return
+        self._draining = True
+        if drain_delay > 0 and self.scp is not None:
+            logger.info(
+                "draining: /readyz fails, accepting for %s more before stopping",
+                f"{drain_delay:g} s",
+            )
+            self._hurry.wait(drain_delay)
         with self._lock:
             scp, self.scp = self.scp, None
             dispatcher = self._dispatcher
@@ -493,6 +592,9 @@ class StoreSCPServer:
         if dispatcher is not None:
             dispatcher.join()
         self._dispatcher = None
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         totals = scp.stats()
         logger.info(
             "stopped after %.1f s: %s stored, %d failed, %s received",
@@ -519,6 +621,16 @@ class StoreSCPServer:
             raise RuntimeError("this StoreSCPServer is not running")
         return scp.replay(None if ids is None else list(ids))
 
+    def _association_ended(self, record: _core.AssociationRecord) -> None:
+        _log_association(record)
+        if self._metrics is not None:
+            self._metrics.association_ended(record)
+
+    def _store_failed(self, failed: _core.FailedStore) -> None:
+        _log_failure(failed)
+        if self._metrics is not None:
+            self._metrics.store_failed(failed)
+
     def __enter__(self) -> StoreSCPServer:
         self.run(block=False)
         return self
@@ -537,6 +649,12 @@ class StoreSCPServer:
             f"StoreSCPServer(aetitle={self.node.ae_title!r}, port={self.port}, "
             f"data_dir={self.data_dir!r}, sort_by={self.sort_by.name}, {state})"
         )
+
+
+def _default_node_id() -> str:
+    """``<hostname>-<pid>``, cut to a valid node id: unique among running nodes."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0]).lstrip(".")
+    return f"{host[:48] or 'node'}-{os.getpid()}"
 
 
 def _tls_arguments(tls: ServerTLS | None, port: int | None) -> dict[str, Any]:

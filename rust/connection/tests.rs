@@ -61,6 +61,7 @@ fn start_with(name: &str, tweak: impl FnOnce(&mut ServerConfig)) -> (Server, Fee
         journal: true,
         duplicates: Duplicates::Replace,
         timers: None,
+        node_id: "test".into(),
     };
     tweak(&mut config);
     let (server, events) = Server::start(config).unwrap();
@@ -211,7 +212,7 @@ fn stored_file(root: &Path, sop_instance: &str) -> Vec<u8> {
 }
 
 fn incoming_is_empty(root: &Path) -> bool {
-    fs::read_dir(root.join(INCOMING_DIR))
+    fs::read_dir(root.join(INCOMING_DIR).join("test"))
         .unwrap()
         .next()
         .is_none()

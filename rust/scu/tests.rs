@@ -82,6 +82,7 @@ fn server_config(dir: &Path, policy: AcceptorPolicy) -> ServerConfig {
         journal: false,
         duplicates: Duplicates::Replace,
         timers: None,
+        node_id: "test".into(),
     }
 }
 

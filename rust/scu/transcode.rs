@@ -353,7 +353,7 @@ impl<R: Read> Transcoder<R> {
             }
             _ => {
                 let unit = if big { swap_unit(&vr) } else { 1 };
-                if length as usize % unit != 0 {
+                if !(length as usize).is_multiple_of(unit) {
                     let vr = String::from_utf8_lossy(&vr);
                     return Err(self.invalid(&format!(
                         "a value of VR {vr} whose length {length} is not a multiple of {unit}"
