@@ -475,7 +475,8 @@ def count_files(directory: Path) -> int:
     return sum(
         len(files)
         for root, dirs, files in os.walk(directory)
-        if Path(root).relative_to(directory).parts[:1] != (".incoming",)
+        # The spool and the journal's folder hold no stored instance.
+        if Path(root).relative_to(directory).parts[:1] not in ((".incoming",), (".journal",))
     )
 
 

@@ -37,7 +37,7 @@ pub const JOURNAL_DIR: &str = ".journal";
 const DATABASE: &str = "journal.sqlite";
 /// Hard links to acknowledged versions whose callbacks have not run yet.
 const HELD_DIR: &str = "held";
-/// How long a reader (the status command, say) waits for the writer's lock.
+/// How long a connection (the status command, say) waits for another's write lock.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the journal records of one acknowledged instance.
@@ -168,8 +168,8 @@ fn connect(database: &Path, durable: bool, create: bool) -> Result<Connection> {
 }
 
 impl Journal {
-    /// Open the journal of `root` (the canonical data_dir), creating it if missing, and start
-    /// its writer. `notify` is poked after each commit, for the completion timers. Held links
+    /// Open the journal of `root` (the canonical data_dir), creating it if missing. `notify`
+    /// is poked after each commit, for the completion timers (which it also turns on). Held links
     /// that no undelivered row names (left by a crash between link and commit) are removed.
     pub fn open(root: &Path, durable: bool, notify: Option<Arc<EventQueue>>) -> Result<Journal> {
         let dir = root.join(JOURNAL_DIR);

@@ -34,8 +34,10 @@ const MIGRATIONS: &[&str] = &[
         attempts INTEGER NOT NULL DEFAULT 0,
         error TEXT
     );
-    CREATE INDEX instances_study ON instances (study_instance_uid, series_instance_uid);
-    CREATE INDEX instances_waiting ON instances (state) WHERE state IN (1, 3);
+    -- Rows are appended on the hot path, so one index only: the few rows waiting for
+    -- delivery. A study index would double the pages each commit writes; listing a study
+    -- (a completion event, the status command) scans instead.
+    CREATE INDEX instances_waiting ON instances (state, study_instance_uid) WHERE state IN (1, 3);
     CREATE TABLE groups (
         level TEXT NOT NULL,         -- 'study' or 'series'
         uid TEXT NOT NULL,
