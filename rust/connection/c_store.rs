@@ -384,16 +384,19 @@ struct Origin<'a> {
 }
 
 impl Origin<'_> {
+    fn sop_instance_uid(&self) -> String {
+        self.command
+            .affected_sop_instance_uid
+            .clone()
+            .unwrap_or_default()
+    }
+
     fn instance(&self, file: &Path, path: &Path, peer: SocketAddr, bytes: u64) -> Instance {
         Instance {
             file: file.to_path_buf(),
             path: path.to_path_buf(),
             sop_class_uid: self.context.abstract_syntax.clone(),
-            sop_instance_uid: self
-                .command
-                .affected_sop_instance_uid
-                .clone()
-                .unwrap_or_default(),
+            sop_instance_uid: self.sop_instance_uid(),
             transfer_syntax_uid: self.context.transfer_syntax.clone(),
             calling_ae: self.association.calling_ae.clone(),
             called_ae: self.association.called_ae.clone(),
@@ -419,11 +422,7 @@ impl Origin<'_> {
         };
         Row {
             sop_class_uid: self.context.abstract_syntax.clone(),
-            sop_instance_uid: self
-                .command
-                .affected_sop_instance_uid
-                .clone()
-                .unwrap_or_default(),
+            sop_instance_uid: self.sop_instance_uid(),
             transfer_syntax_uid: self.context.transfer_syntax.clone(),
             patient_id: text(attrs.patient_id),
             study_instance_uid: text(attrs.study_instance_uid),
