@@ -341,8 +341,9 @@ def sender_commands(
     and exit stay off the clock (that of a compiled program costs little)."""
     dirs = workload.shards if concurrent else (workload.directory,)
     if sender.startswith("storescu"):
-        secure = ["+tls", tls["client_key"], tls["client"], "+cf", tls["ca"]]
-        command = [STORESCU, *(secure if sender in TLS_SENDERS else [])]
+        command = [STORESCU]
+        if sender in TLS_SENDERS:
+            command += ["+tls", tls["client_key"], tls["client"], "+cf", tls["ca"]]
         command += ["-aet", "BENCHSCU", "-aec", "ANY", "+sd", "+r", "127.0.0.1", str(port)]
         return [[*command, str(d)] for d in dirs]
     if sender == DICOM_RS_SCU:
