@@ -10,9 +10,11 @@ from __future__ import annotations
 import array
 import contextlib
 import copy
+import logging
 import os
 import socket
 import struct
+import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -593,3 +595,22 @@ def lenient_pydicom() -> Iterator[None]:
         yield
     finally:
         settings.writing_validation_mode, settings.reading_validation_mode = saved
+
+
+@pytest.fixture
+def association_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Captured ``dicom_inlet`` log records from INFO up (association lines included)."""
+    caplog.set_level(logging.INFO, logger="dicom_inlet")
+    return caplog
+
+
+def logged(caplog: pytest.LogCaptureFixture, text: str, level: int = logging.INFO) -> bool:
+    """Whether a captured record at ``level`` or above contains ``text``."""
+    return any(text in r.getMessage() and r.levelno >= level for r in caplog.records)
+
+
+def run_tool(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run a peer's command line tool (DCMTK, openssl) to its end, its output captured."""
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=TIMEOUT * 2, check=False
+    )

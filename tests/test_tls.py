@@ -27,7 +27,9 @@ from conftest import (
     VERIFICATION,
     dataset_bytes,
     dcmtk_tool,
+    logged,
     make_dataset,
+    run_tool,
     stored_files,
     wait_until,
     write_file,
@@ -106,22 +108,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         expired=_issue(directory, "expired", ca, CLIENT_EXT, days=-1),
         other_ca=other[0],
         stranger=_issue(directory, "stranger", other, CLIENT_EXT),
-    )
-
-
-@pytest.fixture
-def association_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.INFO, logger="dicom_inlet")
-    return caplog
-
-
-def logged(caplog: pytest.LogCaptureFixture, text: str, level: int = logging.INFO) -> bool:
-    return any(text in r.getMessage() and r.levelno >= level for r in caplog.records)
-
-
-def run_tool(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, timeout=TIMEOUT * 2, check=False
     )
 
 

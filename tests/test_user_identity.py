@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import struct
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ from conftest import (
     TIMEOUT,
     VERIFICATION,
     dcmtk_tool,
+    logged,
     make_dataset,
+    run_tool,
     stored_files,
     wait_until,
     write_file,
@@ -54,22 +55,6 @@ def users(tmp_path: Path) -> Path:
     UsersFile.add(path, "alice", "secret")
     UsersFile.add(path, "bob", "hunter2")
     return path
-
-
-@pytest.fixture
-def association_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.INFO, logger="dicom_inlet")
-    return caplog
-
-
-def logged(caplog: pytest.LogCaptureFixture, text: str, level: int = logging.INFO) -> bool:
-    return any(text in r.getMessage() and r.levelno >= level for r in caplog.records)
-
-
-def run_tool(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, timeout=TIMEOUT * 2, check=False
-    )
 
 
 def test_users_file_checks_scrypt_passcodes(users: Path) -> None:
