@@ -19,6 +19,7 @@ use crate::server::{self, ServerConfig};
 use crate::store::Duplicates;
 use crate::tls;
 use crate::transfer_syntax;
+use crate::verdict::EchoConfig;
 
 create_exception!(
     dicom_inlet,
@@ -132,7 +133,7 @@ impl Server {
         identity_check=None, require_user_identity=false, handler_stage=None,
         handler_timeout=None, journal=true, duplicates="replace", study_timeout=None,
         study_events=false, series_events=false, events_on_release=false,
-        node_id=String::from("node")))]
+        node_id=String::from("node"), echo_handler=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -169,6 +170,7 @@ impl Server {
         series_events: bool,
         events_on_release: bool,
         node_id: String,
+        echo_handler: bool,
     ) -> PyResult<Server> {
         let handler = handlers::config(handler_stage, seconds(handler_timeout)?)?;
         let duplicates = Duplicates::parse(duplicates).ok_or_else(|| {
@@ -236,6 +238,9 @@ impl Server {
             duplicates,
             timers,
             node_id,
+            echo_handler: echo_handler.then_some(EchoConfig {
+                timeout: seconds(handler_timeout)?,
+            }),
         };
         let (inner, events) = py.detach(|| server::Server::start(config))?;
         Ok(Server {
@@ -300,6 +305,13 @@ impl Server {
     fn next_store_request(&self, py: Python<'_>) -> Option<handlers::StoreRequest> {
         py.detach(|| self.inner.next_store_request())
             .map(handlers::StoreRequest::from)
+    }
+
+    /// Wait for the next C-ECHO awaiting the echo handler's status; None once the server has
+    /// shut down (or has no echo handler).
+    fn next_echo_request(&self, py: Python<'_>) -> Option<handlers::EchoRequest> {
+        py.detach(|| self.inner.next_echo_request())
+            .map(handlers::EchoRequest::from)
     }
 
     /// The callbacks of journal row `journal_id` returned: mark it delivered.
@@ -868,7 +880,7 @@ mod handlers {
     use pyo3::prelude::*;
 
     use crate::error::Error;
-    use crate::verdict::{HandlerConfig, Request, Stage, Verdict};
+    use crate::verdict::{Echo, HandlerConfig, Instance, Request, Stage, Verdict};
 
     pub(super) fn config(
         stage: Option<&str>,
@@ -890,7 +902,7 @@ mod handlers {
     /// A received instance waiting for its verdict: answer it once with `answer`.
     #[pyclass(frozen, module = "dicom_inlet._core")]
     pub(super) struct StoreRequest {
-        request: Mutex<Option<Request>>,
+        request: Mutex<Option<Request<Instance>>>,
         /// The complete Part 10 file to read (the spool file before publishing).
         #[pyo3(get)]
         file: PathBuf,
@@ -920,9 +932,9 @@ mod handlers {
         context_id: u8,
     }
 
-    impl From<Request> for StoreRequest {
-        fn from(request: Request) -> Self {
-            let i = request.instance.clone();
+    impl From<Request<Instance>> for StoreRequest {
+        fn from(request: Request<Instance>) -> Self {
+            let i = request.subject.clone();
             StoreRequest {
                 request: Mutex::new(Some(request)),
                 file: i.file,
@@ -948,13 +960,7 @@ mod handlers {
         /// False when the association no longer waits (the handler timeout expired).
         #[pyo3(signature = (status, error_comment=None, keep=true))]
         fn answer(&self, status: u16, error_comment: Option<String>, keep: bool) -> PyResult<bool> {
-            let request = self
-                .request
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .ok_or_else(|| PyRuntimeError::new_err("this request was answered already"))?;
-            Ok(request.answer(Verdict {
+            Ok(once(&self.request)?.answer(Verdict {
                 status,
                 error_comment,
                 keep,
@@ -962,8 +968,71 @@ mod handlers {
         }
     }
 
+    /// The request, the first time only.
+    fn once<T>(request: &Mutex<Option<Request<T>>>) -> PyResult<Request<T>> {
+        request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("this request was answered already"))
+    }
+
+    /// A C-ECHO-RQ waiting for the echo handler's status: answer it once with `answer`.
+    #[pyclass(frozen, module = "dicom_inlet._core")]
+    pub(super) struct EchoRequest {
+        request: Mutex<Option<Request<Echo>>>,
+        #[pyo3(get)]
+        sop_class_uid: String,
+        #[pyo3(get)]
+        transfer_syntax_uid: String,
+        #[pyo3(get)]
+        calling_ae: String,
+        #[pyo3(get)]
+        called_ae: String,
+        #[pyo3(get)]
+        peer_host: String,
+        #[pyo3(get)]
+        peer_port: u16,
+        #[pyo3(get)]
+        message_id: u16,
+        #[pyo3(get)]
+        context_id: u8,
+    }
+
+    impl From<Request<Echo>> for EchoRequest {
+        fn from(request: Request<Echo>) -> Self {
+            let e = request.subject.clone();
+            EchoRequest {
+                request: Mutex::new(Some(request)),
+                sop_class_uid: e.sop_class_uid,
+                transfer_syntax_uid: e.transfer_syntax_uid,
+                calling_ae: e.calling_ae,
+                called_ae: e.called_ae,
+                peer_host: e.peer.ip().to_string(),
+                peer_port: e.peer.port(),
+                message_id: e.message_id,
+                context_id: e.context_id,
+            }
+        }
+    }
+
+    #[pymethods]
+    impl EchoRequest {
+        /// Give the C-ECHO-RSP status and its Error Comment. Returns False when the
+        /// association no longer waits (the handler timeout expired: it answered success).
+        #[pyo3(signature = (status, error_comment=None))]
+        fn answer(&self, status: u16, error_comment: Option<String>) -> PyResult<bool> {
+            Ok(once(&self.request)?.answer(Verdict {
+                status,
+                error_comment,
+                keep: false,
+            }))
+        }
+    }
+
     pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        m.add_class::<StoreRequest>()
+        m.add_class::<StoreRequest>()?;
+        m.add_class::<EchoRequest>()
     }
 }
 

@@ -19,7 +19,7 @@ use crate::events::EventQueue;
 use crate::journal::{Feed, Journal, Timers};
 use crate::layout::SortKey;
 use crate::store::{Duplicates, Storage};
-use crate::verdict::{HandlerConfig, Request, Verdicts};
+use crate::verdict::{Echo, EchoConfig, HandlerConfig, Instance, Pending, Request, Verdicts};
 
 /// Connections beyond the association limit that still get a proper A-ASSOCIATE-RJ;
 /// past that they are closed at once so a flood cannot spawn unbounded threads.
@@ -55,6 +55,8 @@ pub struct ServerConfig {
     /// A user handler decides each instance's status (None: every valid instance is stored
     /// and answered with success, nothing waits on Python).
     pub handler: Option<HandlerConfig>,
+    /// A user handler decides each C-ECHO's status (None: success, nothing waits on Python).
+    pub echo_handler: Option<EchoConfig>,
     /// Record every acknowledged instance in the journal before answering.
     pub journal: bool,
     /// What to do with an instance whose file exists already.
@@ -123,6 +125,7 @@ pub(crate) struct Shared {
     cut_short: AtomicBool,
     pub stats: Stats,
     pub verdicts: Option<Verdicts>,
+    pub echoes: Option<Pending<Echo>>,
     active: Mutex<Open>,
     drained: Condvar,
     workers: Mutex<Vec<JoinHandle<()>>>,
@@ -185,8 +188,10 @@ impl Server {
         let events = Arc::new(EventQueue::new(config.event_queue));
         let (journal, feed) = open_journal(&config, storage.root(), &events)?;
         let verdicts = config.handler.map(Verdicts::new);
+        let echoes = config.echo_handler.map(|echo| Pending::new(echo.timeout));
         let shared = Arc::new(Shared {
             verdicts,
+            echoes,
             config,
             storage,
             journal,
@@ -258,8 +263,14 @@ impl Server {
 
     /// The next instance waiting for the handler's verdict, waiting for one; None once the
     /// server has shut down (or has no handler).
-    pub fn next_store_request(&self) -> Option<Request> {
+    pub fn next_store_request(&self) -> Option<Request<Instance>> {
         self.shared.verdicts.as_ref()?.next()
+    }
+
+    /// The next C-ECHO waiting for the echo handler's status, waiting for one; None once the
+    /// server has shut down (or has no echo handler).
+    pub fn next_echo_request(&self) -> Option<Request<Echo>> {
+        self.shared.echoes.as_ref()?.next()
     }
 
     /// Stop accepting, let open associations finish for up to `grace`, abort the rest, and
@@ -305,6 +316,9 @@ impl Server {
         // No association is left to ask: the handler threads may end.
         if let Some(verdicts) = &self.shared.verdicts {
             verdicts.close();
+        }
+        if let Some(echoes) = &self.shared.echoes {
+            echoes.close();
         }
         self.events.end();
     }

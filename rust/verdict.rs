@@ -119,15 +119,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One instance waiting for its verdict. Dropped unanswered, it fails the store with
-/// [`HANDLER_FAILED`].
+/// One question waiting for its verdict: an instance (`Request<Instance>`) or a C-ECHO
+/// (`Request<Echo>`). Dropped unanswered, it counts as a handler that failed.
 #[derive(Debug)]
-pub struct Request {
-    pub instance: Instance,
+pub struct Request<T> {
+    pub subject: T,
     slot: Arc<Slot>,
 }
 
-impl Request {
+impl<T> Request<T> {
     /// Deliver the verdict; false when the association no longer waits for it (timed out).
     pub fn answer(self, verdict: Verdict) -> bool {
         self.settle(State::Answered(verdict))
@@ -148,37 +148,52 @@ impl Request {
     }
 }
 
-impl Drop for Request {
+impl<T> Drop for Request<T> {
     fn drop(&mut self) {
         self.settle(State::Dropped);
     }
 }
 
-#[derive(Debug, Default)]
-struct Queue {
-    requests: VecDeque<Request>,
+/// Why a question got no verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// The handlers have stopped (the server is shutting down).
+    Closed,
+    /// The handler side dropped the request: the handler failed.
+    Dropped,
+    /// No verdict within this timeout.
+    TimedOut(Duration),
+}
+
+#[derive(Debug)]
+struct Queue<T> {
+    requests: VecDeque<Request<T>>,
     closed: bool,
 }
 
-/// The requests waiting for a handler thread.
+/// Questions waiting for a handler thread, each asker waiting (bounded) for its verdict.
 #[derive(Debug)]
-pub struct Verdicts {
-    pub config: HandlerConfig,
-    queue: Mutex<Queue>,
+pub struct Pending<T> {
+    /// How long an asker waits (None: no limit).
+    timeout: Option<Duration>,
+    queue: Mutex<Queue<T>>,
     ready: Condvar,
 }
 
-impl Verdicts {
-    pub fn new(config: HandlerConfig) -> Verdicts {
-        Verdicts {
-            config,
-            queue: Mutex::new(Queue::default()),
+impl<T> Pending<T> {
+    pub fn new(timeout: Option<Duration>) -> Pending<T> {
+        Pending {
+            timeout,
+            queue: Mutex::new(Queue {
+                requests: VecDeque::new(),
+                closed: false,
+            }),
             ready: Condvar::new(),
         }
     }
 
-    /// Queue `instance` for a handler and wait, up to the timeout, for its verdict.
-    pub fn ask(&self, instance: Instance) -> Verdict {
+    /// Queue `subject` for a handler and wait, up to the timeout, for its verdict.
+    pub fn ask(&self, subject: T) -> Result<Verdict, Unanswered> {
         let slot = Arc::new(Slot {
             state: Mutex::new(State::Waiting),
             changed: Condvar::new(),
@@ -186,17 +201,17 @@ impl Verdicts {
         {
             let mut queue = lock(&self.queue);
             if queue.closed {
-                return Verdict::failure(status::OUT_OF_RESOURCES, "the handlers have stopped");
+                return Err(Unanswered::Closed);
             }
             queue.requests.push_back(Request {
-                instance,
+                subject,
                 slot: Arc::clone(&slot),
             });
         }
         self.ready.notify_one();
         let state = lock(&slot.state);
         let waiting = |s: &mut State| matches!(s, State::Waiting);
-        let mut state = match self.config.timeout {
+        let mut state = match self.timeout {
             None => slot
                 .changed
                 .wait_while(state, waiting)
@@ -209,16 +224,70 @@ impl Verdicts {
             }
         };
         match std::mem::replace(&mut *state, State::Abandoned) {
-            State::Answered(verdict) => verdict,
-            State::Dropped => Verdict::failure(HANDLER_FAILED, "the handler gave no verdict"),
+            State::Answered(verdict) => Ok(verdict),
+            State::Dropped => Err(Unanswered::Dropped),
             State::Waiting | State::Abandoned => {
-                let seconds = self.config.timeout.unwrap_or_default().as_secs_f64();
-                // PS3.4 §B.2.3: A7xx "refused: out of resources" for what we cannot finish.
-                Verdict::failure(
-                    status::OUT_OF_RESOURCES,
-                    format!("the handler gave no verdict within {seconds} s"),
-                )
+                Err(Unanswered::TimedOut(self.timeout.unwrap_or_default()))
             }
+        }
+    }
+
+    /// The next request still awaited, waiting for one; None once closed and empty.
+    pub fn next(&self) -> Option<Request<T>> {
+        let mut queue = lock(&self.queue);
+        loop {
+            while let Some(request) = queue.requests.pop_front() {
+                if !request.abandoned() {
+                    return Some(request);
+                }
+            }
+            if queue.closed {
+                return None;
+            }
+            queue = self.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Wake every handler thread to end (once no association can ask any more).
+    pub fn close(&self) {
+        lock(&self.queue).closed = true;
+        self.ready.notify_all();
+    }
+}
+
+/// The instances waiting for the store handler.
+#[derive(Debug)]
+pub struct Verdicts {
+    pub config: HandlerConfig,
+    pending: Pending<Instance>,
+}
+
+impl Verdicts {
+    pub fn new(config: HandlerConfig) -> Verdicts {
+        Verdicts {
+            config,
+            pending: Pending::new(config.timeout),
+        }
+    }
+
+    /// Ask the handler about `instance`; no verdict fails the store.
+    pub fn ask(&self, instance: Instance) -> Verdict {
+        match self.pending.ask(instance) {
+            Ok(verdict) => verdict,
+            Err(Unanswered::Closed) => {
+                Verdict::failure(status::OUT_OF_RESOURCES, "the handlers have stopped")
+            }
+            Err(Unanswered::Dropped) => {
+                Verdict::failure(HANDLER_FAILED, "the handler gave no verdict")
+            }
+            // PS3.4 §B.2.3: A7xx "refused: out of resources" for what we cannot finish.
+            Err(Unanswered::TimedOut(timeout)) => Verdict::failure(
+                status::OUT_OF_RESOURCES,
+                format!(
+                    "the handler gave no verdict within {} s",
+                    timeout.as_secs_f64()
+                ),
+            ),
         }
     }
 
@@ -255,26 +324,43 @@ impl Verdicts {
         }
     }
 
-    /// The next request still awaited, waiting for one; None once closed and empty.
-    pub fn next(&self) -> Option<Request> {
-        let mut queue = lock(&self.queue);
-        loop {
-            while let Some(request) = queue.requests.pop_front() {
-                if !request.abandoned() {
-                    return Some(request);
-                }
-            }
-            if queue.closed {
-                return None;
-            }
-            queue = self.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
-        }
+    /// The next instance awaiting a verdict, waiting for one; None once closed.
+    pub fn next(&self) -> Option<Request<Instance>> {
+        self.pending.next()
     }
 
-    /// Wake every handler thread to end (once no association can ask any more).
     pub fn close(&self) {
-        lock(&self.queue).closed = true;
-        self.ready.notify_all();
+        self.pending.close();
+    }
+}
+
+/// How the server consults the echo handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EchoConfig {
+    /// How long an association waits for the status (None: no limit); past it the C-ECHO
+    /// is answered with success.
+    pub timeout: Option<Duration>,
+}
+
+/// A C-ECHO-RQ waiting for the echo handler's status (PS3.7 §9.1.5).
+#[derive(Debug, Clone)]
+pub struct Echo {
+    /// The presentation context's abstract syntax (Verification) and transfer syntax.
+    pub sop_class_uid: String,
+    pub transfer_syntax_uid: String,
+    pub calling_ae: String,
+    pub called_ae: String,
+    pub peer: SocketAddr,
+    pub message_id: u16,
+    pub context_id: u8,
+}
+
+impl Pending<Echo> {
+    /// The C-ECHO-RSP status the echo handler gives. One that fails or gives none answers
+    /// success, as pynetdicom's Verification SCP does for a raising handler: the peer still
+    /// learns that the SCP is there.
+    pub fn echo_verdict(&self, echo: Echo) -> Verdict {
+        self.ask(echo).unwrap_or(Verdict::success())
     }
 }
 
@@ -313,7 +399,7 @@ mod tests {
             let v = Arc::clone(&v);
             thread::spawn(move || {
                 let request = v.next().unwrap();
-                assert_eq!(request.instance.sop_instance_uid, "1.2.3");
+                assert_eq!(request.subject.sop_instance_uid, "1.2.3");
                 assert!(request.answer(Verdict {
                     status: 0xB000,
                     error_comment: None,
@@ -359,7 +445,7 @@ mod tests {
         let v = verdicts(None);
         // A request whose association stopped waiting, as after a timeout.
         let request = Request {
-            instance: instance("x"),
+            subject: instance("x"),
             slot: Arc::new(Slot {
                 state: Mutex::new(State::Abandoned),
                 changed: Condvar::new(),
@@ -397,5 +483,55 @@ mod tests {
             };
             assert_eq!(verdict.publishes(), publishes, "{status:#06x} keep={keep}");
         }
+    }
+
+    fn echo() -> Echo {
+        Echo {
+            sop_class_uid: "1.2.840.10008.1.1".into(),
+            transfer_syntax_uid: "1.2.840.10008.1.2".into(),
+            calling_ae: "SCU".into(),
+            called_ae: "SCP".into(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            message_id: 7,
+            context_id: 3,
+        }
+    }
+
+    #[test]
+    fn an_echo_answers_the_handlers_status_or_success_when_it_gives_none() {
+        let echoes = Arc::new(Pending::<Echo>::new(None));
+        let handler = {
+            let echoes = Arc::clone(&echoes);
+            thread::spawn(move || {
+                let request = echoes.next().unwrap();
+                assert_eq!(
+                    (request.subject.message_id, request.subject.context_id),
+                    (7, 3)
+                );
+                assert!(request.answer(Verdict::failure(0x0122, "not today")));
+                // The next one the handler fails to answer.
+                drop(echoes.next().unwrap());
+            })
+        };
+        let refused = echoes.echo_verdict(echo());
+        assert_eq!(
+            (refused.status, refused.error_comment.as_deref()),
+            (0x0122, Some("not today"))
+        );
+        assert_eq!(echoes.echo_verdict(echo()), Verdict::success());
+        handler.join().unwrap();
+        let late = Pending::<Echo>::new(Some(Duration::from_millis(1)));
+        assert_eq!(
+            late.ask(echo()).unwrap_err(),
+            Unanswered::TimedOut(Duration::from_millis(1))
+        );
+        assert_eq!(late.echo_verdict(echo()), Verdict::success());
+        late.close();
+        assert!(late.next().is_none(), "timed-out echoes reach no handler");
+        assert_eq!(
+            late.echo_verdict(echo()),
+            Verdict::success(),
+            "nor once closed"
+        );
     }
 }

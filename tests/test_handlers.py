@@ -22,9 +22,11 @@ from conftest import (
     TIMEOUT,
     dataset_bytes,
     dcmtk_tool,
+    echo,
     incoming_entries,
     make_dataset,
     patient_layout,
+    run_tool,
     send,
     statuses,
     stored_files,
@@ -33,7 +35,7 @@ from conftest import (
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_inlet.handlers import HANDLER_FAILED, IncomingInstance, Verdict
+from dicom_inlet.handlers import HANDLER_FAILED, IncomingEcho, IncomingInstance, Verdict
 
 # Each instance carries the status its handler is to answer, in InstanceNumber.
 FAILURE, WARNING = 0xA701, 0xB000
@@ -386,3 +388,55 @@ def test_callbacks_see_only_what_the_handler_kept(server_factory, tmp_path):
     server.shutdown()  # returns once every callback has run
     seen = [called.get_nowait().SOPInstanceUID for _ in range(called.qsize())]
     assert seen == [sop_instance_uid(p) for p in paths[1:]]
+
+
+def test_echo_handler_status_is_what_dcmtk_echoscu_and_pynetdicom_see(server_factory):
+    seen: list[IncomingEcho] = []
+
+    def echo_handler(request: IncomingEcho) -> Any:
+        seen.append(request)
+        if request.calling_ae == "REFUSE":
+            status = Dataset()
+            status.Status = 0x0122
+            status.ErrorComment = "no echo for you"
+            return status
+        if request.calling_ae == "RAISE":
+            raise RuntimeError("echo handler bug")
+        return 0x0000
+
+    server = server_factory(echo_handler=echo_handler)
+    assert [echo(server.port, ae_title=t) for t in ("OK", "REFUSE", "RAISE")] == [0, 0x0122, 0]
+    done = run_tool(dcmtk_tool("echoscu"), "-v", "-aet", "REFUSE", HOST, server.port)
+    assert "Received Echo Response (Unknown Status: 0x122)" in done.stdout + done.stderr
+    assert [r.calling_ae for r in seen] == ["OK", "REFUSE", "RAISE", "REFUSE"]
+    first = seen[0]
+    assert (first.called_ae, first.peer_host, first.message_id) == ("ANY-SCP", HOST, 1)
+    assert first.sop_class_uid == "1.2.840.10008.1.1"
+    assert first.peer_port > 0 and first.context_id % 2 == 1
+
+
+def test_a_late_echo_handler_answers_success_and_is_logged_when_it_returns(server_factory):
+    release = threading.Event()
+
+    def echo_handler(request: IncomingEcho) -> int:
+        release.wait(TIMEOUT)
+        return 0x0122
+
+    warned = _Seen("after handler_timeout: the peer was answered 0x0000")
+    logger = logging.getLogger("dicom_inlet")
+    logger.addHandler(warned)
+    try:
+        server = server_factory(echo_handler=echo_handler, handler_timeout=0.2)
+        assert echo(server.port) == 0
+        release.set()
+        assert warned.event.wait(TIMEOUT), warned.messages
+    finally:
+        release.set()
+        logger.removeHandler(warned)
+
+
+def test_echo_handler_must_be_callable(tmp_path):
+    from dicom_inlet import StoreSCPServer
+
+    with pytest.raises(TypeError, match="echo_handler must be callable"):
+        StoreSCPServer({"aetitle": "X", "port": 0}, tmp_path, echo_handler=1)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import socket
 import threading
 from pathlib import Path
@@ -22,8 +23,10 @@ from conftest import (
     TIMEOUT,
     associate,
     dataset_bytes,
+    dcmtk_tool,
     echo,
     make_dataset,
+    run_tool,
     send,
     statuses,
     wait_until,
@@ -310,6 +313,70 @@ def test_scp_without_handler_answers_c211_like_pynetdicom(tmp_path):
     assert seen == [[0xC211], [0xC211]]
 
 
+def echo_status(event: Any) -> Any:
+    """An EVT_C_ECHO handler answering what the calling AE title asks for."""
+    asked = event.assoc.requestor.ae_title
+    if asked == "REFUSE":
+        return 0x0122
+    if asked == "DATASET":
+        status = Dataset()
+        status.Status = 0x0211
+        status.ErrorComment = "not now"
+        return status
+    if asked == "RAISE":
+        raise RuntimeError("echo handler bug")
+    if asked == "INVALID":
+        return None
+    return 0x0000
+
+
+def dcmtk_echo_status(port: int, ae_title: str) -> str:
+    """The C-ECHO-RSP status DCMTK's echoscu reports, as it prints it."""
+    done = run_tool(dcmtk_tool("echoscu"), "-v", "-aet", ae_title, HOST, port)
+    found = re.search(r"Received Echo Response \((.+)\)", done.stdout + done.stderr)
+    assert found, done.stdout + done.stderr
+    return found.group(1)
+
+
+def test_scp_echo_handler_status_is_what_pynetdicom_and_dcmtk_senders_see():
+    titles = ["OK", "REFUSE", "DATASET", "RAISE", "INVALID"]
+    seen: dict[str, list[Any]] = {}
+    captured: dict[str, list[Any]] = {}
+
+    def handle_echo(event: Any) -> Any:
+        captured.setdefault(event.__module__, []).append(
+            (
+                event.event.name,
+                event.request.MessageID,
+                event.request.AffectedSOPClassUID,
+                event.assoc.requestor.ae_title,
+                event.assoc.requestor.address,
+                event.context.abstract_syntax,
+            )
+        )
+        return echo_status(event)
+
+    for pn in modules():
+        ae = pn.AE()
+        ae.add_supported_context(pn.sop_class.Verification)
+        server, port = serve(pn, ae, [(pn.evt.EVT_C_ECHO, handle_echo)])
+        try:
+            seen[pn.__name__] = [
+                [echo(port, ae_title=title) for title in titles],
+                [dcmtk_echo_status(port, title) for title in titles],
+            ]
+        finally:
+            server.shutdown()
+    ours, theirs = seen["dicom_inlet.pynetdicom"], seen["pynetdicom"]
+    assert ours == theirs
+    assert ours[0] == [0x0000, 0x0122, 0x0211, 0x0000, 0x0000]
+    success, refused, dataset, raised, invalid = ours[1]
+    assert (success, raised, invalid) == ("Success",) * 3
+    assert refused.endswith("0x122") and dataset.endswith("0x211"), ours[1]
+    assert captured["dicom_inlet.pynetdicom.events"] == captured["pynetdicom.events"]
+    assert len(captured["pynetdicom.events"]) == 2 * len(titles)
+
+
 def test_scp_blocking_until_ae_shutdown_and_non_blocking_shutdown(tmp_path):
     for pn in modules():
         ae = pn.AE()
@@ -347,7 +414,7 @@ def test_implementation_names_and_unsupported_features():
         pn.NoSuchThing  # noqa: B018
     ae = pn.AE()
     ae.add_supported_context(pn.sop_class.CTImageStorage)
-    with pytest.raises(NotImplementedError, match="EVT_C_FIND"):
+    with pytest.raises(NotImplementedError, match=r"EVT_C_FIND.*EVT_C_ECHO"):
         ae.start_server((HOST, 0), block=False, evt_handlers=[(pn.evt.EVT_C_FIND, print)])
     with pytest.raises(NotImplementedError, match="TLS"):
         ae.associate(HOST, 1, contexts=[pn.build_context(pn.sop_class.Verification)], tls_args=1)

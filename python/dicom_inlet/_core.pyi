@@ -19,6 +19,7 @@ __all__ = [
     "AssociationRecord",
     "AssociationRejected",
     "Completed",
+    "EchoRequest",
     "FailedStore",
     "Journal",
     "JournalEntry",
@@ -212,6 +213,7 @@ class Server:
         series_events: bool = False,
         events_on_release: bool = False,
         node_id: str = ...,
+        echo_handler: bool = False,
     ) -> Self: ...
     @property
     def port(self) -> int: ...
@@ -242,6 +244,8 @@ class Server:
         """End a shutdown's grace now (or the next one's): abort the open associations."""
     def next_store_request(self) -> StoreRequest | None:
         """Wait for the next instance awaiting a verdict; None once shut down (or no handler)."""
+    def next_echo_request(self) -> EchoRequest | None:
+        """Wait for the next C-ECHO awaiting its status; None once shut down (or no handler)."""
 
 @final
 class StoreRequest:
@@ -273,6 +277,29 @@ class StoreRequest:
     def context_id(self) -> int: ...
     def answer(self, status: int, error_comment: str | None = None, keep: bool = True) -> bool:
         """Give the verdict; False when the association no longer waits for it."""
+
+@final
+class EchoRequest:
+    """A C-ECHO-RQ waiting for the echo handler's status: answer it once with ``answer``."""
+
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def transfer_syntax_uid(self) -> str: ...
+    @property
+    def calling_ae(self) -> str: ...
+    @property
+    def called_ae(self) -> str: ...
+    @property
+    def peer_host(self) -> str: ...
+    @property
+    def peer_port(self) -> int: ...
+    @property
+    def message_id(self) -> int: ...
+    @property
+    def context_id(self) -> int: ...
+    def answer(self, status: int, error_comment: str | None = None) -> bool:
+        """Give the status; False when the association no longer waits for it."""
 
 # The journal as an index.
 @final

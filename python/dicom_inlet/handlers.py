@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HANDLER_FAILED",
+    "EchoHandler",
     "Handler",
+    "IncomingEcho",
     "IncomingInstance",
     "Verdict",
     "is_stored",
@@ -251,3 +253,90 @@ class HandlerPool:
 
     def __contains__(self, thread: threading.Thread) -> bool:
         return thread in self._threads
+
+
+class IncomingEcho:
+    """A C-ECHO-RQ (Verification, PS3.7 §9.1.5) awaiting its status from the echo handler.
+
+    Attributes:
+        sop_class_uid: The presentation context's abstract syntax (Verification).
+        transfer_syntax_uid: The presentation context's transfer syntax.
+        calling_ae: The peer's AE title (Calling AE Title).
+        called_ae: The AE title the peer called.
+        peer_host: The peer's address.
+        peer_port: The peer's TCP port.
+        message_id: The request's Message ID.
+        context_id: The presentation context it came on.
+    """
+
+    def __init__(self, request: _core.EchoRequest) -> None:
+        self.sop_class_uid = request.sop_class_uid
+        self.transfer_syntax_uid = request.transfer_syntax_uid
+        self.calling_ae = request.calling_ae
+        self.called_ae = request.called_ae
+        self.peer_host = request.peer_host
+        self.peer_port = request.peer_port
+        self.message_id = request.message_id
+        self.context_id = request.context_id
+
+    def __repr__(self) -> str:
+        return f"IncomingEcho(from {self.calling_ae!r} at {self.peer_host}:{self.peer_port})"
+
+
+#: An echo handler: called with each :class:`IncomingEcho`; returns the C-ECHO-RSP status as
+#: an int or a pydicom Dataset with ``Status`` (and optionally ``ErrorComment``), as a
+#: pynetdicom ``EVT_C_ECHO`` handler does.
+EchoHandler: TypeAlias = "Callable[[IncomingEcho], Any]"
+
+
+def _echo_verdict(result: object) -> Verdict:
+    """The status an echo handler's return value means; raises for one pynetdicom refuses."""
+    if isinstance(result, int) and not isinstance(result, bool):
+        verdict = Verdict(result)
+    else:
+        pydicom = sys.modules.get("pydicom")
+        if pydicom is None or not isinstance(result, pydicom.Dataset):
+            raise TypeError(f"returned {result!r}, neither a status int nor a Dataset")
+        if "Status" not in result:
+            raise AttributeError("returned a Dataset without a Status element")
+        comment = result.get("ErrorComment")
+        verdict = Verdict(int(result.Status), None if comment is None else str(comment))
+    if not 0 <= verdict.status <= 0xFFFF:
+        raise ValueError(f"returned status {verdict.status!r}, outside 0x0000-0xFFFF")
+    return verdict
+
+
+def answer_echo(request: _core.EchoRequest, handler: EchoHandler, name: str) -> None:
+    """Run ``handler`` on one C-ECHO and answer it. One that raises or returns something
+    unusable answers 0x0000 (Success), as pynetdicom's Verification SCP does."""
+    echo = IncomingEcho(request)
+    try:
+        verdict = _echo_verdict(handler(echo))
+    except Exception:
+        logger.exception("%s failed for %s; answering 0x0000 (Success)", name, echo)
+        verdict = Verdict(0x0000)
+    # An Error Comment goes with a failure only.
+    comment = None if verdict.status == 0 else _comment(verdict.error_comment)
+    if not request.answer(verdict.status, comment):
+        logger.warning(
+            "%s answered %s after handler_timeout: the peer was answered 0x0000 (Success)",
+            name,
+            echo,
+        )
+
+
+class EchoPool(HandlerPool):
+    """Python threads answering the core's C-ECHO requests until the server stops."""
+
+    def __init__(self, scp: _core.Server, handler: EchoHandler, name: str, threads: int) -> None:
+        # The threads run this class's _serve, which calls `handler` as an echo handler.
+        super().__init__(scp, cast("Callable[[IncomingInstance], Verdict]", handler), name, threads)
+
+    @staticmethod
+    def _serve(  # type: ignore[override]
+        scp: _core.Server,
+        handler: EchoHandler,
+        name: str,
+    ) -> None:
+        while (request := scp.next_echo_request()) is not None:
+            answer_echo(request, handler, name)

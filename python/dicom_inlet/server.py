@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from dicom_inlet import _core
 from dicom_inlet.delivery import Completion, Dispatcher, JournalEntry
-from dicom_inlet.handlers import Handler, HandlerPool, IncomingInstance, Verdict, verdict_of
+from dicom_inlet.handlers import (
+    EchoHandler,
+    EchoPool,
+    Handler,
+    HandlerPool,
+    IncomingInstance,
+    Verdict,
+    verdict_of,
+)
 from dicom_inlet.identity import IdentityCheck, UserIdentity
 from dicom_inlet.models import DicomNode, StorageSortKey
 from dicom_inlet.scu import status_text
@@ -158,6 +166,14 @@ class StoreSCPServer:
         drain_delay: Seconds :meth:`drain` (and SIGTERM/SIGINT) keeps accepting associations
             after ``/readyz`` starts failing, so a load balancer sees the node go down before
             it stops listening: more than its health check's interval times its fall count.
+        echo_handler: Decides each C-ECHO's status: called with an
+            :class:`~dicom_inlet.handlers.IncomingEcho` on ``handler_threads`` threads of
+            its own; returns the C-ECHO-RSP status as an int or a pydicom Dataset with
+            ``Status`` (and optionally ``ErrorComment``), as a pynetdicom ``EVT_C_ECHO``
+            handler does. One that raises (logged with its traceback) or returns something
+            else answers 0x0000, as pynetdicom does; so does one that takes longer than
+            ``handler_timeout`` (logged at WARNING when it returns). Without it every
+            C-ECHO is answered 0x0000 at once.
     """
 
     def __init__(
@@ -200,6 +216,7 @@ class StoreSCPServer:
         node_id: str | None = None,
         metrics_port: int | None = None,
         drain_delay: float = 0.0,
+        echo_handler: EchoHandler | None = None,
     ) -> None:
         if db_session is not None:
             if isinstance(db_session, (list, tuple)):
@@ -224,6 +241,9 @@ class StoreSCPServer:
                 raise TypeError(f"callbacks must be callable, got {callback!r}")
         if handler is not None and not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
+        if echo_handler is not None and not callable(echo_handler):
+            raise TypeError(f"echo_handler must be callable, got {echo_handler!r}")
+        self.echo_handler = echo_handler
         if handler is not None and callbacks_before_response:
             raise ValueError(
                 "handler and callbacks_before_response=True: give one (a handler can call "
@@ -292,6 +312,7 @@ class StoreSCPServer:
         self._lock = threading.Lock()
         self._dispatcher: threading.Thread | None = None
         self._handlers: HandlerPool | None = None
+        self._echoes: EchoPool | None = None
         self._bound_port = self._listen_port
         self._stop = threading.Event()
         # Set whenever no server runs, so a concurrent shutdown() can wait for the first one.
@@ -379,6 +400,7 @@ class StoreSCPServer:
                 series_events=bool(self.series_callbacks),
                 events_on_release=self.events_on_release,
                 node_id=self.node_id,
+                echo_handler=self.echo_handler is not None,
             )
             # Only once it runs: a server that failed to start leaves shutdown() nothing to await.
             self._stopped.clear()
@@ -388,6 +410,9 @@ class StoreSCPServer:
             self._draining = False
             self._hurry.clear()
             self._handlers = self._start_handlers(self.scp)
+            if self.echo_handler is not None:
+                name = getattr(self.echo_handler, "__name__", repr(self.echo_handler))
+                self._echoes = EchoPool(self.scp, self.echo_handler, name, self.handler_threads)
             callbacks = self.callbacks
             if self.metrics_port is not None:
                 self._metrics = self._serve_metrics(self.scp)
@@ -553,8 +578,8 @@ class StoreSCPServer:
 
     def _shutdown(self, hint: str, drain_delay: float) -> None:
         current = threading.current_thread()
-        if current is self._dispatcher or (
-            self._handlers is not None and current in self._handlers
+        if current is self._dispatcher or any(
+            pool is not None and current in pool for pool in (self._handlers, self._echoes)
         ):
             # From a callback or handler: waiting here would stop a thread the shutdown
             # waits for.
@@ -571,6 +596,7 @@ class StoreSCPServer:
             scp, self.scp = self.scp, None
             dispatcher = self._dispatcher
             handlers, self._handlers = self._handlers, None
+            echoes, self._echoes = self._echoes, None
             self._closing = scp or self._closing
         self._stop.set()
         if scp is None:
@@ -587,8 +613,9 @@ class StoreSCPServer:
         else:
             logger.info("stopping: no open associations")
         scp.shutdown(self.shutdown_timeout)
-        if handlers is not None:
-            handlers.join()
+        for pool in (handlers, echoes):
+            if pool is not None:
+                pool.join()
         if dispatcher is not None:
             dispatcher.join()
         self._dispatcher = None

@@ -14,6 +14,7 @@ use crate::events::{AssociationRecord, EventQueue, Outcome};
 use crate::pdu::{self, abort, Abort, Pdu, MAX_CONTROL_PDU};
 use crate::server::Shared;
 use crate::tls::ServerStream;
+use crate::verdict::{Echo, Verdict};
 
 use c_store::Sink;
 use reader::PduReader;
@@ -500,7 +501,20 @@ impl Connection<'_> {
             }
             dimse::C_ECHO_RQ => {
                 self.record.echoes += 1;
-                self.respond(association, context_id, &command, status::SUCCESS, None)?;
+                let verdict = match &self.shared.echoes {
+                    None => Verdict::success(),
+                    Some(echoes) => echoes.echo_verdict(Echo {
+                        sop_class_uid: context.abstract_syntax.clone(),
+                        transfer_syntax_uid: context.transfer_syntax.clone(),
+                        calling_ae: association.calling_ae.clone(),
+                        called_ae: association.called_ae.clone(),
+                        peer: self.peer,
+                        message_id: command.message_id.unwrap_or(0),
+                        context_id,
+                    }),
+                };
+                let comment = verdict.error_comment.as_deref();
+                self.respond(association, context_id, &command, verdict.status, comment)?;
                 Ok(Message::Idle)
             }
             dimse::C_STORE_RQ => {

@@ -16,7 +16,7 @@ use crate::layout::SortKey;
 use crate::pdu::{self, ae_field, AssociateRq, PresentationContextRq, UserInfo};
 use crate::server::{Server, ServerConfig};
 use crate::store::{Duplicates, INCOMING_DIR};
-use crate::verdict::{HandlerConfig, Instance, Stage, Verdict, HANDLER_FAILED};
+use crate::verdict::{EchoConfig, HandlerConfig, Instance, Stage, Verdict, HANDLER_FAILED};
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
@@ -58,6 +58,7 @@ fn start_with(name: &str, tweak: impl FnOnce(&mut ServerConfig)) -> (Server, Fee
         event_queue: 16,
         tls: None,
         handler: None,
+        echo_handler: None,
         journal: true,
         duplicates: Duplicates::Replace,
         timers: None,
@@ -607,7 +608,7 @@ fn with_handler(
     std::thread::scope(|scope| {
         scope.spawn(|| {
             while let Some(request) = server.next_store_request() {
-                let verdict = decide(&request.instance);
+                let verdict = decide(&request.subject);
                 assert!(request.answer(verdict));
             }
         });
@@ -691,19 +692,56 @@ fn after_publish_the_handler_sees_the_stored_file_and_a_failure_keeps_it() {
     });
 }
 
-#[test]
-fn cutting_the_grace_short_aborts_open_associations_at_once() {
-    let (server, mut events, root) = start("grace-cut");
-    let mut peer = Peer::associate(&server);
+fn echo_command(message_id: u16) -> Vec<u8> {
     let mut echo = Vec::new();
     Command {
         command_field: dimse::C_ECHO_RQ,
-        message_id: Some(1),
+        message_id: Some(message_id),
         affected_sop_class_uid: Some(VERIFICATION_SOP_CLASS.into()),
         ..Command::default()
     }
     .encode(&mut echo);
-    peer.send_pdvs(&[(3, true, true, &echo)]);
+    echo
+}
+
+#[test]
+fn the_echo_handler_status_is_the_c_echo_status_and_success_when_it_fails() {
+    let (server, _events, root) = start_with("echo-handler", |config| {
+        config.echo_handler = Some(EchoConfig { timeout: None });
+    });
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while let Some(request) = server.next_echo_request() {
+                let echo = &request.subject;
+                assert_eq!((echo.calling_ae.as_str(), echo.context_id), ("RUST_SCU", 3));
+                match echo.message_id {
+                    1 => assert!(request.answer(verdict(0x0122, false))),
+                    // Dropped unanswered: the handler failed.
+                    _ => drop(request),
+                }
+            }
+        });
+        let mut peer = Peer::associate(&server);
+        for (message_id, status) in [(1, 0x0122), (2, 0x0000)] {
+            peer.send_pdvs(&[(3, true, true, &echo_command(message_id))]);
+            let response = peer.response();
+            assert_eq!(response.status, Some(status), "echo {message_id}");
+            assert_eq!(
+                response.command_field,
+                dimse::C_ECHO_RQ | dimse::RESPONSE_BIT
+            );
+        }
+        peer.release();
+        server.shutdown(Duration::from_secs(5));
+    });
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn cutting_the_grace_short_aborts_open_associations_at_once() {
+    let (server, mut events, root) = start("grace-cut");
+    let mut peer = Peer::associate(&server);
+    peer.send_pdvs(&[(3, true, true, &echo_command(1))]);
     assert_eq!(peer.response().status, Some(0));
     std::thread::scope(|s| {
         // No limit: without the cut this would wait for the peer forever.

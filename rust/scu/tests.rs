@@ -79,6 +79,7 @@ fn server_config(dir: &Path, policy: AcceptorPolicy) -> ServerConfig {
         event_queue: 64,
         tls: None,
         handler: None,
+        echo_handler: None,
         journal: false,
         duplicates: Duplicates::Replace,
         timers: None,

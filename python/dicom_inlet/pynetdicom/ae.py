@@ -12,7 +12,14 @@ from typing import Any
 from pydicom.uid import UID
 
 from dicom_inlet import _core
-from dicom_inlet.handlers import HANDLER_FAILED, IncomingInstance, Verdict, verdict_of
+from dicom_inlet.handlers import (
+    HANDLER_FAILED,
+    EchoHandler,
+    IncomingEcho,
+    IncomingInstance,
+    Verdict,
+    verdict_of,
+)
 from dicom_inlet.models import DEFAULT_AE_TITLE, DicomNode
 from dicom_inlet.pynetdicom import evt
 from dicom_inlet.pynetdicom.association import Association, ServiceUser
@@ -70,6 +77,22 @@ class AssociationServer:
         shutil.rmtree(self._spool, ignore_errors=True)
         if self in self.ae._servers:
             self.ae._servers.remove(self)
+
+
+def _bound_handlers(
+    evt_handlers: Sequence[tuple[Any, ...]],
+) -> dict[evt.EventType, tuple[_Handler, list[Any]]]:
+    """The handler bound to each event (with its extra arguments), the last binding winning."""
+    bound: dict[evt.EventType, tuple[_Handler, list[Any]]] = {}
+    for entry in evt_handlers:
+        event, function, *args = entry
+        if event not in (evt.EVT_C_STORE, evt.EVT_C_ECHO):
+            raise NotImplementedError(
+                f"dicom_inlet.pynetdicom does not support handlers bound to {event.name} "
+                "(it raises only EVT_C_STORE and EVT_C_ECHO)"
+            )
+        bound[event] = (function, list(args[0]) if args else [])
+    return bound
 
 
 class AE:
@@ -218,14 +241,18 @@ class AE:
         contexts: Sequence[PresentationContext] | None = None,
     ) -> AssociationServer | None:
         """Serve the Storage Service on ``address`` (host, port), each C-STORE's status
-        coming from the ``evt.EVT_C_STORE`` handler. ``block=True`` serves until Ctrl-C or
-        SIGTERM and returns None; otherwise a server with ``shutdown()`` is returned."""
+        coming from the ``evt.EVT_C_STORE`` handler (and each C-ECHO's from the
+        ``evt.EVT_C_ECHO`` one, if bound; without it C-ECHO is answered 0x0000).
+        ``block=True`` serves until Ctrl-C or SIGTERM and returns None; otherwise a server
+        with ``shutdown()`` is returned."""
         if ssl_context is not None:
             raise NotImplementedError("dicom_inlet.pynetdicom does not support ssl_context (TLS)")
         supported = self._supported if contexts is None else list(contexts)
         if not supported:
             raise ValueError("No supported Presentation Contexts have been defined")
-        handler = self._store_handler(evt_handlers or [])
+        bound = _bound_handlers(evt_handlers or [])
+        handler = self._store_handler(bound.get(evt.EVT_C_STORE))
+        echo = bound.get(evt.EVT_C_ECHO)
         # pynetdicom's acceptor takes the first of its own syntaxes the requestor proposes.
         syntaxes: list[str] = []
         for context in supported:
@@ -238,6 +265,7 @@ class AE:
             DicomNode(ae_title or self.ae_title, port, host or None),
             spool,
             handler=handler,
+            echo_handler=None if echo is None else self._echo_handler(*echo),
             handler_timeout=self.dimse_timeout,
             require_called_aet=self.require_called_aet,
             require_calling_aet=self.require_calling_aet,
@@ -263,30 +291,27 @@ class AE:
         return server
 
     def _store_handler(
-        self, evt_handlers: Sequence[tuple[Any, ...]]
+        self, bound: tuple[_Handler, list[Any]] | None
     ) -> Callable[[IncomingInstance], Verdict]:
-        bound: _Handler | None = None
-        extra: list[Any] = []
-        for entry in evt_handlers:
-            event, function, *args = entry
-            if event == evt.EVT_C_STORE:
-                bound, extra = function, list(args[0]) if args else []
-            else:
-                raise NotImplementedError(
-                    f"dicom_inlet.pynetdicom does not support handlers bound to {event.name} "
-                    "(it answers C-ECHO with success itself and raises only EVT_C_STORE)"
-                )
+        function, extra = bound or (None, [])
 
         def decide(instance: IncomingInstance) -> Verdict:
-            if bound is None:
+            if function is None:
                 # pynetdicom answers 0xC211 when no handler is bound to EVT_C_STORE.
                 return Verdict(HANDLER_FAILED, "no handler bound to evt.EVT_C_STORE", keep=False)
-            verdict = verdict_of(bound(Event(self, instance), *extra))
+            verdict = verdict_of(function(Event(self, instance), *extra))
             # The handler stores what it wants; dicom-inlet keeps no file of its own.
             return Verdict(verdict.status, verdict.error_comment, keep=False)
 
         decide.__name__ = "handler bound to evt.EVT_C_STORE"
         return decide
+
+    def _echo_handler(self, function: _Handler, extra: list[Any]) -> EchoHandler:
+        def answer(echo: IncomingEcho) -> Any:
+            return function(Event(self, echo), *extra)
+
+        answer.__name__ = "handler bound to evt.EVT_C_ECHO"
+        return answer
 
     def shutdown(self) -> None:
         """Stop every server this AE started."""

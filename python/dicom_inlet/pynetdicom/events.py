@@ -1,5 +1,5 @@
-"""The event an ``EVT_C_STORE`` handler receives, as pynetdicom's ``Event`` offers it:
-``dataset``, ``file_meta``, ``request``, ``assoc``, ``context``."""
+"""The event an ``EVT_C_STORE`` or ``EVT_C_ECHO`` handler receives, as pynetdicom's ``Event``
+offers it: ``request``, ``assoc``, ``context``, and for C-STORE ``dataset`` and ``file_meta``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
 from dicom_inlet import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dicom_inlet.handlers import IncomingInstance
+from dicom_inlet.handlers import IncomingEcho, IncomingInstance
 from dicom_inlet.pynetdicom import evt
 from dicom_inlet.pynetdicom.association import ServiceUser
 from dicom_inlet.pynetdicom.presentation import PresentationContextTuple
@@ -20,7 +20,7 @@ from dicom_inlet.pynetdicom.presentation import PresentationContextTuple
 if TYPE_CHECKING:
     from dicom_inlet.pynetdicom.ae import AE
 
-__all__ = ["C_STORE", "Event", "create_file_meta"]
+__all__ = ["C_ECHO", "C_STORE", "Event", "create_file_meta"]
 
 # Priority MEDIUM (PS3.7 §9.1.1.1); dicom-inlet does not keep the request's own.
 _MEDIUM = 0x0000
@@ -65,6 +65,14 @@ class C_STORE:
             return BytesIO(file.read(size))
 
 
+class C_ECHO:
+    """The C-ECHO request primitive (``event.request``)."""
+
+    def __init__(self, echo: IncomingEcho) -> None:
+        self.MessageID = echo.message_id
+        self.AffectedSOPClassUID = UID(echo.sop_class_uid)
+
+
 @dataclass
 class _AssociationView:
     """What a handler sees of the association (``event.assoc``)."""
@@ -76,45 +84,58 @@ class _AssociationView:
 
 
 class Event:
-    """An ``EVT_C_STORE`` event: one received instance awaiting its status."""
+    """An ``EVT_C_STORE`` event (one received instance awaiting its status) or an
+    ``EVT_C_ECHO`` one (a C-ECHO awaiting its status)."""
 
-    def __init__(self, ae: AE, instance: IncomingInstance) -> None:
-        self.event = evt.EVT_C_STORE
+    def __init__(self, ae: AE, received: IncomingInstance | IncomingEcho) -> None:
         self.timestamp = datetime.datetime.now()
-        self._instance = instance
-        self.request = C_STORE(instance)
+        self.request: C_STORE | C_ECHO
+        if isinstance(received, IncomingInstance):
+            self.event = evt.EVT_C_STORE
+            self._instance: IncomingInstance | None = received
+            self.request = C_STORE(received)
+        else:
+            self.event = evt.EVT_C_ECHO
+            self._instance = None
+            self.request = C_ECHO(received)
         self.assoc = _AssociationView(
             ae,
-            ServiceUser(instance.calling_ae, instance.peer_host, instance.peer_port),
-            ServiceUser(instance.called_ae, "", 0),
+            ServiceUser(received.calling_ae, received.peer_host, received.peer_port),
+            ServiceUser(received.called_ae, "", 0),
         )
         self.context = PresentationContextTuple(
-            instance.context_id, UID(instance.sop_class_uid), UID(instance.transfer_syntax_uid)
+            received.context_id, UID(received.sop_class_uid), UID(received.transfer_syntax_uid)
         )
+
+    @property
+    def _stored(self) -> IncomingInstance:
+        if self._instance is None:
+            raise AttributeError(f"{self.event.name} events have no data set")
+        return self._instance
 
     @property
     def dataset(self) -> Dataset:
         """The received data set, decoded (lazily: large values when touched)."""
-        return self._instance.dataset
+        return self._stored.dataset
 
     @property
     def file_meta(self) -> FileMetaDataset:
         """File meta information for saving :attr:`dataset` (a new one each time)."""
+        instance = self._stored
         return create_file_meta(
-            self._instance.sop_class_uid,
-            self._instance.sop_instance_uid,
-            self._instance.transfer_syntax_uid,
+            instance.sop_class_uid, instance.sop_instance_uid, instance.transfer_syntax_uid
         )
 
     def encoded_dataset(self, include_meta: bool = True) -> bytes:
         """The data set as received; with ``include_meta`` a whole Part 10 file."""
+        instance = self._stored
         if include_meta:
-            return self._instance.file.read_bytes()
-        return self.request.DataSet.getvalue()
+            return instance.file.read_bytes()
+        return C_STORE(instance).DataSet.getvalue()
 
     def __getattr__(self, name: str) -> Any:
         if name in ("identifier", "attribute_list", "action_information", "event_information"):
             raise NotImplementedError(
-                f"event.{name}: dicom_inlet.pynetdicom raises only C-STORE events"
+                f"event.{name}: dicom_inlet.pynetdicom raises only C-STORE and C-ECHO events"
             )
         raise AttributeError(f"'Event' object has no attribute {name!r}")

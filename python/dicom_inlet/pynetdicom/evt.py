@@ -1,9 +1,9 @@
 """The events of pynetdicom's ``evt`` module that dicom-inlet's SCP raises.
 
-``EVT_C_STORE`` (a handler decides each instance's status) is bound with
-``evt_handlers=[(evt.EVT_C_STORE, handler)]``, as with pynetdicom. ``EVT_C_ECHO`` names the
-C-ECHO the SCP answers with success itself (binding a handler to it, or to any other
-pynetdicom event, raises ``NotImplementedError``).
+``EVT_C_STORE`` (a handler decides each instance's status) and ``EVT_C_ECHO`` (a handler
+decides each C-ECHO's status; unbound, C-ECHO is answered with success) are bound with
+``evt_handlers=[(evt.EVT_C_STORE, handler)]``, as with pynetdicom. Binding a handler to any
+other pynetdicom event raises ``NotImplementedError``.
 """
 
 from __future__ import annotations
