@@ -84,6 +84,38 @@ struct Open {
     rejecting: usize,
 }
 
+/// The connections shutdown makes to wake the accept loops: by listener address, the local
+/// address of its wake-up connection (None: it could not connect), so a loop can tell its
+/// wake-up from a real connection queued with it.
+#[derive(Default)]
+struct Wakes {
+    sent: Mutex<HashMap<SocketAddr, Option<SocketAddr>>>,
+    posted: Condvar,
+}
+
+impl Wakes {
+    /// Connect to `listener` to wake its accept loop; the connection stays open while held.
+    fn wake(&self, listener: SocketAddr) -> Option<TcpStream> {
+        let stream = TcpStream::connect_timeout(&wake_address(listener), Duration::from_secs(1));
+        let local = stream.as_ref().ok().and_then(|s| s.local_addr().ok());
+        lock(&self.sent).insert(listener, local);
+        self.posted.notify_all();
+        stream.ok()
+    }
+
+    /// The wake-up connection's address for `listener`, waiting for shutdown to post it (it
+    /// does once its connect returns, within a second).
+    fn of(&self, listener: SocketAddr) -> Option<SocketAddr> {
+        let mut sent = lock(&self.sent);
+        loop {
+            if let Some(local) = sent.get(&listener) {
+                return *local;
+            }
+            sent = self.posted.wait(sent).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// Running totals since the start, for a live status display: counted as each instance
 /// completes, read without stopping anyone.
 #[derive(Debug, Default)]
@@ -128,6 +160,7 @@ pub(crate) struct Shared {
     pub echoes: Option<Pending<Echo>>,
     active: Mutex<Open>,
     drained: Condvar,
+    wakes: Wakes,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -199,6 +232,7 @@ impl Server {
             cut_short: AtomicBool::new(false),
             active: Mutex::new(Open::default()),
             drained: Condvar::new(),
+            wakes: Wakes::default(),
             workers: Mutex::new(Vec::new()),
             stats: Stats::default(),
         });
@@ -281,11 +315,13 @@ impl Server {
         };
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         // accept() has no timeout: a connection of our own wakes it to see the flag.
-        let _ = TcpStream::connect_timeout(&wake_address(self.local_addr), Duration::from_secs(1));
+        let wake = self.shared.wakes.wake(self.local_addr);
         let _ = listener.join();
+        drop(wake);
         if let Some((addr, tls_listener)) = lock(&self.tls_listener).take() {
-            let _ = TcpStream::connect_timeout(&wake_address(addr), Duration::from_secs(1));
+            let wake = self.shared.wakes.wake(addr);
             let _ = tls_listener.join();
+            drop(wake);
         }
 
         // None: a grace beyond the clock's range, so no limit.
@@ -331,6 +367,19 @@ impl Server {
         let _active = lock(&self.shared.active);
         self.shared.cut_short.store(true, Ordering::SeqCst);
         self.shared.drained.notify_all();
+    }
+}
+
+#[cfg(test)]
+impl Server {
+    /// Hold the accept loops at their next connection (they take this lock for it) while the
+    /// guard lives: connections queue behind it.
+    pub(crate) fn pause_accepting(&self) -> impl Sized + '_ {
+        lock(&self.shared.active)
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::SeqCst)
     }
 }
 
@@ -408,49 +457,86 @@ fn accept_loop(
     tls: Option<&Arc<rustls::ServerConfig>>,
 ) {
     let next_id = AtomicU64::new(0);
+    let serve = |stream: TcpStream, closing: bool| {
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        admit(stream, id, closing, shared, events, tls);
+    };
     for stream in listener.incoming() {
-        if shared.shutting_down.load(Ordering::SeqCst) {
-            break;
-        }
         let stream = match stream {
             Ok(stream) => stream,
+            Err(_) if shared.shutting_down.load(Ordering::SeqCst) => break,
             Err(_) => {
                 thread::sleep(ACCEPT_BACKOFF);
                 continue;
             }
         };
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
-        let over_limit = {
-            let mut open = lock(&shared.active);
-            let serving = open.streams.len() - open.rejecting;
-            let over = serving >= shared.config.max_associations;
-            if over && open.rejecting >= REJECT_SLACK {
-                continue;
-            }
-            // Without a handle for shutdown to wake it, the connection is not served.
-            let Ok(clone) = stream.try_clone() else {
-                continue;
-            };
-            open.streams.insert(id, clone);
-            open.rejecting += usize::from(over);
-            over
-        };
-        let worker_shared = Arc::clone(shared);
-        let worker_events = Arc::clone(events);
-        let worker_tls = tls.cloned();
-        let spawned = thread::Builder::new()
-            .name("dicom-inlet-association".into())
-            .spawn(move || {
-                let tls = worker_tls.as_ref();
-                connection::serve(stream, tls, &worker_shared, &worker_events, over_limit);
-                close(&worker_shared, id, over_limit);
-            });
-        let mut workers = lock(&shared.workers);
-        workers.retain(|w| !w.is_finished());
-        match spawned {
-            Ok(handle) => workers.push(handle),
-            Err(_) => close(shared, id, over_limit),
+        if !shared.shutting_down.load(Ordering::SeqCst) {
+            serve(stream, false);
+            continue;
         }
+        // Shutting down: this is our wake-up connection or a real one queued with it. The
+        // real ones, this and the rest of the backlog, are answered (a transient
+        // A-ASSOCIATE-RJ), not dropped; the wake-up is just closed.
+        let wake = listener
+            .local_addr()
+            .ok()
+            .and_then(|bound| shared.wakes.of(bound));
+        let drains = listener.set_nonblocking(true).is_ok();
+        let mut next = Some(stream);
+        while let Some(stream) = next.take() {
+            let is_wake = wake.is_some() && stream.peer_addr().ok() == wake;
+            if !is_wake && stream.set_nonblocking(false).is_ok() {
+                serve(stream, true);
+            }
+            if drains {
+                next = listener.accept().ok().map(|(stream, _)| stream);
+            }
+        }
+        break;
+    }
+}
+
+/// Serve a new connection on a thread of its own: as an association, or with an
+/// A-ASSOCIATE-RJ when over the association limit or `closing`; past the rejections allowed
+/// at once it is closed at once.
+fn admit(
+    stream: TcpStream,
+    id: u64,
+    closing: bool,
+    shared: &Arc<Shared>,
+    events: &Arc<EventQueue>,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) {
+    let over_limit = {
+        let mut open = lock(&shared.active);
+        let serving = open.streams.len() - open.rejecting;
+        let over = closing || serving >= shared.config.max_associations;
+        if over && open.rejecting >= REJECT_SLACK {
+            return;
+        }
+        // Without a handle for shutdown to wake it, the connection is not served.
+        let Ok(clone) = stream.try_clone() else {
+            return;
+        };
+        open.streams.insert(id, clone);
+        open.rejecting += usize::from(over);
+        over
+    };
+    let worker_shared = Arc::clone(shared);
+    let worker_events = Arc::clone(events);
+    let worker_tls = tls.cloned();
+    let spawned = thread::Builder::new()
+        .name("dicom-inlet-association".into())
+        .spawn(move || {
+            let tls = worker_tls.as_ref();
+            connection::serve(stream, tls, &worker_shared, &worker_events, over_limit);
+            close(&worker_shared, id, over_limit);
+        });
+    let mut workers = lock(&shared.workers);
+    workers.retain(|w| !w.is_finished());
+    match spawned {
+        Ok(handle) => workers.push(handle),
+        Err(_) => close(shared, id, over_limit),
     }
 }
 

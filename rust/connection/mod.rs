@@ -265,7 +265,12 @@ impl Connection<'_> {
         let identity = rq.user_info.user_identity_rq.as_ref();
         self.record.user_identity = identity.map(association::identity_words);
         let negotiated = match over_limit {
-            true => Err(association::busy()),
+            true => {
+                if self.shared.shutting_down.load(Ordering::SeqCst) {
+                    self.record.detail = Some("server shutting down".into());
+                }
+                Err(association::busy())
+            }
             false => config.policy.negotiate(&rq),
         }
         .and_then(|(association, mut ac)| {
@@ -578,12 +583,14 @@ impl Connection<'_> {
         Ok(result?)
     }
 
-    /// Send a final A-ASSOCIATE-RJ or A-ABORT and let the peer close first, as the ARTIM
-    /// timer does (PS3.8 §9.1.6): closing with unread input would reset the connection, and a
-    /// reset can discard our last PDU before the peer reads it.
+    /// Send a final A-ASSOCIATE-RJ or A-ABORT, then wait in Sta13 for the peer to close the
+    /// transport connection, up to the ARTIM timer (PS3.8 §9.2.3: AE-8 or AA-1, then AR-5 on
+    /// the peer's close or AA-2 on expiry), and only then close our side. Closing first
+    /// would let the peer see the close before it has acted on our PDU (pynetdicom then
+    /// reports an abort instead of the rejection), and closing with unread input would reset
+    /// the connection, which can discard our last PDU before the peer reads it.
     fn flush_and_close(&mut self) -> Result<(), Stop> {
         self.flush()?;
-        self.stream.close_write()?;
         let artim = self
             .shared
             .config
@@ -591,7 +598,9 @@ impl Connection<'_> {
             .unwrap_or(ARTIM_LINGER)
             .min(ARTIM_LINGER);
         self.stream.set_due(deadline(Some(artim)))?;
+        // Sta13 ignores what still arrives (AA-6): read and drop it.
         self.stream.drain(MAX_CONTROL_PDU as usize);
+        self.stream.close_write()?;
         Ok(())
     }
 

@@ -402,11 +402,81 @@ fn peer_abort_mid_instance_leaves_nothing() {
     fs::remove_dir_all(&root).unwrap();
 }
 
-/// Read until the server closes; what it sent before closing.
+/// Close our side, as a peer does after an A-ASSOCIATE-RJ or A-ABORT, and read until the
+/// server closes too; what it sent before closing.
 fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut received = Vec::new();
     let _ = stream.read_to_end(&mut received);
     received
+}
+
+/// The server has not closed the connection: a read finds nothing, not the end of the stream.
+fn still_open(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let open = matches!(
+        stream.read(&mut [0u8; 1]),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    );
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    open
+}
+
+/// An A-ASSOCIATE-RQ from RUST_SCU to INLET proposing nothing.
+fn bare_rq() -> Vec<u8> {
+    let mut rq = Vec::new();
+    AssociateRq {
+        protocol_version: 1,
+        called_ae: ae_field("INLET"),
+        calling_ae: ae_field("RUST_SCU"),
+        application_context: pdu::APPLICATION_CONTEXT.into(),
+        presentation_contexts: vec![],
+        user_info: UserInfo::default(),
+    }
+    .encode(&mut rq);
+    rq
+}
+
+#[test]
+fn after_its_rejection_or_abort_the_server_waits_for_the_peer_to_close_first() {
+    // Sta13 (PS3.8 §9.2.3): the peer closes once it has read the last PDU; the server closes
+    // only then (or when its ARTIM timer expires, 5 s here), so the peer never sees the close
+    // before the PDU.
+    let (server, events, root) = start_with("sta13", |c| {
+        c.policy.allowed_calling_aes = vec!["OTHER".into()];
+    });
+    let mut rejected = TcpStream::connect(server.local_addr()).unwrap();
+    rejected
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    rejected.write_all(&bare_rq()).unwrap();
+    let mut peer = Peer { stream: rejected };
+    assert_eq!(peer.read_pdu().0, pdu::ASSOCIATE_RJ);
+    assert!(
+        still_open(&mut peer.stream),
+        "closed before the peer after an RJ"
+    );
+    assert_eq!(read_to_close(&mut peer.stream), b"");
+    drop(server);
+    let (server, _events2, root2) = start("sta13-abort");
+    let mut aborted = Peer::associate(&server);
+    // An unknown PDU type: A-ABORT, reason 1 (PS3.8 §9.3.8).
+    aborted.stream.write_all(&[0x55, 0, 0, 0, 0, 0]).unwrap();
+    assert_eq!(aborted.read_pdu(), (pdu::ABORT, vec![0, 0, 2, 1]));
+    assert!(
+        still_open(&mut aborted.stream),
+        "closed before the peer after an A-ABORT"
+    );
+    assert_eq!(read_to_close(&mut aborted.stream), b"");
+    server.shutdown(Duration::from_secs(5));
+    drop(events);
+    for dir in [root, root2] {
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 #[test]
@@ -540,6 +610,47 @@ fn protocol_errors_after_the_association_get_precise_aborts() {
 }
 
 #[test]
+fn connections_queued_with_the_shutdown_wake_up_are_rejected_not_dropped() {
+    let (server, events, root) = start("wake-race");
+    let connect = || {
+        let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(&bare_rq()).unwrap();
+        stream
+    };
+    std::thread::scope(|s| {
+        let paused = server.pause_accepting();
+        // The accept loop stops at the first (or has not reached it yet); the second queues.
+        let (first, second) = (connect(), connect());
+        let stopping = s.spawn(|| server.shutdown(Duration::from_secs(5)));
+        while !server.is_shutting_down() {
+            std::thread::yield_now();
+        }
+        // The loop goes on only now, after the flag is up and while its wake-up is queued.
+        drop(paused);
+        let (mut first, mut second) = (Peer { stream: first }, Peer { stream: second });
+        // An A-ASSOCIATE-RJ each, the second one's "transient, local limit exceeded".
+        assert_eq!(first.read_pdu().0, pdu::ASSOCIATE_RJ);
+        assert_eq!(second.read_pdu(), (pdu::ASSOCIATE_RJ, vec![0, 2, 3, 2]));
+        assert_eq!(read_to_close(&mut first.stream), b"");
+        assert_eq!(read_to_close(&mut second.stream), b"");
+        stopping.join().unwrap();
+    });
+    // Two associations ended, rejected; the wake-up connection is no association at all.
+    let ended: Vec<_> = events
+        .filter_map(|e| match e {
+            Event::AssociationEnded(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    assert!(ended.iter().all(|r| r.outcome == Outcome::Rejected));
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
 fn connections_over_the_limit_are_rejected_then_closed_at_once() {
     let (server, _events, root) = start_with("flood", |c| c.max_associations = 1);
     let held = Peer::associate(&server);
@@ -557,17 +668,7 @@ fn connections_over_the_limit_are_rejected_then_closed_at_once() {
     // Past that bound, a connection is closed without a thread or a word.
     let mut extra = connect();
     assert_eq!(read_to_close(&mut extra), b"");
-    let mut rq = Vec::new();
-    AssociateRq {
-        protocol_version: 1,
-        called_ae: ae_field("INLET"),
-        calling_ae: ae_field("RUST_SCU"),
-        application_context: pdu::APPLICATION_CONTEXT.into(),
-        presentation_contexts: vec![],
-        user_info: UserInfo::default(),
-    }
-    .encode(&mut rq);
-    waiting[0].write_all(&rq).unwrap();
+    waiting[0].write_all(&bare_rq()).unwrap();
     // Transient, presentation provider, local limit exceeded (PS3.8 §9.3.4).
     assert_eq!(
         read_to_close(&mut waiting[0]),
