@@ -12,15 +12,11 @@ use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// One instance written under `data_dir`.
+/// What is known of a received instance without reading it: where it is (or goes), what it
+/// is, in which syntax, from whom, how big. Handlers and callbacks are both told this.
 #[derive(Debug, Clone)]
-pub struct StoredInstance {
+pub struct Receipt {
     pub path: PathBuf,
-    /// The journal's hard link to exactly the version acknowledged, kept until its callbacks
-    /// ran (a later instance with the same UID may replace `path`); None without a journal.
-    pub held: Option<PathBuf>,
-    /// Its row in the journal, to mark it delivered; None without a journal.
-    pub journal_id: Option<i64>,
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
     pub transfer_syntax_uid: String,
@@ -29,6 +25,17 @@ pub struct StoredInstance {
     pub peer: SocketAddr,
     /// Data set bytes received (file meta excluded).
     pub bytes: u64,
+}
+
+/// One instance written under `data_dir` (at `receipt.path`).
+#[derive(Debug, Clone)]
+pub struct StoredInstance {
+    pub receipt: Receipt,
+    /// The journal's hard link to exactly the version acknowledged, kept until its callbacks
+    /// ran (a later instance with the same UID may replace `path`); None without a journal.
+    pub held: Option<PathBuf>,
+    /// Its row in the journal, to mark it delivered; None without a journal.
+    pub journal_id: Option<i64>,
 }
 
 /// One C-STORE answered with a failure status (PS3.4 §B.2.3), nothing stored.
@@ -278,16 +285,18 @@ mod tests {
 
     fn stored(n: u64) -> StoredInstance {
         StoredInstance {
-            path: PathBuf::from(format!("{n}.dcm")),
+            receipt: Receipt {
+                path: PathBuf::from(format!("{n}.dcm")),
+                sop_class_uid: String::new(),
+                sop_instance_uid: n.to_string(),
+                transfer_syntax_uid: String::new(),
+                calling_ae: String::new(),
+                called_ae: String::new(),
+                peer: "127.0.0.1:1".parse().unwrap(),
+                bytes: n,
+            },
             held: None,
             journal_id: None,
-            sop_class_uid: String::new(),
-            sop_instance_uid: n.to_string(),
-            transfer_syntax_uid: String::new(),
-            calling_ae: String::new(),
-            called_ae: String::new(),
-            peer: "127.0.0.1:1".parse().unwrap(),
-            bytes: n,
         }
     }
 
@@ -319,7 +328,7 @@ mod tests {
         queue.end();
         assert!(matches!(
             queue.recv(None),
-            Received::Event(Event::Stored(s)) if s.bytes == 1
+            Received::Event(Event::Stored(s)) if s.receipt.bytes == 1
         ));
         for _ in 0..100 {
             assert!(matches!(

@@ -393,18 +393,19 @@ struct StoredInstance {
 
 impl From<events::StoredInstance> for StoredInstance {
     fn from(s: events::StoredInstance) -> Self {
+        let r = s.receipt;
         StoredInstance {
-            path: s.path,
+            path: r.path,
             held: s.held,
             journal_id: s.journal_id,
-            sop_class_uid: s.sop_class_uid,
-            sop_instance_uid: s.sop_instance_uid,
-            transfer_syntax_uid: s.transfer_syntax_uid,
-            calling_ae: s.calling_ae,
-            called_ae: s.called_ae,
-            peer_host: s.peer.ip().to_string(),
-            peer_port: s.peer.port(),
-            bytes: s.bytes,
+            sop_class_uid: r.sop_class_uid,
+            sop_instance_uid: r.sop_instance_uid,
+            transfer_syntax_uid: r.transfer_syntax_uid,
+            calling_ae: r.calling_ae,
+            called_ae: r.called_ae,
+            peer_host: r.peer.ip().to_string(),
+            peer_port: r.peer.port(),
+            bytes: r.bytes,
         }
     }
 }
@@ -935,18 +936,19 @@ mod handlers {
     impl From<Request<Instance>> for StoreRequest {
         fn from(request: Request<Instance>) -> Self {
             let i = request.subject.clone();
+            let r = i.receipt;
             StoreRequest {
                 request: Mutex::new(Some(request)),
                 file: i.file,
-                path: i.path,
-                sop_class_uid: i.sop_class_uid,
-                sop_instance_uid: i.sop_instance_uid,
-                transfer_syntax_uid: i.transfer_syntax_uid,
-                calling_ae: i.calling_ae,
-                called_ae: i.called_ae,
-                peer_host: i.peer.ip().to_string(),
-                peer_port: i.peer.port(),
-                bytes: i.bytes,
+                path: r.path,
+                sop_class_uid: r.sop_class_uid,
+                sop_instance_uid: r.sop_instance_uid,
+                transfer_syntax_uid: r.transfer_syntax_uid,
+                calling_ae: r.calling_ae,
+                called_ae: r.called_ae,
+                peer_host: r.peer.ip().to_string(),
+                peer_port: r.peer.port(),
+                bytes: r.bytes,
                 message_id: i.message_id,
                 context_id: i.context_id,
             }

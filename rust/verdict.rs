@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::dimse::status;
+use crate::events::Receipt;
 use crate::store::Spool;
 
 /// A failed step: the status to answer and its Error Comment.
@@ -43,19 +44,12 @@ pub struct HandlerConfig {
 /// What the handler is shown: the instance and where it came from.
 #[derive(Debug, Clone)]
 pub struct Instance {
+    /// Its `path` is where the instance is (or will be) stored; the data set is the file's
+    /// last `bytes` bytes.
+    pub receipt: Receipt,
     /// The complete Part 10 file to read: the spool file before publishing, the stored file
     /// after.
     pub file: PathBuf,
-    /// Where the instance is (or will be) stored.
-    pub path: PathBuf,
-    pub sop_class_uid: String,
-    pub sop_instance_uid: String,
-    pub transfer_syntax_uid: String,
-    pub calling_ae: String,
-    pub called_ae: String,
-    pub peer: SocketAddr,
-    /// Data set bytes (file meta excluded): the file's last `bytes` bytes.
-    pub bytes: u64,
     pub message_id: u16,
     pub context_id: u8,
 }
@@ -371,15 +365,17 @@ mod tests {
 
     fn instance(uid: &str) -> Instance {
         Instance {
+            receipt: Receipt {
+                path: PathBuf::from("a/b.dcm"),
+                sop_class_uid: "1.2".into(),
+                sop_instance_uid: uid.into(),
+                transfer_syntax_uid: "1.2.840.10008.1.2".into(),
+                calling_ae: "SCU".into(),
+                called_ae: "SCP".into(),
+                peer: "127.0.0.1:1".parse().unwrap(),
+                bytes: 10,
+            },
             file: PathBuf::from("spool"),
-            path: PathBuf::from("a/b.dcm"),
-            sop_class_uid: "1.2".into(),
-            sop_instance_uid: uid.into(),
-            transfer_syntax_uid: "1.2.840.10008.1.2".into(),
-            calling_ae: "SCU".into(),
-            called_ae: "SCP".into(),
-            peer: "127.0.0.1:1".parse().unwrap(),
-            bytes: 10,
             message_id: 1,
             context_id: 1,
         }
@@ -399,7 +395,7 @@ mod tests {
             let v = Arc::clone(&v);
             thread::spawn(move || {
                 let request = v.next().unwrap();
-                assert_eq!(request.subject.sop_instance_uid, "1.2.3");
+                assert_eq!(request.subject.receipt.sop_instance_uid, "1.2.3");
                 assert!(request.answer(Verdict {
                     status: 0xB000,
                     error_comment: None,

@@ -3,12 +3,14 @@ handlers of concurrent associations run in parallel; pacsanini's callback order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +182,20 @@ class _Seen(logging.Handler):
             self.event.set()
 
 
+@contextlib.contextmanager
+def _watching(text: str, release: threading.Event) -> Iterator[_Seen]:
+    """Watch the dicom_inlet logger for ``text``; on the way out set ``release`` (what a
+    blocked handler waits for) before the watch ends."""
+    seen = _Seen(text)
+    logger = logging.getLogger("dicom_inlet")
+    logger.addHandler(seen)
+    try:
+        yield seen
+    finally:
+        release.set()
+        logger.removeHandler(seen)
+
+
 def test_a_late_handler_fails_the_store_with_a7xx_and_the_association_goes_on(
     server_factory, data_dir, tmp_path
 ):
@@ -192,19 +208,14 @@ def test_a_late_handler_fails_the_store_with_a7xx_and_the_association_goes_on(
             release.wait(TIMEOUT)
         return 0
 
-    warned = _Seen("refused: out of resources: the handler gave no verdict within 0.2 s")
-    logger = logging.getLogger("dicom_inlet")
-    logger.addHandler(warned)
-    try:
+    warning = "refused: out of resources: the handler gave no verdict within 0.2 s"
+    with _watching(warning, release) as warned:
         server = server_factory(handler=handler, handler_timeout=0.2)
         results = send(server.port, paths)
         # Logged at WARNING once the timeout expired, while the handler still runs.
         assert warned.event.wait(TIMEOUT), warned.messages
         release.set()
         server.shutdown()
-    finally:
-        release.set()
-        logger.removeHandler(warned)
     assert statuses(results) == [0xA700, 0x0000]
     assert "no verdict within 0.2 s" in results[0].ErrorComment
     assert len(stored_files(data_dir)) == 1
@@ -422,17 +433,11 @@ def test_a_late_echo_handler_answers_success_and_is_logged_when_it_returns(serve
         release.wait(TIMEOUT)
         return 0x0122
 
-    warned = _Seen("after handler_timeout: the peer was answered 0x0000")
-    logger = logging.getLogger("dicom_inlet")
-    logger.addHandler(warned)
-    try:
+    with _watching("after handler_timeout: the peer was answered 0x0000", release) as warned:
         server = server_factory(echo_handler=echo_handler, handler_timeout=0.2)
         assert echo(server.port) == 0
         release.set()
         assert warned.event.wait(TIMEOUT), warned.messages
-    finally:
-        release.set()
-        logger.removeHandler(warned)
 
 
 def test_echo_handler_must_be_callable(tmp_path):

@@ -37,6 +37,48 @@ def test_positional_order_node_data_dir_sort_by_db_session_callbacks(tmp_path):
     assert (data_dir / patient_layout(ds)).is_file()
 
 
+def test_recording_in_a_callback_records_what_pacsanini_records(tmp_path):
+    """pacsanini's db_session records an image after save_as and before its callbacks and the
+    answer; a store it refuses (cannot decode 0xC215, cannot write 0xC216) is never recorded.
+    With dicom-inlet the same recording is a callback in pacsanini's order: done when the
+    sender hears success, and never for a refused store."""
+    import sqlite3
+
+    from dicom_inlet.net.storescp import StoreSCPServer
+
+    db = sqlite3.connect(tmp_path / "images.sqlite", check_same_thread=False)
+    db.execute("CREATE TABLE images (sop_instance_uid TEXT, filepath TEXT)")
+
+    def record(ds: pydicom.Dataset) -> None:
+        db.execute("INSERT INTO images VALUES (?, ?)", (ds.SOPInstanceUID, ds.filename))
+        db.commit()
+
+    def recorded() -> list[str]:
+        return [uid for (uid,) in db.execute("SELECT sop_instance_uid FROM images")]
+
+    node = {"aetitle": "RECORDING", "port": 0, "ip": HOST}
+    small, large = make_dataset(), make_dataset(rows=256, columns=256)
+    paths = [write_file(ds, tmp_path / f"{i}.dcm") for i, ds in enumerate([small, large])]
+    data_dir = tmp_path / "d"
+    with StoreSCPServer(
+        node,
+        str(data_dir),
+        StorageSortKey.PATIENT,
+        None,
+        [record],
+        callbacks_before_response=True,
+        duplicates="reject",
+        max_instance_size=64 * 1024,
+    ) as s:
+        assert statuses(send(s.port, [paths[0]])) == [0x0000]
+        # Recorded by the time the sender hears success, as with pacsanini.
+        assert recorded() == [small.SOPInstanceUID]
+        # Refused: a duplicate (0x0111) and one over the size limit (0xA700).
+        assert statuses(send(s.port, [paths[0], paths[1]])) == [0x0111, 0xA700]
+    assert recorded() == [small.SOPInstanceUID]
+    assert [p.name for p in data_dir.rglob("*.dcm")] == [f"{small.SOPInstanceUID}.dcm"]
+
+
 def test_db_session_is_refused_clearly(tmp_path):
     from dicom_inlet.net.storescp import StoreSCPServer
 

@@ -71,7 +71,22 @@ class Verdict:
     keep: bool = True
 
 
-class IncomingInstance:
+class _Request:
+    """What every handler is told of the request it decides: the presentation context, who
+    sent it, and its Message ID (the subclasses document them)."""
+
+    def __init__(self, request: _core.StoreRequest | _core.EchoRequest) -> None:
+        self.sop_class_uid = request.sop_class_uid
+        self.transfer_syntax_uid = request.transfer_syntax_uid
+        self.calling_ae = request.calling_ae
+        self.called_ae = request.called_ae
+        self.peer_host = request.peer_host
+        self.peer_port = request.peer_port
+        self.message_id = request.message_id
+        self.context_id = request.context_id
+
+
+class IncomingInstance(_Request):
     """A received instance, complete and checked against its C-STORE-RQ, awaiting a verdict.
 
     The data set is read from the file only when :attr:`dataset` is first touched; values
@@ -95,18 +110,11 @@ class IncomingInstance:
     """
 
     def __init__(self, request: _core.StoreRequest) -> None:
+        super().__init__(request)
         self.file = Path(request.file)
         self.path = Path(request.path)
-        self.sop_class_uid = request.sop_class_uid
         self.sop_instance_uid = request.sop_instance_uid
-        self.transfer_syntax_uid = request.transfer_syntax_uid
-        self.calling_ae = request.calling_ae
-        self.called_ae = request.called_ae
-        self.peer_host = request.peer_host
-        self.peer_port = request.peer_port
         self.bytes = request.bytes
-        self.message_id = request.message_id
-        self.context_id = request.context_id
 
     @functools.cached_property
     def dataset(self) -> Dataset:
@@ -255,7 +263,7 @@ class HandlerPool:
         return thread in self._threads
 
 
-class IncomingEcho:
+class IncomingEcho(_Request):
     """A C-ECHO-RQ (Verification, PS3.7 §9.1.5) awaiting its status from the echo handler.
 
     Attributes:
@@ -268,16 +276,6 @@ class IncomingEcho:
         message_id: The request's Message ID.
         context_id: The presentation context it came on.
     """
-
-    def __init__(self, request: _core.EchoRequest) -> None:
-        self.sop_class_uid = request.sop_class_uid
-        self.transfer_syntax_uid = request.transfer_syntax_uid
-        self.calling_ae = request.calling_ae
-        self.called_ae = request.called_ae
-        self.peer_host = request.peer_host
-        self.peer_port = request.peer_port
-        self.message_id = request.message_id
-        self.context_id = request.context_id
 
     def __repr__(self) -> str:
         return f"IncomingEcho(from {self.calling_ae!r} at {self.peer_host}:{self.peer_port})"

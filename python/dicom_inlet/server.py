@@ -68,8 +68,10 @@ class StoreSCPServer:
         data_dir: Storage root, created if missing; ``""`` means the current directory.
         sort_by: The directory layout (:class:`StorageSortKey`).
         db_session: pacsanini's SQLAlchemy session for recording instances in its tables;
-            not supported (a value raises ``NotImplementedError``): record from a handler
-            or callback, e.g. with :func:`dicom_inlet.convert.dcm2dict`.
+            not supported (a value raises ``NotImplementedError``): record from a callback,
+            e.g. with :func:`dicom_inlet.convert.dcm2dict`. pacsanini records an image once
+            its file is written, before its callbacks and the answer, and never a store it
+            refuses; a callback with ``callbacks_before_response=True`` records the same.
         callbacks: Called with each stored instance, after its file is complete on disk,
             on a dispatcher thread in arrival order, after the peer was answered, at least
             once (see ``journal``). A raising callback is logged on the ``dicom_inlet``

@@ -4,8 +4,7 @@
 
 use crate::association::{AcceptedContext, Association};
 use crate::dimse::{status, Command};
-use crate::events::FailedStore;
-use crate::events::StoredInstance;
+use crate::events::{FailedStore, Receipt, StoredInstance};
 use crate::file_meta::FileMeta;
 use crate::journal::Row;
 use crate::layout;
@@ -190,16 +189,9 @@ impl Connection<'_> {
         // What the consumer is told of; taken before the row goes to the journal's writer.
         let announced = row.as_ref().map(|row| {
             let event = emit.then(|| StoredInstance {
-                path: row.path.clone(),
+                receipt: origin.receipt(&row.path, self.peer, received),
                 held: row.held.clone(),
                 journal_id: None,
-                sop_class_uid: row.sop_class_uid.clone(),
-                sop_instance_uid: row.sop_instance_uid.clone(),
-                transfer_syntax_uid: row.transfer_syntax_uid.clone(),
-                calling_ae: row.calling_ae.clone(),
-                called_ae: row.called_ae.clone(),
-                peer: self.peer,
-                bytes: received,
             });
             (row.study_instance_uid.clone(), event)
         });
@@ -391,9 +383,9 @@ impl Origin<'_> {
             .unwrap_or_default()
     }
 
-    fn instance(&self, file: &Path, path: &Path, peer: SocketAddr, bytes: u64) -> Instance {
-        Instance {
-            file: file.to_path_buf(),
+    /// What handlers and callbacks are told of the instance, stored (to be) at `path`.
+    fn receipt(&self, path: &Path, peer: SocketAddr, bytes: u64) -> Receipt {
+        Receipt {
             path: path.to_path_buf(),
             sop_class_uid: self.context.abstract_syntax.clone(),
             sop_instance_uid: self.sop_instance_uid(),
@@ -402,6 +394,13 @@ impl Origin<'_> {
             called_ae: self.association.called_ae.clone(),
             peer,
             bytes,
+        }
+    }
+
+    fn instance(&self, file: &Path, path: &Path, peer: SocketAddr, bytes: u64) -> Instance {
+        Instance {
+            receipt: self.receipt(path, peer, bytes),
+            file: file.to_path_buf(),
             message_id: self.command.message_id.unwrap_or(0),
             context_id: self.context_id,
         }

@@ -256,7 +256,7 @@ fn command_and_data_in_one_pdu_then_data_split_over_many() {
     server.shutdown(Duration::from_secs(5));
     let events: Vec<Event> = events.collect();
     assert!(
-        matches!(&events[0], Event::Stored(s) if s.bytes == data.len() as u64 && s.calling_ae == "RUST_SCU")
+        matches!(&events[0], Event::Stored(s) if s.receipt.bytes == data.len() as u64 && s.receipt.calling_ae == "RUST_SCU")
     );
     assert!(matches!(&events[1], Event::AssociationEnded(r) if r.instances == 1));
     fs::remove_dir_all(&root).unwrap();
@@ -581,16 +581,7 @@ fn protocol_errors_after_the_association_get_precise_aborts() {
     let mut pdata = Vec::new();
     pdu::encode_pdata(&mut pdata, 3, true, true, &no_message_id);
 
-    let mut second_rq = Vec::new();
-    AssociateRq {
-        protocol_version: 1,
-        called_ae: ae_field("INLET"),
-        calling_ae: ae_field("RUST_SCU"),
-        application_context: pdu::APPLICATION_CONTEXT.into(),
-        presentation_contexts: vec![],
-        user_info: UserInfo::default(),
-    }
-    .encode(&mut second_rq);
+    let second_rq = bare_rq();
     let cases: [(&[u8], [u8; 4]); 5] = [
         (&pdata, [0, 0, 2, 6]),
         // A-RELEASE-RQ must be 4 bytes (PS3.8 §9.3.6).
@@ -733,22 +724,23 @@ fn the_handler_verdict_is_the_status_and_decides_the_file() {
     let decide = |instance: &Instance| {
         // The handler sees the complete data set in the spool, and where it will be stored.
         let file = fs::read(&instance.file).unwrap();
-        assert!(file.ends_with(&data(&instance.sop_instance_uid)));
+        assert!(file.ends_with(&data(&instance.receipt.sop_instance_uid)));
         assert_eq!(
-            instance.bytes,
-            data(&instance.sop_instance_uid).len() as u64
+            instance.receipt.bytes,
+            data(&instance.receipt.sop_instance_uid).len() as u64
         );
         assert!(instance
             .file
-            .starts_with(instance.path.ancestors().nth(2).unwrap()));
+            .starts_with(instance.receipt.path.ancestors().nth(2).unwrap()));
         assert!(instance
+            .receipt
             .path
-            .ends_with(format!("1.2.3.4/{}.dcm", instance.sop_instance_uid)));
+            .ends_with(format!("1.2.3.4/{}.dcm", instance.receipt.sop_instance_uid)));
         assert_eq!(
-            (instance.calling_ae.as_str(), instance.context_id),
+            (instance.receipt.calling_ae.as_str(), instance.context_id),
             ("RUST_SCU", 1)
         );
-        match instance.sop_instance_uid.as_str() {
+        match instance.receipt.sop_instance_uid.as_str() {
             "1.1" => verdict(0xA701, true),
             "1.2" => verdict(0xB000, true),
             _ => verdict(0x0000, false),
@@ -777,8 +769,8 @@ fn the_handler_verdict_is_the_status_and_decides_the_file() {
 #[test]
 fn after_publish_the_handler_sees_the_stored_file_and_a_failure_keeps_it() {
     let decide = |instance: &Instance| {
-        assert_eq!(instance.file, instance.path);
-        assert!(instance.path.is_file());
+        assert_eq!(instance.file, instance.receipt.path);
+        assert!(instance.receipt.path.is_file());
         verdict(HANDLER_FAILED, true)
     };
     with_handler("after", Stage::AfterPublish, decide, |server, root| {

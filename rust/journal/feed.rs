@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::{unix_now, Index, InstanceEntry};
 use crate::error::Result;
-use crate::events::{Completed, Event, EventQueue, Level, Outcome, Received, StoredInstance};
+use crate::events::{
+    Completed, Event, EventQueue, Level, Outcome, Receipt, Received, StoredInstance,
+};
 
 /// Undelivered rows read from the journal at a time.
 const BACKLOG_PAGE: usize = 64;
@@ -217,16 +219,18 @@ impl Replayer {
 fn stored(entry: InstanceEntry) -> StoredInstance {
     let unknown = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
     StoredInstance {
-        peer: entry.peer.parse().unwrap_or(unknown),
-        path: entry.path,
+        receipt: Receipt {
+            peer: entry.peer.parse().unwrap_or(unknown),
+            path: entry.path,
+            sop_class_uid: entry.sop_class_uid,
+            sop_instance_uid: entry.sop_instance_uid,
+            transfer_syntax_uid: entry.transfer_syntax_uid,
+            calling_ae: entry.calling_ae,
+            called_ae: entry.called_ae,
+            bytes: entry.bytes,
+        },
         held: entry.held,
         journal_id: Some(entry.id),
-        sop_class_uid: entry.sop_class_uid,
-        sop_instance_uid: entry.sop_instance_uid,
-        transfer_syntax_uid: entry.transfer_syntax_uid,
-        calling_ae: entry.calling_ae,
-        called_ae: entry.called_ae,
-        bytes: entry.bytes,
     }
 }
 
