@@ -359,6 +359,24 @@ def test_cli_serve_handler_module_function(tmp_path):
     assert stored_files(data_dir) == [patient_layout(pydicom.dcmread(ct))]
 
 
+def test_cli_serve_echo_handler_module_function(tmp_path):
+    from test_cli import LISTENING, ServeProcess
+
+    (tmp_path / "inlet_echo.py").write_text(
+        "def busy(echo):\n    return 0x0122 if echo.calling_ae == 'MONITOR' else 0\n"
+    )
+    process = ServeProcess(
+        [str(tmp_path / "d"), "--port", "0", "--host", HOST, "--echo-handler", "inlet_echo:busy"],
+        cwd=tmp_path,
+    )
+    try:
+        port = int(process.wait_for(LISTENING).group(2))
+        assert [echo(port, ae_title=t) for t in ("MONITOR", "OTHER")] == [0x0122, 0x0000]
+        assert process.interrupt() == 0, process.text()
+    finally:
+        process.kill()
+
+
 def test_cli_serve_handler_errors_in_one_line(tmp_path):
     result = subprocess.run(
         [

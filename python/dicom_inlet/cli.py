@@ -242,6 +242,14 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         help="seconds to wait for the handler's verdict before refusing with 0xA700 (default: 30)",
     )
     serve.add_argument(
+        "--echo-handler",
+        type=_handler,
+        metavar="MODULE:FUNCTION",
+        help="decide each C-ECHO's status: FUNCTION(echo) returns it, as with "
+        "StoreSCPServer(echo_handler=...); one that fails or exceeds --handler-timeout "
+        "answers 0 (success)",
+    )
+    serve.add_argument(
         "--no-journal",
         action="store_true",
         help="do not record instances in DATA_DIR/.journal (no --on-study, no status)",
@@ -386,6 +394,7 @@ def _serve(args: argparse.Namespace) -> int:
         node_id=args.node_id,
         metrics_port=args.metrics_port,
         drain_delay=args.drain_delay,
+        echo_handler=args.echo_handler,
     )
     with console.server_status(server, enabled=sys.stderr.isatty() and not args.quiet):
         server.run(block=True)
