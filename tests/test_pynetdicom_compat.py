@@ -157,13 +157,15 @@ def test_scu_rejected_and_unreachable_are_not_established(server_factory):
         ae = pn.AE()
         ae.add_requested_context(pn.sop_class.CTImageStorage)
         rejected = ae.associate(HOST, server.port, ae_title="WRONG")
-        # The SCP closes only after the peer did (Sta13), so pynetdicom reads the
-        # A-ASSOCIATE-RJ before any close and reports a rejection, never an abort.
-        assert (rejected.is_established, rejected.is_rejected, rejected.is_aborted) == (
-            False,
-            True,
-            False,
-        )
+        assert not rejected.is_established
+        if pn.__name__ == "pynetdicom":
+            # pynetdicom races itself: its DUL thread closes the socket on reading the
+            # A-ASSOCIATE-RJ (AE-4), and a requestor thread that only then checks the socket
+            # sees it closed and aborts (reproduced under CPU load; our SCP closes after the
+            # peer, Sta13, so no close of ours is involved).
+            assert rejected.is_rejected or rejected.is_aborted
+        else:
+            assert rejected.is_rejected
         assert not ae.associate(HOST, closed_port).is_established
 
 

@@ -18,7 +18,7 @@ and the sending side, a storage SCU::
 from importlib.metadata import version as _version
 
 from dicom_inlet._core import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dicom_inlet.handlers import IncomingInstance, Verdict
+from dicom_inlet.handlers import IncomingEcho, IncomingInstance, Verdict
 from dicom_inlet.identity import UserIdentity, UsersFile
 from dicom_inlet.models import DicomNode, StorageSortKey
 from dicom_inlet.scu import (
@@ -44,6 +44,7 @@ __all__ = [
     "AssociationRejected",
     "ClientTLS",
     "DicomNode",
+    "IncomingEcho",
     "IncomingInstance",
     "InstanceResult",
     "SendResult",
