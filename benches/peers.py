@@ -335,6 +335,7 @@ def receivers(
                 *("+tls", "{key}", "{cert}", "+cf", "{ca}", "{port}"),
             ),
             ("ct", "big"),
+            stores=False,
             senders=tuple(TLS_SENDERS),
         ),
     ]

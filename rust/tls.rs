@@ -27,10 +27,11 @@ use rustls::{
 use crate::connection::read_timeout::{self, ReadTimeout};
 use crate::error::Error;
 
-/// Encrypted bytes read from the socket at once: rustls asks for 4 KiB per read, so without
-/// this a large transfer would cost four times the system calls of the plain path. More (the
-/// plain path reads 256 KiB ahead) saves a few system calls per instance but is allocated for
-/// each handshake, before the peer has proved anything.
+/// Encrypted bytes read from the socket at once: rustls asks for at most 4 KiB per read, which
+/// would be a system call each. More (the plain path reads 256 KiB ahead) would save a few
+/// calls per instance (a TLS association makes as many per instance as a plain one,
+/// `benches/receive_cost.py strace --tls`) but is allocated for each handshake, before the
+/// peer has proved anything.
 const SOCKET_READ_AHEAD: usize = 64 * 1024;
 
 /// Server side: our certificate chain and key, and the CA certificates a client certificate
