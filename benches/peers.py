@@ -26,7 +26,8 @@ TLS`` (``serve --tls-cert --tls-key --tls-ca``) and DCMTK ``storescp +tls +B``, 
 client certificate, with certificates ``openssl`` makes in the work directory (ECDSA P-256).
 Their ratios are to ``storescp +tls +B`` with the same sender; dicom-inlet's TLS rows are also
 divided by its plain TCP rows of the same runs (``dicom-inlet send --tls`` by ``dicom-inlet
-send``, ``storescu +tls`` by ``storescu``).
+send``, ``storescu +tls`` by ``storescu``), and their files/s by those of ``storescp +tls
+--ignore`` (receives over TLS, stores nothing): the TLS sender's own ceiling.
 
 Store handlers: dicom-inlet with a handler that only answers 0x0000 (``inlet_handler.py``,
 compared with dicom-inlet without one), and the SCP of pynetdicom's storage examples, whose
@@ -138,6 +139,8 @@ class Result:
 TLS_SENDERS = {"storescu +tls": "storescu", "dicom-inlet send --tls": "dicom-inlet send"}
 INLET_TLS = "dicom-inlet TLS"
 STORESCP_TLS = "storescp +tls +B"
+# What a TLS sender delivers to a receiver that stores nothing: its own ceiling.
+FLOOR_TLS = "storescp +tls --ignore"
 
 
 def make_certificates(directory: Path) -> dict[str, str]:
@@ -322,6 +325,17 @@ def receivers(
                 "{port}",
             ),
             ("ct", "big"),
+            senders=tuple(TLS_SENDERS),
+        ),
+        Receiver(
+            FLOOR_TLS,
+            (
+                STORESCP,
+                *("-aet", "STORESCP", "--ignore"),
+                *("+tls", "{key}", "{cert}", "+cf", "{ca}", "{port}"),
+            ),
+            ("ct", "big"),
+            stores=False,
             senders=tuple(TLS_SENDERS),
         ),
     ]
@@ -621,7 +635,7 @@ def summarize(results: list[Result], inlet: str) -> list[dict]:
         baseline = STORESCP_TLS if r.sender in TLS_SENDERS else BASELINE[r.workload] + at
         others = [
             ("dcmtk", (r.sender, baseline)),
-            ("ignore", (r.sender, FLOOR + at)),
+            ("ignore", (r.sender, FLOOR_TLS if r.sender in TLS_SENDERS else FLOOR + at)),
             ("raw_tcp", (RAW_SOURCE, RAW_SINK)),
         ]
         if r.receiver == CALLBACK + at:
@@ -669,7 +683,7 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
             f"**{titles[name]}**: {w.files} files, {w.bytes / 1e6:,.0f} MB; "
             f"ratios to `{BASELINE[name]}` (TLS rows: `{STORESCP_TLS}`) with the same sender (at "
             "the same max PDU for a receiver named @N K)"
-            + (", files/s to `--ignore`" if single else "")
+            + (f", files/s to `--ignore` (TLS rows: `{FLOOR_TLS}`)" if single else "")
             + (", MB/s to raw loopback TCP" if raw else ""),
             "",
             "| sender | receiver | files/s | MB/s | peak RSS MiB | idle RSS MiB | CPU s "

@@ -1,15 +1,22 @@
-"""Receiver cost per instance that the machine's load does not change: user-space instructions
-(``valgrind --tool=callgrind``) and system calls (``strace -c -f``) of one receiver process.
+"""Cost per instance of one receiver or one sender process: user-space instructions
+(``valgrind --tool=callgrind``) and system calls (``strace -c -f``), which the machine's load
+does not change, CPU time (``perf stat -e task-clock``) or a profile (``perf record``).
 
-    python benches/receive_cost.py {callgrind,strace} [--receiver inlet|storescp]
+    python benches/receive_cost.py {callgrind,strace,task-clock,profile}
+                                   [--receiver inlet|storescp] [--sender storescu|inlet]
+                                   [--measure receiver|sender] [--tls] [--workload ct|big]
                                    [--max-pdu 16384] [--files 10,40] [--corpus DIR] [--work DIR]
 
-The receiver runs under the tool twice, each time taking one DCMTK ``storescu`` association of
-the first N CT files of the ``peers.py`` quick corpus (N from ``--files``); the difference of the
-two counts divided by the difference of N is the cost of one more instance, with start-up, the
-association and exit cancelled out. Both receivers announce the same ``--max-pdu``, so
-``storescu`` sends PDUs of that size to each. callgrind counts user space only: the kernel's
-share (copying from the socket, into the page cache) shows as the system calls strace counts.
+The measured process runs under the tool twice, each time taking (or sending) one association
+of the first N files of a ``peers.py`` quick corpus workload (N from ``--files``; past its
+end the files are sent again, e.g. ``--files 10,600`` for CT, as on a loaded machine start-up
+varies by more than 100 instances cost); the difference of the two counts divided by the
+difference of N is the cost of one more instance, with start-up, the association and exit
+cancelled out. The receiver announces ``--max-pdu``, so
+either sender sends PDUs of that size. ``--tls`` runs both ends over DICOM TLS (certificates
+made by ``openssl`` as ``peers.py`` does). callgrind counts user space only: the kernel's share
+(copying from the socket, into the page cache) shows as the system calls strace counts and in
+task-clock.
 """
 
 from __future__ import annotations
@@ -27,7 +34,16 @@ import tempfile
 from pathlib import Path
 
 import corpus
-from peers import DCMTK_ENV, STORESCP, STORESCU, _children, count_files, free_port, wait_ready
+from peers import (
+    DCMTK_ENV,
+    STORESCP,
+    STORESCU,
+    _children,
+    count_files,
+    free_port,
+    make_certificates,
+    wait_ready,
+)
 
 RECEIVERS = {
     "inlet": (
@@ -46,6 +62,28 @@ RECEIVERS = {
         "{dir}",
         "{port}",
     ),
+}
+RECEIVER_TLS = {
+    "inlet": ("--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-ca", "{ca}"),
+    "storescp": ("+tls", "{key}", "{cert}", "+cf", "{ca}"),
+}
+SENDERS = {
+    "storescu": (STORESCU, "-aet", "BENCHSCU", "-aec", "ANY"),
+    "inlet": (
+        sys.executable,
+        "-m",
+        "dicom_inlet",
+        "send",
+        "-q",
+        "--aet",
+        "BENCHSCU",
+        "--call",
+        "ANY",
+    ),
+}
+SENDER_TLS = {
+    "storescu": ("+tls", "{client_key}", "{client}", "+cf", "{ca}"),
+    "inlet": ("--tls", "--tls-ca", "{ca}", "--tls-cert", "{client}", "--tls-key", "{client_key}"),
 }
 
 
@@ -78,25 +116,49 @@ def read_counts(tool: str, out: Path) -> dict[str, int]:
     return counts
 
 
-def run_once(args: argparse.Namespace, files: list[Path], work: Path) -> dict[str, int]:
+def commands(
+    args: argparse.Namespace, values: dict[str, str], files: list[Path]
+) -> tuple[list[str], list[str]]:
+    """The receiver's and the sender's argv."""
+    receiver = list(RECEIVERS[args.receiver])
+    if args.tls:  # before storescp's "-od DIR PORT"; anywhere for ours
+        at = len(receiver) - 3 if args.receiver == "storescp" else len(receiver)
+        receiver[at:at] = RECEIVER_TLS[args.receiver]
+    sender = [*SENDERS[args.sender], *(SENDER_TLS[args.sender] if args.tls else ())]
+    sender += ["127.0.0.1", "{port}", *map(str, files)]
+    return [a.format(**values) for a in receiver], [a.format(**values) for a in sender]
+
+
+def run_once(
+    args: argparse.Namespace, files: list[Path], work: Path, tls: dict[str, str]
+) -> dict[str, int]:
     data_dir, out = work / "data", work / f"{args.tool}.out"
     data_dir.mkdir()
     port = free_port()
-    values = {"dir": str(data_dir), "port": str(port), "pdu": str(args.max_pdu)}
-    argv = tool_argv(args.tool, out) + [a.format(**values) for a in RECEIVERS[args.receiver]]
+    values = {"dir": str(data_dir), "port": str(port), "pdu": str(args.max_pdu), **tls}
+    receiver, sender = commands(args, values, files)
+    tool = tool_argv(args.tool, out)
+    on_receiver = args.measure == "receiver"
+    if on_receiver:
+        receiver = tool + receiver
+    else:
+        sender = tool + sender
     env = {**DCMTK_ENV, "PYTHONHASHSEED": "0"}
     log = work / "receiver.log"
     with log.open("wb") as err:
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=work)
+        process = subprocess.Popen(
+            receiver, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=work
+        )
     try:
         wait_ready(port, process, log)
-        send = [STORESCU, "-aet", "BENCHSCU", "-aec", "ANY", "127.0.0.1", str(port)]
-        subprocess.run([*send, *map(str, files)], env=DCMTK_ENV, check=True)
-        if (got := count_files(data_dir)) != len(files):
-            raise RuntimeError(f"{args.receiver} stored {got} of {len(files)} files")
+        subprocess.run(sender, env=env, check=True, cwd=work)
+        # Files sent again replace their first copy (storescp may keep both).
+        if (got := count_files(data_dir)) < len(set(files)):
+            raise RuntimeError(f"{args.receiver} stored {got} of {len(set(files))} files")
     finally:
         # strace and perf wait for their child to exit: stop the receiver itself.
-        target = process.pid if args.tool == "callgrind" else _children(process.pid)[0]
+        under_tool = on_receiver and args.tool != "callgrind"
+        target = _children(process.pid)[0] if under_tool else process.pid
         for _ in range(60):  # a SIGTERM before the server's handler is installed is lost
             os.kill(target, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -115,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("tool", choices=("callgrind", "strace", "task-clock", "profile"))
     parser.add_argument("--receiver", choices=sorted(RECEIVERS), default="inlet")
+    parser.add_argument("--sender", choices=sorted(SENDERS), default="storescu")
+    parser.add_argument("--measure", choices=("receiver", "sender"), default="receiver")
+    parser.add_argument("--tls", action="store_true", help="both ends over DICOM TLS")
+    parser.add_argument("--workload", choices=("ct", "big"), default="ct")
     parser.add_argument("--max-pdu", type=int, default=16_384)
     parser.add_argument("--files", default="10,40", help="two instance counts (default: 10,40)")
     parser.add_argument("--corpus", type=Path, help="corpus cache (default: as peers.py --quick)")
@@ -124,21 +190,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     few, many = (int(n) for n in args.files.split(","))
     root = args.corpus or Path(tempfile.gettempdir(), "dicom-inlet-bench", "corpus-quick")
-    ct = corpus.build(corpus.QUICK, root, print)["ct"]
-    files = sorted(ct.directory.rglob("*.dcm"))[:many]
+    workload = corpus.build(corpus.QUICK, root, print)[args.workload]
+    # More instances than the workload has send it again, so start-up weighs less.
+    found = sorted(workload.directory.rglob("*.dcm"))
+    files = [found[i % len(found)] for i in range(many)]
     size = sum(f.stat().st_size for f in files[few:]) / (many - few)
     work = Path(tempfile.mkdtemp(prefix="receive-cost-", dir=args.work))
+    tls = make_certificates(work / "pki") if args.tls else {}
     per: dict[str, list[float]] = {}
     try:
         for _ in range(args.repeat):
-            a = run_once(args, files[:few], work)
-            b = run_once(args, files, work)
+            a = run_once(args, files[:few], work, tls)
+            b = run_once(args, files, work, tls)
             for name in set(a) | set(b):
                 per.setdefault(name, []).append((b.get(name, 0) - a.get(name, 0)) / (many - few))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    measured = args.receiver if args.measure == "receiver" else f"{args.sender} (sender)"
+    peer = args.sender if args.measure == "receiver" else args.receiver
     print(
-        f"{args.receiver} at max PDU {args.max_pdu}, {args.tool}, per instance "
+        f"{measured} from/to {peer}{' over TLS' if args.tls else ''} at max PDU "
+        f"{args.max_pdu}, {args.tool}, per instance "
         f"({size / 1e3:,.0f} kB files, {few} vs {many} instances, median of {args.repeat}):"
     )
     for name, values in sorted(per.items(), key=lambda item: -statistics.median(item[1])):

@@ -27,8 +27,11 @@ use rustls::{
 use crate::connection::read_timeout::{self, ReadTimeout};
 use crate::error::Error;
 
-/// Encrypted bytes read from the socket at once: rustls asks for 4 KiB per read, so without
-/// this a large transfer would cost four times the system calls of the plain path.
+/// Encrypted bytes read from the socket at once: rustls asks for at most 4 KiB per read, which
+/// would be a system call each. More (the plain path reads 256 KiB ahead) would save a few
+/// calls per instance (a TLS association makes as many per instance as a plain one,
+/// `benches/receive_cost.py strace --tls`) but is allocated for each handshake, before the
+/// peer has proved anything.
 const SOCKET_READ_AHEAD: usize = 64 * 1024;
 
 /// Server side: our certificate chain and key, and the CA certificates a client certificate
@@ -253,6 +256,10 @@ impl Read for Socket {
 }
 
 /// The socket under TLS: encrypted bytes read ahead ([`SOCKET_READ_AHEAD`]), writes direct.
+/// rustls encrypts a write 64 KiB at a time (the records it holds by default) and hands them
+/// over in one vectored write; holding more would save system calls but cost more than they
+/// do: glibc gives the freed records' pages back and faults them in again, tripling the CPU
+/// per byte encrypted (`benches/tls_cost.rs`).
 pub struct Buffered(BufReader<Socket>);
 
 impl Read for Buffered {

@@ -20,6 +20,10 @@ use crate::tls::ClientStream;
 
 /// Largest P-DATA fragment we send when the peer sets no limit (max length 0, PS3.8 §D.1).
 const UNLIMITED_PEER_FRAGMENT: usize = 1 << 20;
+/// Data set PDUs gathered before a write: a peer's small PDUs (DCMTK's 16 KiB) leave ~16 to a
+/// system call, and under TLS they fill whole 16 KiB records instead of a full one plus a
+/// PDU-header-sized one each. The buffer stays under this plus one fragment.
+const WRITE_BATCH: usize = 256 * 1024;
 /// At most 128 presentation contexts fit the odd ids 1..=255 (PS3.8 §9.3.2.2).
 pub const MAX_CONTEXTS: usize = 128;
 
@@ -274,10 +278,10 @@ impl Requestor {
     }
 
     /// Send `length` data set bytes read from `source` as P-DATA-TF PDUs of the peer's
-    /// maximum size, after whatever is queued; each PDU is read into the one output buffer and
-    /// leaves in one write. The outer error is the association's; the inner one is the
-    /// source's (e.g. a file that shrank): the message cannot be completed then, so the caller
-    /// must abort the association.
+    /// maximum size, after whatever is queued; the PDUs are read into the one output buffer
+    /// and leave [`WRITE_BATCH`] or more at a time, the last with the rest. The outer error is
+    /// the association's; the inner one is the source's (e.g. a file that shrank): the message
+    /// cannot be completed then, so the caller must abort the association.
     pub fn send_data_set(
         &mut self,
         context_id: u8,
@@ -306,7 +310,9 @@ impl Requestor {
             let last = remaining == 0;
             let header = pdu::pdata_header(context_id, false, last, n as u32);
             self.out[start..start + 12].copy_from_slice(&header);
-            self.flush()?;
+            if last || self.out.len() >= WRITE_BATCH {
+                self.flush()?;
+            }
             if last {
                 return Ok(Ok(()));
             }
