@@ -15,7 +15,7 @@ use crate::pdu::{self, abort, Abort, Pdu, MAX_CONTROL_PDU};
 use crate::server::Shared;
 use crate::tls::ServerStream;
 
-use c_store::Sink;
+use c_store::{Deferred, Sink};
 use reader::PduReader;
 
 mod c_store;
@@ -162,6 +162,8 @@ struct Connection<'a> {
     out: Vec<u8>,
     command: Vec<u8>,
     record: AssociationRecord,
+    /// Received instances waiting for a durable flush (durable only).
+    deferred: Vec<Deferred>,
 }
 
 /// Serve one connection to its end and report it; with `tls`, the TLS handshake comes first.
@@ -205,6 +207,7 @@ pub(crate) fn serve(
                 out: Vec::with_capacity(4096),
                 command: Vec::new(),
                 record,
+                deferred: Vec::new(),
             };
             let result = connection.run(over_limit, artim);
             connection.finish(result);
@@ -323,6 +326,10 @@ impl Connection<'_> {
                 Wait::Idle => config.network_timeout,
                 _ => config.dimse_timeout,
             };
+            // Instances waiting for their flush wait no longer than the peer's next request.
+            if wait == Wait::Idle && !self.deferred.is_empty() && !self.more_input(reader) {
+                self.settle(association)?;
+            }
             let (pdu_type, length) = self.read_header(reader, deadline(timeout), wait)?;
             match pdu_type {
                 pdu::P_DATA_TF => {
@@ -344,6 +351,12 @@ impl Connection<'_> {
                     if !matches!(message, Message::Idle) {
                         // The unfinished message is dropped with its spool file.
                         self.record.detail = Some("released during a message".into());
+                    }
+                    self.settle(association)?;
+                    // Its instances are in the index once the sender sees the release (on
+                    // release events read it). A failing commit still leaves them logged.
+                    if let Some(journal) = &self.shared.journal {
+                        let _ = journal.sync();
                     }
                     pdu::encode_release_rp(&mut self.out);
                     self.flush()?;
@@ -426,7 +439,7 @@ impl Connection<'_> {
                         sink,
                     });
                 }
-                self.complete_store(association, (context_id, context), &command, sink)?;
+                self.complete_store(association, context_id, command, sink)?;
                 Ok(Message::Idle)
             }
             (_, true) => Err(protocol_error(
@@ -539,6 +552,8 @@ impl Connection<'_> {
         status: u16,
         error_comment: Option<&str>,
     ) -> Result<(), Stop> {
+        // Requests are answered in arrival order: instances waiting for a flush first.
+        self.settle(association)?;
         let mut encoded = Vec::with_capacity(256);
         Response {
             command_field: command.command_field | dimse::RESPONSE_BIT,
