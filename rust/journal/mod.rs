@@ -1,5 +1,5 @@
 //! The journal: an SQLite database (WAL) in `data_dir/.journal/` with one row per acknowledged
-//! instance, committed before its C-STORE-RSP leaves, so what a sender was told is stored is
+//! instance, logged before its C-STORE-RSP leaves, so what a sender was told is stored is
 //! never forgotten; the source of at-least-once callbacks and study completion events, and
 //! the index of what has arrived.
 //!
@@ -10,13 +10,13 @@
 //! last run logged and did not commit. An append survives a crash of the process but not of
 //! the machine; with `durable`, the storage's flush of the file system before each answer
 //! makes it durable too (one flush for files, names and rows; each append is flushed itself
-//! when the journal is on another file system), and the writer's commits are fsynced
-//! (synchronous=FULL) before the log files they empty are removed. Readers of the index see a
-//! row once the writer committed it: within milliseconds, and before its association's
-//! A-RELEASE-RP ([`Journal::sync`]).
+//! when the journal is on another file system), and the writer's commits are fsynced before
+//! the log files they empty are removed. Readers of the index see a row once the writer
+//! committed it: within milliseconds, and before its association's A-RELEASE-RP
+//! ([`Journal::sync`]).
 
 use std::collections::HashMap;
-use std::fs;
+use std::fs::{self, File};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -179,9 +179,10 @@ fn same_file_system(a: &Path, b: &Path) -> bool {
     matches!((fs::metadata(a), fs::metadata(b)), (Ok(a), Ok(b)) if a.dev() == b.dev())
 }
 
-/// Open (creating if `create`) and migrate the database of the journal in `root`; with
-/// `durable`, each commit is fsynced.
-fn connect(database: &Path, durable: bool, create: bool) -> Result<Connection> {
+/// Open (creating if `create`) and migrate the database of the journal in `root`. Commits
+/// are not fsynced (NORMAL, crash-safe, the last ones lost in a power cut): the row log holds
+/// what they may lose, until a checkpoint has made them durable.
+fn connect(database: &Path, create: bool) -> Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -192,12 +193,9 @@ fn connect(database: &Path, durable: bool, create: bool) -> Result<Connection> {
         )));
     }
     let mut conn = Connection::open_with_flags(database, flags).map_err(unusable(database))?;
-    let synchronous = if durable { "FULL" } else { "NORMAL" };
     conn.busy_timeout(BUSY_TIMEOUT)
         .and_then(|()| {
-            conn.execute_batch(&format!(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous};"
-            ))
+            conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
         })
         .map_err(unusable(database))?;
     schema::migrate(&mut conn).map_err(|e| journal_error(database, e))?;
@@ -216,12 +214,13 @@ impl Journal {
             held.display()
         )))?;
         let database = dir.join(DATABASE);
-        let conn = connect(&database, durable, true)?;
+        let conn = connect(&database, true)?;
         let mut writer = Writer {
             conn,
             root: root.to_path_buf(),
             held: held.clone(),
             notify,
+            durable,
         };
         // Rows the last run logged and did not commit, before the held links are looked at.
         let (next_id, number) = writer
@@ -408,6 +407,8 @@ struct Writer {
     root: PathBuf,
     held: PathBuf,
     notify: Option<Arc<EventQueue>>,
+    /// A log file goes only once its rows survive a power cut in the database.
+    durable: bool,
 }
 
 impl Writer {
@@ -441,7 +442,7 @@ impl Writer {
             drop(queue);
             let answers = self.commit(&batch);
             let failed = answers.is_err();
-            if !failed {
+            if !failed && !retired.is_empty() && self.checkpoint() {
                 for old in retired.drain(..) {
                     let _ = fs::remove_file(old);
                 }
@@ -474,6 +475,19 @@ impl Writer {
         }
     }
 
+    /// With durability, make the commits so far durable, about once per log file retired:
+    /// they are in the WAL, or in the database file, which SQLite fsyncs after each complete
+    /// checkpoint (synchronous=NORMAL), before it starts the WAL over. Whether they are.
+    fn checkpoint(&self) -> bool {
+        let wal = self.root.join(JOURNAL_DIR).join(format!("{DATABASE}-wal"));
+        let synced = || match File::open(&wal) {
+            Ok(file) => file.sync_data(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        !self.durable || synced().is_ok()
+    }
+
     /// Commit the rows of the logs in `dir` that the database lacks, and remove the logs:
     /// the next row id and the number of the last log.
     fn recover(&mut self, dir: &Path) -> std::result::Result<(i64, u64), String> {
@@ -495,6 +509,9 @@ impl Writer {
             .map(|logged| (0, Request::Record(Box::new(logged))))
             .collect();
         self.commit(&requests)?;
+        if !self.checkpoint() {
+            return Err("cannot checkpoint the recovered rows".into());
+        }
         for (_, path) in &files {
             fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
         }
