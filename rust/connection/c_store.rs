@@ -15,6 +15,7 @@ use crate::verdict::{self, Failure, Instance, Verdict};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::reader::PduReader;
 use super::{Connection, Stop};
@@ -31,9 +32,13 @@ pub(super) struct Receiving {
 /// asynchronous window's worth (DCMTK and our SCU propose 8 or so), bounded so that a peer
 /// with a larger one still gets answers while it sends. Each holds an open spool file.
 const MAX_DEFERRED: usize = 32;
+/// Longest an instance waits for the rest of its group: about one flush's time, so a large
+/// instance arriving behind it (seconds of data) does not hold its answer.
+const MAX_DEFER: Duration = Duration::from_millis(10);
 
 /// A received instance waiting (durable) to be flushed with those after it.
 pub(super) struct Deferred {
+    since: Instant,
     context_id: u8,
     command: Command,
     sink: Sink,
@@ -202,6 +207,7 @@ impl Connection<'_> {
         }
         sink.write_out();
         self.deferred.push(Deferred {
+            since: Instant::now(),
             context_id,
             command,
             sink,
@@ -212,9 +218,18 @@ impl Connection<'_> {
         Ok(())
     }
 
-    /// Whether the peer has sent more than we read: the next request of its asynchronous
-    /// window, which the instances waiting to be settled can wait for.
-    pub(super) fn more_input(&self, reader: &PduReader) -> bool {
+    /// Whether the instances waiting for a flush are to be settled before the next PDU is
+    /// read: when they waited long enough, or between messages when the peer sent nothing
+    /// more yet (they wait for the next request of its asynchronous window, no longer).
+    pub(super) fn settle_due(&self, between_messages: bool, reader: &PduReader) -> bool {
+        let Some(first) = self.deferred.first() else {
+            return false;
+        };
+        first.since.elapsed() >= MAX_DEFER || (between_messages && !self.more_input(reader))
+    }
+
+    /// Whether the peer has sent more than we read.
+    fn more_input(&self, reader: &PduReader) -> bool {
         if reader.buffered() {
             return true;
         }
@@ -243,6 +258,7 @@ impl Connection<'_> {
             context_id,
             command,
             sink,
+            ..
         } in deferred
         {
             let sink = match &data {

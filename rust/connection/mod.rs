@@ -326,8 +326,7 @@ impl Connection<'_> {
                 Wait::Idle => config.network_timeout,
                 _ => config.dimse_timeout,
             };
-            // Instances waiting for their flush wait no longer than the peer's next request.
-            if wait == Wait::Idle && !self.deferred.is_empty() && !self.more_input(reader) {
+            if self.settle_due(wait == Wait::Idle, reader) {
                 self.settle(association)?;
             }
             let (pdu_type, length) = self.read_header(reader, deadline(timeout), wait)?;
@@ -353,11 +352,6 @@ impl Connection<'_> {
                         self.record.detail = Some("released during a message".into());
                     }
                     self.settle(association)?;
-                    // Its instances are in the index once the sender sees the release (on
-                    // release events read it). A failing commit still leaves them logged.
-                    if let Some(journal) = &self.shared.journal {
-                        let _ = journal.sync();
-                    }
                     pdu::encode_release_rp(&mut self.out);
                     self.flush()?;
                     self.record.outcome = Outcome::Released;

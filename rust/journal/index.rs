@@ -109,7 +109,7 @@ impl Index {
     pub(super) fn connect(root: &Path, database: &Path) -> Result<Index> {
         Ok(Index {
             // A reader never asks for durability: it writes only replays.
-            conn: connect(database, false)?,
+            conn: connect(database, false, false)?,
             root: root.to_path_buf(),
             held: root.join(JOURNAL_DIR).join(HELD_DIR),
             database: database.to_path_buf(),

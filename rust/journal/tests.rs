@@ -68,7 +68,6 @@ fn rows_from_many_threads_are_all_committed_in_order_of_their_ids() {
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, (1..=200).collect::<Vec<_>>());
-    journal.sync().unwrap();
     let index = journal.index().unwrap();
     let pending = index.instances(None, None, Some("pending")).unwrap();
     assert_eq!(pending.len(), 200);
@@ -102,8 +101,7 @@ fn undelivered_rows_survive_a_restart_and_failed_ones_wait_for_a_replay() {
             .unwrap();
         journal.delivered(1);
         journal.failed(2, 3, "Traceback: boom".into());
-        // Dropped without any shutdown of the rows' deliveries (the writer commits what it
-        // was given; a kill -9 is `logged_rows_are_committed_at_the_next_start`).
+        // Dropped without any shutdown of the rows' deliveries: as after kill -9.
     }
     let journal = Journal::open(&root, false, None).unwrap();
     let queue = Arc::new(EventQueue::new(4));
@@ -151,9 +149,8 @@ fn held_versions_go_once_delivered_and_strays_at_open() {
     drop(journal);
     let journal = Journal::open(&root, false, None).unwrap();
     assert!(held.exists() && !stray.exists());
-    // Committed (and the link removed) by the writer.
+    // Committed (and the link removed) before delivered() returns, no thread being busy.
     journal.delivered(id);
-    journal.sync().unwrap();
     assert!(!held.exists());
     fs::remove_dir_all(&root).unwrap();
 }
@@ -179,7 +176,6 @@ fn completion_events_list_their_instances_then_come_as_revisions() {
             .record(row(&root, "1", series, sop, false))
             .unwrap();
     }
-    journal.sync().unwrap();
     queue.end();
     let index = journal.index().unwrap();
     let mut feed = Feed::new(
@@ -213,7 +209,6 @@ fn completion_events_list_their_instances_then_come_as_revisions() {
     assert_eq!(index.group_events(Level::Study, "1"), Some((1, false)));
     // A late instance: the study comes again, as revision 1, with all its instances.
     recorder.record(row(&root, "1", "1.3", "d", false)).unwrap();
-    journal.sync().unwrap();
     let revision = next_completed(&mut feed).unwrap();
     assert_eq!((revision.revision, revision.members.len()), (1, 4));
     fs::remove_dir_all(&root).unwrap();
@@ -226,7 +221,6 @@ fn completion_waits_for_pending_callbacks_and_fires_on_release() {
     let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
     let recorder = &journal;
     recorder.record(row(&root, "7", "7.1", "x", true)).unwrap();
-    journal.sync().unwrap();
     let mut feed = Feed::new(
         Arc::clone(&queue),
         Some(journal.index().unwrap()),
@@ -258,7 +252,6 @@ fn completion_waits_for_pending_callbacks_and_fires_on_release() {
     ));
     // Its callbacks have not returned yet: no event, though released and the hour not over.
     journal.delivered(1);
-    journal.sync().unwrap();
     queue.end();
     let mut levels = vec![];
     while let Some(c) = next_completed(&mut feed) {
@@ -312,52 +305,5 @@ fn schema_versions_and_unusable_files_are_told() {
         .unwrap()
         .to_string();
     assert!(missing.contains("cannot use data_dir"), "{missing}");
-    fs::remove_dir_all(&root).unwrap();
-}
-
-#[test]
-fn logged_rows_are_committed_at_the_next_start() {
-    let root = temp_root("log");
-    let committed = {
-        let journal = Journal::open(&root, false, None).unwrap();
-        journal.record(row(&root, "1", "1.1", "a", true)).unwrap()
-    };
-    // What a killed run leaves: a log holding a committed row, two that are not, and a
-    // record cut short by the kill (never acknowledged).
-    let logged = |id: i64, sop: &str| log::Logged {
-        id,
-        received: 1.0e9 + id as f64,
-        row: row(&root, "1", "1.2", sop, true),
-    };
-    let mut data = Vec::new();
-    for (id, sop) in [(committed, "a"), (committed + 1, "b"), (committed + 2, "c")] {
-        log::encode(&logged(id, sop), &mut data);
-    }
-    let mut cut = Vec::new();
-    log::encode(&logged(committed + 3, "d"), &mut cut);
-    data.extend_from_slice(&cut[..cut.len() / 2]);
-    let dir = root.join(JOURNAL_DIR);
-    fs::write(dir.join("rows.7.log"), &data).unwrap();
-    let journal = Journal::open(&root, false, None).unwrap();
-    let rows = journal
-        .index()
-        .unwrap()
-        .instances(None, None, Some("pending"))
-        .unwrap();
-    let sops: Vec<_> = rows
-        .iter()
-        .map(|r| (r.id, r.sop_instance_uid.as_str()))
-        .collect();
-    assert_eq!(sops, [(1, "a"), (2, "b"), (3, "c")]);
-    assert_eq!(rows[2].received, 1.0e9 + 3.0);
-    // The old log is gone, the next row continues the ids in a log numbered after it.
-    let next = journal.record(row(&root, "1", "1.2", "e", true)).unwrap();
-    assert_eq!(next, 4);
-    let logs: Vec<_> = log::files(&dir)
-        .unwrap()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    assert_eq!(logs, [8]);
     fs::remove_dir_all(&root).unwrap();
 }
