@@ -42,6 +42,12 @@ Receivers that store are checked to have written every file; each run starts on 
 directory, removed after the run. Put ``--work`` on a journaled filesystem (or tmpfs): ext4
 without a journal (as on this project's VMs) scans past every inode deleted in the last minutes
 on each file creation, so a run would pay for the deletions of the runs before it.
+
+The journal's cost and durability's are notes under each table: ``dicom-inlet`` against
+``dicom-inlet --no-journal``, ``--durable`` against ``--durable --no-journal`` and against not
+durable, same runs. Durability means something only on a disk: measure those rows with
+``--work`` on a real journaled file system (a loop-mounted ext4 image does), with ``--window 8``
+for our SCU's asynchronous window on one association, and ``ct x4`` for four associations.
 """
 
 from __future__ import annotations
@@ -225,7 +231,7 @@ def receivers(
             (interpreter, *inlet_args, "127.0.0.1", "-q", "--aet", "INLET", *options),
             ("ct", "small", "ct x4"),
         )
-        for options in [("--no-journal",), ("--durable",), ("--durable", "--no-journal")]
+        for options in [(NO_JOURNAL,), (DURABLE,), (DURABLE, NO_JOURNAL)]
     ]
     # pacsanini takes minutes per run on the 200 MB instances (module docstring).
     pacsanini_scp = (pacsanini, str(HERE / "pacsanini_scp.py"), "{dir}", "{port}")
@@ -376,6 +382,7 @@ def sender_commands(
     return [[sys.executable, *script, "127.0.0.1", str(port), str(workload.directory)]]
 
 
+NO_JOURNAL, DURABLE = "--no-journal", "--durable"
 # The DCMTK figure each ratio divides by.
 CALLBACK = "dicom-inlet + callback"
 HANDLER = "dicom-inlet + handler 0x0000"
@@ -648,6 +655,15 @@ def summarize(results: list[Result], inlet: str) -> list[dict]:
             others.append(("plain", (TLS_SENDERS[r.sender], inlet)))
         if r.receiver == inlet:
             others.append((PACSANINI, (r.sender, PACSANINI)))
+        # The journal's and durability's costs, each against the same receiver without it.
+        durable, no_journal = f"{inlet} {DURABLE}", f"{inlet} {NO_JOURNAL}"
+        if r.receiver == inlet:
+            others.append(("journal_off", (r.sender, no_journal)))
+        if r.receiver == durable:
+            others.append(("durable_journal_off", (r.sender, f"{durable} {NO_JOURNAL}")))
+            others.append(("not_durable", (r.sender, inlet)))
+        if r.receiver == f"{durable} {NO_JOURNAL}":
+            others.append(("not_durable", (r.sender, no_journal)))
         for label, other in others:
             base = by_key.get((r.workload, *other))
             if base is None:
@@ -721,6 +737,9 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
                 ("seed_pynetdicom", "the same SCP under pynetdicom"),
                 (PACSANINI, PACSANINI),
                 ("plain", "its plain TCP"),
+                ("journal_off", "without the journal"),
+                ("durable_journal_off", "durable without the journal"),
+                ("not_durable", "the same, not durable"),
             ):
                 if f"x_{label}" in r:
                     ratio = r[f"x_{label}"]["files_per_s"]

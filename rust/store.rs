@@ -5,13 +5,21 @@
 //! Several nodes (processes, machines) may share one data_dir. Each holds an exclusive lock on
 //! `.incoming/<node id>.lock` for its lifetime; a spool area whose lock can be taken belongs to
 //! a node that is gone, and the next node to start removes it.
+//!
+//! Durability (`durable`): a published file's data is flushed before its rename makes it
+//! visible, and its name (with the journal's commit) before its sender is answered; the
+//! caller asks for the second flush ([`Storage::sync`]). Each flush is one `syncfs(2)` of the
+//! data_dir's file system, shared by every instance waiting for one at the time: a file fsync
+//! costs about as much as a whole file system's (one journal commit on ext4), so instances of
+//! several associations, or of one association's asynchronous window, pay one together.
 
 use std::fs::{self, File};
 use std::io::{self, IoSlice, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use crate::file_meta::FileMeta;
 
@@ -195,12 +203,79 @@ fn numbered(target: &Path, copy: u32) -> PathBuf {
     target.with_file_name(format!("{stem}~{copy}.dcm"))
 }
 
+/// Flushes of one file system, each shared by all who ask while none has started yet.
+#[derive(Debug, Default)]
+struct Flushes {
+    state: Mutex<FlushState>,
+    finished: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct FlushState {
+    /// Flushes started and finished so far; at most one runs at a time.
+    started: u64,
+    finished: u64,
+    /// The latest flush that failed, and why.
+    failed: Option<(u64, io::ErrorKind, String)>,
+}
+
+impl Flushes {
+    fn lock(&self) -> MutexGuard<'_, FlushState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make durable what was written before this call (`flush` does it): by this thread
+    /// (flushing what everyone wrote meanwhile) unless a flush that started after the call
+    /// covers it. A failed flush fails everyone it was to cover, and those after it too: after
+    /// a write-back error, a later successful flush does not prove the earlier data reached
+    /// the disk.
+    fn flush(&self, flush: impl Fn() -> io::Result<()>) -> io::Result<()> {
+        let mut state = self.lock();
+        // A flush running now may have started before our writes: the next one covers them.
+        let needed = state.started + 1;
+        while state.finished < needed {
+            if state.started == state.finished {
+                state.started += 1;
+                let number = state.started;
+                drop(state);
+                let result = flush();
+                state = self.lock();
+                state.finished = number;
+                if let Err(e) = result {
+                    state.failed = Some((number, e.kind(), e.to_string()));
+                }
+                self.finished.notify_all();
+            } else {
+                state = self.finished.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        match &state.failed {
+            Some((number, kind, why)) if *number >= needed => Err(io::Error::new(
+                *kind,
+                format!("cannot flush data_dir to disk: {why}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `syncfs(2)`: write back and commit everything of the file system `dir` is on.
+fn syncfs(dir: &File) -> io::Result<()> {
+    // SAFETY: a plain system call on a descriptor `dir` keeps open for its duration.
+    match unsafe { libc::syncfs(dir.as_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// The storage root and its spool directory.
 #[derive(Debug)]
 pub struct Storage {
     root: PathBuf,
     area: Arc<NodeArea>,
-    durable: bool,
+    /// The root, open for flushing its file system when durable.
+    durable: Option<File>,
+    flushes: Flushes,
 }
 
 impl Storage {
@@ -212,11 +287,27 @@ impl Storage {
         let incoming = root.join(INCOMING_DIR);
         fs::create_dir_all(&incoming)?;
         let area = claim_area(&incoming, node_id)?;
+        let durable = durable.then(|| File::open(&root)).transpose()?;
         Ok(Storage {
             root,
             area,
             durable,
+            flushes: Flushes::default(),
         })
+    }
+
+    pub fn durable(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    /// With durability on, make durable everything written under the root before this call
+    /// (published names, new folders, the journal's commits): one flush shared with every
+    /// thread asking at the same time. Without, nothing to do.
+    pub fn sync(&self) -> io::Result<()> {
+        match &self.durable {
+            Some(root) => self.flushes.flush(|| syncfs(root)),
+            None => Ok(()),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -241,7 +332,11 @@ impl Storage {
     /// Move a complete spool file to `relative` under the root, as `duplicates` says when
     /// a file is there already. With `hold`, the complete file is also linked there first,
     /// before it becomes visible, so the caller keeps exactly this version whatever later
-    /// replaces it; the link is removed again unless the instance is stored.
+    /// replaces it; the link is removed again unless the instance is stored. With durability
+    /// on, the data must be durable before its name is published: a caller that wrote out the
+    /// spool ([`Spool::flush`]) syncs before this (one flush for many spools); bytes still
+    /// gathered are written and synced here. The name is durable once the caller's next
+    /// [`sync`](Self::sync) returns.
     pub fn publish(
         &self,
         mut spool: Spool,
@@ -262,11 +357,11 @@ impl Storage {
             ));
         }
         let target = self.root.join(relative);
-        let file = spool.finish()?;
-        if self.durable {
-            file.sync_all()?;
+        let gathered = spool.writer.as_ref().is_some_and(|w| !w.pending.is_empty());
+        drop(spool.finish()?);
+        if gathered {
+            self.sync()?;
         }
-        drop(file);
         if let Some(hold) = hold {
             fs::hard_link(&spool.path, hold)?;
         }
@@ -289,7 +384,7 @@ impl Storage {
         let dir = target.parent().unwrap_or(&self.root).to_path_buf();
         let retry = |op: &dyn Fn() -> io::Result<()>| match op() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.create_dirs(&dir)?;
+                fs::create_dir_all(&dir)?;
                 op()
             }
             other => other,
@@ -321,33 +416,8 @@ impl Storage {
                 }
             }
         };
-        if self.durable {
-            sync_dir(&dir)?;
-        }
         Ok(placed)
     }
-
-    /// Create `dir` and its missing parents under the root. With durability on, each new
-    /// directory's entry is fsynced in its parent too: syncing only the file's own directory
-    /// would leave a freshly created one unreachable after a power loss.
-    fn create_dirs(&self, dir: &Path) -> io::Result<()> {
-        if !self.durable {
-            return fs::create_dir_all(dir);
-        }
-        let missing: Vec<&Path> = dir
-            .ancestors()
-            .take_while(|d| *d != self.root && !d.is_dir())
-            .collect();
-        fs::create_dir_all(dir)?;
-        for created in missing.iter().rev() {
-            sync_dir(created.parent().unwrap_or(&self.root))?;
-        }
-        Ok(())
-    }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// A spool file and the small writes gathered for it.
@@ -667,6 +737,51 @@ mod tests {
         assert_eq!(fs::read_dir(&held).unwrap().count(), 1);
         assert_eq!(spool_files(&root), 0);
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_flush_covers_only_who_asked_before_it_started() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::mpsc;
+        let flushes = Arc::new(Flushes::default());
+        let started = Arc::new(AtomicUsize::new(0));
+        let (running, is_running) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let first = {
+            let (flushes, started) = (Arc::clone(&flushes), Arc::clone(&started));
+            std::thread::spawn(move || {
+                flushes.flush(|| {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    running.send(()).unwrap();
+                    released.recv().unwrap();
+                    Ok(())
+                })
+            })
+        };
+        is_running.recv().unwrap();
+        // Asked while the first flush runs: covered only by one that starts after.
+        let later: Vec<_> = (0..3)
+            .map(|_| {
+                let (flushes, started) = (Arc::clone(&flushes), Arc::clone(&started));
+                std::thread::spawn(move || {
+                    let before = started.load(Ordering::SeqCst);
+                    flushes.flush(|| {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    })?;
+                    Ok::<_, io::Error>(started.load(Ordering::SeqCst) > before)
+                })
+            })
+            .collect();
+        release.send(()).unwrap();
+        first.join().unwrap().unwrap();
+        for thread in later {
+            assert!(thread.join().unwrap().unwrap());
+        }
+        // A failed flush fails who it covered; the next one is tried afresh.
+        let failed = flushes.flush(|| Err(io::Error::other("EIO")));
+        assert!(failed.unwrap_err().to_string().contains("EIO"));
+        flushes.flush(|| Ok(())).unwrap();
     }
 
     #[test]

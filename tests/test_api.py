@@ -48,6 +48,8 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
+import dicom_inlet
+import dicom_inlet.delivery
 from dicom_inlet import DicomNode, StorageSortKey, StoreSCPServer, run_server
 
 
@@ -390,6 +392,25 @@ def test_durable_mode_stores(server_factory, data_dir, tmp_path):
     src = write_file(ds, tmp_path / "src" / "a.dcm")
     assert statuses(send(server.port, [src])) == [0]
     assert dataset_bytes(data_dir / patient_layout(ds)) == dataset_bytes(src)
+    assert incoming_entries(data_dir) == []
+
+
+def test_durable_window_and_associations_share_flushes_in_order(server_factory, data_dir, tmp_path):
+    # Our SCU's window of 8 on 3 associations: instances wait for flushes in groups, and each
+    # is still answered (in order, for its own request) and stored whole.
+    server = server_factory(durable=True)
+    datasets = [make_dataset(instance_number=i) for i in range(40)]
+    paths = [write_file(ds, tmp_path / "src" / f"{i}.dcm") for i, ds in enumerate(datasets)]
+    result = dicom_inlet.send(
+        HOST, server.port, paths, called_aet=SCP_AET, associations=3, async_window=8
+    )
+    assert [r.status for r in result.results] == [0x0000] * len(paths)
+    assert [r.path for r in result.results] == paths
+    for ds, src in zip(datasets, paths, strict=True):
+        assert dataset_bytes(data_dir / patient_layout(ds)) == dataset_bytes(src)
+    # Each instance is journaled, visible in the index once its association is released.
+    rows = dicom_inlet.delivery.instances(data_dir)
+    assert sorted(r.sop_instance_uid for r in rows) == sorted(ds.SOPInstanceUID for ds in datasets)
     assert incoming_entries(data_dir) == []
 
 

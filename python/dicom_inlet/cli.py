@@ -217,7 +217,7 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
     serve.add_argument(
         "--durable",
         action="store_true",
-        help="fsync every file and its directory before answering success",
+        help="have every file, its name and its journal row on disk before answering success",
     )
     serve.add_argument(
         "--handler",

@@ -119,8 +119,8 @@ class StoreSCPServer:
             SOP class of the current standard.
         transfer_syntaxes: Transfer Syntax UIDs to accept, in order of preference; default
             all supported ones, taking the first the peer proposes (no conversion needed).
-        durable: fsync each file and its directory (and the journal's commit) before
-            answering success.
+        durable: have each file, its name and its journal row on disk before answering
+            success (one flush of the file system shared by the instances waiting for one).
         callback_queue_size: Stored instances waiting for callbacks before associations
             wait for the callbacks to catch up (back-pressure; nothing is dropped).
         shutdown_timeout: Seconds :meth:`shutdown` lets open associations finish before

@@ -12,8 +12,11 @@ use crate::scan::{Encoding, Scanner, SortAttributes};
 use crate::store::{Placed, Spool};
 use crate::verdict::{self, Failure, Instance, Verdict};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use super::reader::PduReader;
 use super::{Connection, Stop};
 
 /// A data set on its way to disk.
@@ -22,6 +25,32 @@ pub(super) struct Receiving {
     scanner: Scanner,
     /// Data set bytes received so far.
     bytes: u64,
+}
+
+/// Most received instances of one association waiting for one durable flush: an
+/// asynchronous window's worth (DCMTK and our SCU propose 8 or so), bounded so that a peer
+/// with a larger one still gets answers while it sends. Each holds an open spool file.
+const MAX_DEFERRED: usize = 32;
+/// Longest an instance waits for the rest of its group: about one flush's time, so a large
+/// instance arriving behind it (seconds of data) does not hold its answer.
+const MAX_DEFER: Duration = Duration::from_millis(10);
+
+/// A received instance waiting (durable) to be flushed with those after it.
+pub(super) struct Deferred {
+    since: Instant,
+    context_id: u8,
+    command: Command,
+    sink: Sink,
+}
+
+/// What a finished instance is answered with and passes on.
+struct Reply {
+    status: u16,
+    comment: Option<String>,
+    /// Data set bytes received.
+    received: u64,
+    study: Option<String>,
+    event: Option<StoredInstance>,
 }
 
 /// An instance in its place: where, and the version held for its callbacks. Not `new` when a
@@ -82,6 +111,19 @@ impl Sink {
             status: failure.0,
             comment: failure.1,
         };
+    }
+
+    /// Write out what the spool gathered, for a flush of the file system to cover it.
+    fn write_out(&mut self) {
+        let Sink::Spool(receiving) = self else {
+            return;
+        };
+        if let Err(e) = receiving.spool.flush() {
+            *self = Sink::Discard {
+                status: status::OUT_OF_RESOURCES,
+                comment: format!("cannot write the data set: {e}"),
+            };
+        }
     }
 }
 
@@ -148,13 +190,115 @@ impl Connection<'_> {
         }
     }
 
+    /// The last fragment of a data set arrived: publish, journal and answer it. With
+    /// durability on, it waits instead, written out, for [`settle`](Self::settle), which
+    /// flushes it with whatever else this association received meanwhile.
     pub(super) fn complete_store(
         &mut self,
         association: &Association,
-        (context_id, context): (u8, &AcceptedContext),
+        context_id: u8,
+        command: Command,
+        mut sink: Sink,
+    ) -> Result<(), Stop> {
+        if !self.shared.storage.durable() {
+            let reply = self.finish_store(association, context_id, &command, sink);
+            return self.reply(association, context_id, &command, reply);
+        }
+        sink.write_out();
+        self.deferred.push(Deferred {
+            since: Instant::now(),
+            context_id,
+            command,
+            sink,
+        });
+        if self.deferred.len() >= MAX_DEFERRED {
+            self.settle(association)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the instances waiting for a flush are to be settled before the next PDU is
+    /// read: when they waited long enough, or between messages when the peer sent nothing
+    /// more yet (they wait for the next request of its asynchronous window, no longer).
+    pub(super) fn settle_due(&self, between_messages: bool, reader: &PduReader) -> bool {
+        let Some(first) = self.deferred.first() else {
+            return false;
+        };
+        first.since.elapsed() >= MAX_DEFER || (between_messages && !self.more_input(reader))
+    }
+
+    /// Whether the peer has sent more than we read.
+    fn more_input(&self, reader: &PduReader) -> bool {
+        if reader.buffered() {
+            return true;
+        }
+        let mut poll = libc::pollfd {
+            fd: self.stream.tcp().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, valid for the call; a zero timeout never blocks.
+        unsafe { libc::poll(&mut poll, 1, 0) > 0 }
+    }
+
+    /// Answer every instance waiting (durable): one flush for their data, shared with the
+    /// other associations flushing at the time; then each is published and journaled; one
+    /// flush for their names and journal rows; then the responses, in order. So each answer
+    /// leaves after its own instance is durable, and a window of them costs two flushes.
+    pub(super) fn settle(&mut self, association: &Association) -> Result<(), Stop> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        let deferred = std::mem::take(&mut self.deferred);
+        let storage = &self.shared.storage;
+        let data = storage.sync();
+        let mut replies = Vec::with_capacity(deferred.len());
+        for Deferred {
+            context_id,
+            command,
+            sink,
+            ..
+        } in deferred
+        {
+            let sink = match &data {
+                Ok(()) => sink,
+                // Dropping the spool removes its file: nothing unflushed is published.
+                Err(e) => Sink::Discard {
+                    status: status::OUT_OF_RESOURCES,
+                    comment: e.to_string(),
+                },
+            };
+            let reply = self.finish_store(association, context_id, &command, sink);
+            replies.push((context_id, command, reply));
+        }
+        let names = storage.sync();
+        for (context_id, command, mut reply) in replies {
+            if let (Err(e), true) = (&names, verdict::is_stored(reply.status)) {
+                // Journaled already, so still delivered; the sender sends it again.
+                reply = Reply {
+                    status: status::OUT_OF_RESOURCES,
+                    comment: Some(e.to_string()),
+                    study: None,
+                    event: None,
+                    ..reply
+                };
+            }
+            self.reply(association, context_id, &command, reply)?;
+        }
+        Ok(())
+    }
+
+    /// Check, publish and journal a received instance: what to answer.
+    fn finish_store(
+        &mut self,
+        association: &Association,
+        context_id: u8,
         command: &Command,
         sink: Sink,
-    ) -> Result<(), Stop> {
+    ) -> Reply {
+        let context = association
+            .context(context_id)
+            .expect("PDVs are checked against the accepted contexts");
         let mut received = 0;
         let origin = Origin {
             association,
@@ -223,6 +367,30 @@ impl Connection<'_> {
             _ => (status, comment, announced),
         };
         let (study, event) = announced.unwrap_or_default();
+        Reply {
+            status,
+            comment,
+            received,
+            study,
+            event,
+        }
+    }
+
+    /// Send the answer of a finished instance, count it, and pass it on.
+    fn reply(
+        &mut self,
+        association: &Association,
+        context_id: u8,
+        command: &Command,
+        reply: Reply,
+    ) -> Result<(), Stop> {
+        let Reply {
+            status,
+            comment,
+            received,
+            study,
+            event,
+        } = reply;
         if let Some(study) = study.filter(|s| !self.record.studies.contains(s)) {
             self.record.studies.push(study);
         }

@@ -16,7 +16,7 @@ use crate::server::Shared;
 use crate::tls::ServerStream;
 use crate::verdict::{Echo, Verdict};
 
-use c_store::Sink;
+use c_store::{Deferred, Sink};
 use reader::PduReader;
 
 mod c_store;
@@ -163,6 +163,8 @@ struct Connection<'a> {
     out: Vec<u8>,
     command: Vec<u8>,
     record: AssociationRecord,
+    /// Received instances waiting for a durable flush (durable only).
+    deferred: Vec<Deferred>,
 }
 
 /// Serve one connection to its end and report it; with `tls`, the TLS handshake comes first.
@@ -206,6 +208,7 @@ pub(crate) fn serve(
                 out: Vec::with_capacity(4096),
                 command: Vec::new(),
                 record,
+                deferred: Vec::new(),
             };
             let result = connection.run(over_limit, artim);
             connection.finish(result);
@@ -329,6 +332,9 @@ impl Connection<'_> {
                 Wait::Idle => config.network_timeout,
                 _ => config.dimse_timeout,
             };
+            if self.settle_due(wait == Wait::Idle, reader) {
+                self.settle(association)?;
+            }
             let (pdu_type, length) = self.read_header(reader, deadline(timeout), wait)?;
             match pdu_type {
                 pdu::P_DATA_TF => {
@@ -351,6 +357,7 @@ impl Connection<'_> {
                         // The unfinished message is dropped with its spool file.
                         self.record.detail = Some("released during a message".into());
                     }
+                    self.settle(association)?;
                     pdu::encode_release_rp(&mut self.out);
                     self.flush()?;
                     self.record.outcome = Outcome::Released;
@@ -432,7 +439,7 @@ impl Connection<'_> {
                         sink,
                     });
                 }
-                self.complete_store(association, (context_id, context), &command, sink)?;
+                self.complete_store(association, context_id, command, sink)?;
                 Ok(Message::Idle)
             }
             (_, true) => Err(protocol_error(
@@ -558,6 +565,8 @@ impl Connection<'_> {
         status: u16,
         error_comment: Option<&str>,
     ) -> Result<(), Stop> {
+        // Requests are answered in arrival order: instances waiting for a flush first.
+        self.settle(association)?;
         let mut encoded = Vec::with_capacity(256);
         Response {
             command_field: command.command_field | dimse::RESPONSE_BIT,

@@ -48,6 +48,11 @@ impl PduReader {
         Ok(pdu::parse_header(&header))
     }
 
+    /// Whether bytes past the PDU last returned were read already.
+    pub(super) fn buffered(&self) -> bool {
+        self.end > self.start + self.current
+    }
+
     /// The body of the PDU whose header was just read; `length` as returned by `header`.
     pub(super) fn body(&mut self, stream: &mut impl Read, length: u32) -> io::Result<&[u8]> {
         let total = pdu::HEADER_LEN + length as usize;
