@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::scan::Element;
+
 /// One instance written under `data_dir`.
 #[derive(Debug, Clone)]
 pub struct StoredInstance {
@@ -29,6 +31,9 @@ pub struct StoredInstance {
     pub peer: SocketAddr,
     /// Data set bytes received (file meta excluded).
     pub bytes: u64,
+    /// The attributes the scan captured, as encoded (empty for instances of earlier runs): the
+    /// callbacks' data set serves them without reading the file.
+    pub elements: Vec<Element>,
 }
 
 /// One C-STORE answered with a failure status (PS3.4 §B.2.3), nothing stored.
@@ -257,6 +262,23 @@ impl EventQueue {
         }
     }
 
+    /// Move up to `max` events already queued into `into`, without waiting: one lock for a
+    /// batch, so a consumer that fell behind catches up at a fraction of the cost per event.
+    pub fn take_ready(&self, max: usize, into: &mut Vec<Event>) {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        let take = max.min(state.events.len());
+        let mut instances = 0;
+        for event in state.events.drain(..take) {
+            instances += usize::from(matches!(event, Event::Stored(_) | Event::StoreFailed(_)));
+            into.push(event);
+        }
+        if instances > 0 {
+            state.instances -= instances;
+            self.room.notify_all();
+        }
+    }
+
     /// The consumer is gone: senders stop waiting for room (at interpreter exit, say).
     pub fn close(&self) {
         lock(&self.state).closed = true;
@@ -288,6 +310,7 @@ mod tests {
             called_ae: String::new(),
             peer: "127.0.0.1:1".parse().unwrap(),
             bytes: n,
+            elements: Vec::new(),
         }
     }
 
@@ -346,6 +369,36 @@ mod tests {
         queue.close();
         // Full again, but the consumer is gone: the sender is told at once.
         assert!(!queue.push_stored(stored(3)));
+    }
+
+    #[test]
+    fn ready_events_are_taken_in_order_up_to_the_limit_and_free_room() {
+        let queue = Arc::new(EventQueue::new(2));
+        assert!(queue.push_stored(stored(1)));
+        queue.push_record(record());
+        assert!(queue.push_stored(stored(2)));
+        let sender = {
+            let queue = Arc::clone(&queue);
+            thread::spawn(move || queue.push_stored(stored(3)))
+        };
+        let mut taken = Vec::new();
+        queue.take_ready(2, &mut taken);
+        assert!(
+            matches!(&taken[..], [Event::Stored(s), Event::AssociationEnded(_)] if s.bytes == 1)
+        );
+        // Room for the waiting sender: one instance left of two.
+        assert!(sender.join().unwrap());
+        queue.take_ready(10, &mut taken);
+        let bytes: Vec<u64> = taken
+            .iter()
+            .filter_map(|e| match e {
+                Event::Stored(s) => Some(s.bytes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bytes, [1, 2, 3]);
+        queue.take_ready(10, &mut taken);
+        assert_eq!(taken.len(), 4, "nothing more was queued");
     }
 
     #[test]

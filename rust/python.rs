@@ -8,6 +8,7 @@ use std::time::Duration;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyConnectionError, PyOSError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
 
 use crate::association::AcceptorPolicy;
 use crate::error::Error;
@@ -15,6 +16,7 @@ use crate::events::{self, Event, Level};
 use crate::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::journal::{Feed, Replayer, Timers};
 use crate::layout::SortKey;
+use crate::scan::Element;
 use crate::server::{self, ServerConfig};
 use crate::store::Duplicates;
 use crate::tls;
@@ -283,16 +285,19 @@ impl Server {
     /// Wait for the next event; None once the server has shut down and every event was taken.
     fn next_event(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         let event = py.detach(|| lock(&self.events).next_event())?;
-        event
-            .map(|event| match event {
-                Event::Stored(s) => Py::new(py, StoredInstance::from(s)).map(Py::into_any),
-                Event::AssociationEnded(r) => {
-                    Py::new(py, AssociationRecord::from(r)).map(Py::into_any)
-                }
-                Event::StoreFailed(f) => Py::new(py, FailedStore::from(f)).map(Py::into_any),
-                Event::Completed(c) => Py::new(py, Completed::from(c)).map(Py::into_any),
-            })
-            .transpose()
+        event.map(|event| event_object(py, event)).transpose()
+    }
+
+    /// Wait for the next event, and take with it up to `max - 1` more already waiting: one
+    /// hand-over (and one GIL acquisition) for a batch. Empty once the server has shut down
+    /// and every event was taken.
+    #[pyo3(signature = (max=64))]
+    fn next_events(&self, py: Python<'_>, max: usize) -> PyResult<Vec<Py<PyAny>>> {
+        let events = py.detach(|| lock(&self.events).next_events(max))?;
+        events
+            .into_iter()
+            .map(|event| event_object(py, event))
+            .collect()
     }
 
     /// Wait for the next instance awaiting a handler's verdict; None once the server has shut
@@ -302,10 +307,10 @@ impl Server {
             .map(handlers::StoreRequest::from)
     }
 
-    /// The callbacks of journal row `journal_id` returned: mark it delivered.
-    fn delivered(&self, py: Python<'_>, journal_id: i64) {
+    /// The callbacks of these journal rows returned: mark them delivered, in one commit.
+    fn delivered(&self, py: Python<'_>, journal_ids: Vec<i64>) {
         if let Some(journal) = self.inner.journal() {
-            py.detach(|| journal.delivered(journal_id));
+            py.detach(|| journal.delivered(journal_ids));
         }
     }
 
@@ -363,6 +368,33 @@ impl Server {
     }
 }
 
+fn event_object(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
+    match event {
+        Event::Stored(s) => Py::new(py, StoredInstance::from(s)).map(Py::into_any),
+        Event::AssociationEnded(r) => Py::new(py, AssociationRecord::from(r)).map(Py::into_any),
+        Event::StoreFailed(f) => Py::new(py, FailedStore::from(f)).map(Py::into_any),
+        Event::Completed(c) => Py::new(py, Completed::from(c)).map(Py::into_any),
+    }
+}
+
+/// The attributes the scan captured, as encoded: `(tag, VR, value)` each, VR None in implicit
+/// VR; built into Python objects only when read.
+struct Elements(Vec<Element>);
+
+impl<'py> IntoPyObject<'py> for &Elements {
+    type Target = PyList;
+    type Output = Bound<'py, PyList>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let items = self.0.iter().map(|e| {
+            let vr = e.vr.map(|vr| String::from_utf8_lossy(&vr).into_owned());
+            (e.tag, vr, PyBytes::new(py, &e.value))
+        });
+        PyList::new(py, items)
+    }
+}
+
 /// An instance written under data_dir.
 #[pyclass(frozen, get_all, module = "dicom_inlet._core")]
 struct StoredInstance {
@@ -377,6 +409,7 @@ struct StoredInstance {
     peer_host: String,
     peer_port: u16,
     bytes: u64,
+    elements: Elements,
 }
 
 impl From<events::StoredInstance> for StoredInstance {
@@ -393,6 +426,7 @@ impl From<events::StoredInstance> for StoredInstance {
             peer_host: s.peer.ip().to_string(),
             peer_port: s.peer.port(),
             bytes: s.bytes,
+            elements: Elements(s.elements),
         }
     }
 }

@@ -92,19 +92,60 @@ class IncomingInstance:
         context_id: The presentation context it came on.
     """
 
+    # Each attribute is read from the core's request when asked: a handler that answers from
+    # a few of them (or none) pays for those only.
+    __slots__ = ("__dict__", "_request")
+
     def __init__(self, request: _core.StoreRequest) -> None:
-        self.file = Path(request.file)
-        self.path = Path(request.path)
-        self.sop_class_uid = request.sop_class_uid
-        self.sop_instance_uid = request.sop_instance_uid
-        self.transfer_syntax_uid = request.transfer_syntax_uid
-        self.calling_ae = request.calling_ae
-        self.called_ae = request.called_ae
-        self.peer_host = request.peer_host
-        self.peer_port = request.peer_port
-        self.bytes = request.bytes
-        self.message_id = request.message_id
-        self.context_id = request.context_id
+        self._request = request
+
+    @functools.cached_property
+    def file(self) -> Path:
+        return Path(self._request.file)
+
+    @functools.cached_property
+    def path(self) -> Path:
+        return Path(self._request.path)
+
+    @property
+    def sop_class_uid(self) -> str:
+        return self._request.sop_class_uid
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self._request.sop_instance_uid
+
+    @property
+    def transfer_syntax_uid(self) -> str:
+        return self._request.transfer_syntax_uid
+
+    @property
+    def calling_ae(self) -> str:
+        return self._request.calling_ae
+
+    @property
+    def called_ae(self) -> str:
+        return self._request.called_ae
+
+    @property
+    def peer_host(self) -> str:
+        return self._request.peer_host
+
+    @property
+    def peer_port(self) -> int:
+        return self._request.peer_port
+
+    @property
+    def bytes(self) -> int:
+        return self._request.bytes
+
+    @property
+    def message_id(self) -> int:
+        return self._request.message_id
+
+    @property
+    def context_id(self) -> int:
+        return self._request.context_id
 
     @functools.cached_property
     def dataset(self) -> Dataset:
@@ -163,6 +204,9 @@ def load_handler(spec: str) -> Handler:
 
 def verdict_of(result: object) -> Verdict:
     """The verdict a handler's return value means, as pynetdicom reads one."""
+    if type(result) is int:
+        # The common answer first, made once.
+        return _SUCCESS if result == 0 else Verdict(result)
     if isinstance(result, Verdict):
         return result
     if isinstance(result, int) and not isinstance(result, bool):
@@ -177,6 +221,9 @@ def verdict_of(result: object) -> Verdict:
         return Verdict(int(result.Status), None if comment is None else str(comment))
     logger.error("handler returned %r, neither a status int nor a Dataset", result)
     return Verdict(_STATUS_INVALID)
+
+
+_SUCCESS = Verdict(0x0000)
 
 
 def _comment(text: str | None) -> str | None:

@@ -8,13 +8,20 @@ sender of files stay light.
 from __future__ import annotations
 
 import copy
+import functools
 import os
+from collections.abc import Iterator, MutableMapping, MutableSequence
 from pathlib import Path
+from typing import Any, TypeAlias, TypeVar, cast
 
 import pydicom
 from pydicom import Dataset
+from pydicom.charset import default_encoding
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.filereader import read_dataset
+from pydicom.filereader import read_dataset, read_deferred_data_element
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -25,28 +32,217 @@ from pydicom.uid import (
 
 from dicom_inlet import _core
 
-__all__ = ["read_part10", "read_stored", "write_dataset"]
+__all__ = ["StoredDataset", "read_part10", "read_stored", "write_dataset"]
 
 # Values larger than this are read from the stored file only when a callback touches them.
 _DEFER_SIZE = 64 * 1024
 # A stored file starts with a zero preamble and "DICM" (PS3.10 §7.1), both written by the core.
 _PREAMBLE_LEN = 128
 _META_START = _PREAMBLE_LEN + 4
+# VRs whose values decode the same whatever the Specific Character Set (PS3.5 §6.1.2.3 applies
+# to the text VRs only): scanned values of these need nothing else from the file.
+_CHARSET_FREE = frozenset({"UI", "CS", "DA"})
+
+Element: TypeAlias = DataElement | RawDataElement
+_D = TypeVar("_D", bound=Dataset)
 
 
-def read_stored(stored: _core.StoredInstance) -> FileDataset:
-    """Read a stored instance as ``pydicom.dcmread`` would, in about two thirds of its time.
+class _Stored:
+    """One stored instance's elements, read from its file once, on the first need.
 
-    With the journal on, it reads the journal's hard link to exactly the version that was
-    acknowledged (``stored.held``), all values at once: the file at ``stored.path`` (the
-    Dataset's ``filename``) may have been replaced by a later instance with the same UID
-    meanwhile, and a lazily read value would come from that one.
+    Until then the data set holds only what the core's scan captured (``scanned``); the file
+    meta and the data set are then read together from ``source`` (the journal's held link to
+    the acknowledged version, or the file itself), values over ``_DEFER_SIZE`` left in the file
+    until touched and read from ``source`` too.
     """
-    if stored.held is None:
-        return read_part10(stored.path, stored.transfer_syntax_uid, stored.bytes)
-    return read_part10(
-        stored.path, stored.transfer_syntax_uid, stored.bytes, source=stored.held, defer=None
-    )
+
+    __slots__ = ("charset", "data", "data_set_bytes", "meta", "scanned", "source", "syntax")
+
+    def __init__(
+        self, source: str, syntax: str, data_set_bytes: int, scanned: dict[BaseTag, Element]
+    ) -> None:
+        self.source = source
+        self.syntax = syntax
+        self.data_set_bytes = data_set_bytes
+        self.scanned = scanned
+        self.meta: dict[BaseTag, Element] | None = None
+        self.data: dict[BaseTag, Element] | None = None
+        self.charset: str | MutableSequence[str] = default_encoding
+
+    def load(self) -> dict[BaseTag, Element]:
+        if self.data is not None:
+            return self.data
+        meta: Dataset
+        data: Dataset
+        if self.syntax == DeflatedExplicitVRLittleEndian:
+            # Inflated by pydicom, every value read: offsets into the deflated file mean nothing.
+            whole = pydicom.dcmread(self.source)
+            meta, data, charset = whole.file_meta, whole, whole.original_character_set
+        else:
+            meta, data = _read(self.source, self.syntax, self.data_set_bytes, _DEFER_SIZE)
+            charset = data._character_set
+        loaded = dict(data._dict)
+        # Elements already handed out stay the same objects (a change to one is kept).
+        loaded.update((t, e) for t, e in self.scanned.items() if isinstance(e, DataElement))
+        self.meta, self.charset, self.data = dict(meta._dict), charset, loaded
+        return loaded
+
+    def read_value(self, raw: RawDataElement) -> RawDataElement:
+        """A deferred value, from the same version of the file."""
+        return read_deferred_data_element(open, self.source, None, raw)
+
+
+class _Elements(MutableMapping[BaseTag, Element]):
+    """A stored instance's data set (or file meta) elements, for a ``Dataset``'s ``_dict``:
+    scanned attributes are served as they are, anything else reads the file first."""
+
+    __slots__ = ("_meta", "_stored")
+
+    def __init__(self, stored: _Stored, meta: bool) -> None:
+        self._stored = stored
+        self._meta = meta
+
+    def _all(self) -> dict[BaseTag, Element]:
+        data = self._stored.load()
+        return cast("dict[BaseTag, Element]", self._stored.meta) if self._meta else data
+
+    def __getitem__(self, tag: BaseTag) -> Element:
+        stored = self._stored
+        if stored.data is None and not self._meta:
+            elem = stored.scanned.get(tag)
+            if elem is not None:
+                if isinstance(elem, RawDataElement):
+                    # As Dataset.__getitem__ converts it; its VR takes no character set.
+                    elem = stored.scanned[tag] = convert_raw_data_element(elem)
+                return elem
+        elements = self._all()
+        elem = elements[tag]
+        if isinstance(elem, RawDataElement) and elem.value is None and elem.length != 0:
+            elem = elements[tag] = stored.read_value(elem)
+        return elem
+
+    def __contains__(self, tag: object) -> bool:
+        stored = self._stored
+        if stored.data is None and not self._meta and tag in stored.scanned:
+            return True
+        return tag in self._all()
+
+    def __setitem__(self, tag: BaseTag, elem: Element) -> None:
+        self._all()[tag] = elem
+
+    def __delitem__(self, tag: BaseTag) -> None:
+        del self._all()[tag]
+
+    def __iter__(self) -> Iterator[BaseTag]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def read_all(self) -> dict[BaseTag, Element]:
+        """Every element with its value in memory: nothing left to read from the file."""
+        return {tag: self[tag] for tag in list(self._all())}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[BaseTag, Element]:
+        return copy.deepcopy(self.read_all(), memo)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (self.read_all(),))
+
+
+class StoredDataset(FileDataset):
+    """The ``pydicom`` ``FileDataset`` a callback gets: what ``dcmread`` of the stored file gives
+    (the version acknowledged, whatever came later under the same UID), read on first need.
+
+    The attributes the core's scan captured whose decoding takes no character set (SOP Class
+    and Instance UID, Study and Series Instance UID, Modality, Study Date) come from the scan
+    without opening the file; touching anything else reads the file meta and the data set
+    once, values over 64 KiB (pixel data) staying in the file until touched themselves.
+    """
+
+    _stored: _Stored
+
+    @property  # type: ignore[override]
+    def _read_charset(self) -> str | MutableSequence[str]:
+        charset = self.__dict__.get("_charset")
+        if charset is None:
+            self._stored.load()
+            charset = self.__dict__["_charset"] = self._stored.charset
+        return cast("str | MutableSequence[str]", charset)
+
+    @_read_charset.setter
+    def _read_charset(self, value: str | MutableSequence[str]) -> None:
+        self.__dict__["_charset"] = value
+
+    @property  # type: ignore[override]
+    def timestamp(self) -> float | None:
+        if "_timestamp" not in self.__dict__:
+            name = self.filename
+            found = isinstance(name, str) and os.path.exists(name)
+            self.__dict__["_timestamp"] = os.stat(name).st_mtime if found and name else None
+        return cast("float | None", self.__dict__["_timestamp"])
+
+    @timestamp.setter
+    def timestamp(self, value: float | None) -> None:
+        self.__dict__["_timestamp"] = value
+
+    def read_all(self) -> None:
+        """Read into memory what is still in the file (the held version is about to go)."""
+        for ds in (self, self.file_meta):
+            elements = ds.__dict__["_dict"]
+            if isinstance(elements, _Elements):
+                ds.__dict__["_dict"] = elements.read_all()
+
+
+def _blank(cls: type[_D], prototype: Dataset) -> _D:
+    """A ``cls`` with the state ``prototype`` got from pydicom's own ``__init__``, copied
+    without running it again: ``Dataset.__setattr__`` costs more than the whole scan path."""
+    ds = cls.__new__(cls)
+    state = ds.__dict__
+    state.update(prototype.__dict__)
+    for key, value in state.items():
+        if isinstance(value, dict | list | set) and key != "_dict":
+            state[key] = copy.copy(value)
+    return ds
+
+
+@functools.cache
+def _prototypes(implicit: bool, little: bool) -> tuple[FileDataset, FileMetaDataset]:
+    data = FileDataset("", Dataset(), bytes(_PREAMBLE_LEN), FileMetaDataset(), implicit, little)
+    for computed in ("_read_charset", "timestamp"):
+        del data.__dict__[computed]
+    return data, FileMetaDataset()
+
+
+def read_stored(stored: _core.StoredInstance) -> StoredDataset:
+    """The data set of a stored instance for its callbacks, read as it is used.
+
+    With the journal on, values come from the journal's hard link to exactly the version
+    that was acknowledged (``stored.held``): the file at ``stored.path`` (the data set's
+    ``filename``) may have been replaced by a later instance with the same UID meanwhile.
+    The link goes once the callbacks returned: the caller reads in whatever is left
+    (:meth:`StoredDataset.read_all`) if the data set outlives them.
+    """
+    path = os.fspath(stored.path)
+    held = stored.held
+    syntax = stored.transfer_syntax_uid
+    implicit = syntax == ImplicitVRLittleEndian
+    little = syntax != ExplicitVRBigEndian
+    scanned: dict[BaseTag, Element] = {}
+    for tag, vr, value in stored.elements:
+        if (vr or dictionary_VR(tag)) in _CHARSET_FREE:
+            # As pydicom's reader makes it; the value's offset is never needed.
+            scanned[BaseTag(tag)] = RawDataElement(
+                BaseTag(tag), vr, len(value), value, 0, implicit, little
+            )
+    source = _Stored(path if held is None else os.fspath(held), syntax, stored.bytes, scanned)
+    data_proto, meta_proto = _prototypes(implicit, little)
+    meta = _blank(FileMetaDataset, meta_proto)
+    meta.__dict__["_dict"] = _Elements(source, meta=True)
+    ds = _blank(StoredDataset, data_proto)
+    ds.__dict__.update(_dict=_Elements(source, meta=False), _stored=source, file_meta=meta)
+    ds.__dict__.update(filename=path)
+    return ds
 
 
 def read_part10(
@@ -74,15 +270,25 @@ def read_part10(
         return inflated
     implicit = syntax == ImplicitVRLittleEndian
     little = syntax != ExplicitVRBigEndian
+    meta, dataset = _read(source, syntax, data_set_bytes, defer)
+    read = FileDataset(path, dataset, bytes(_PREAMBLE_LEN), FileMetaDataset(meta), implicit, little)
+    read.set_original_encoding(implicit, little, dataset._character_set)
+    return read
+
+
+def _read(
+    source: str, syntax: str, data_set_bytes: int, defer: int | None
+) -> tuple[Dataset, Dataset]:
+    """The file meta and the data set of a file the core wrote (not deflated)."""
+    implicit = syntax == ImplicitVRLittleEndian
+    little = syntax != ExplicitVRBigEndian
     with open(source, "rb") as fp:
         data_start = os.fstat(fp.fileno()).st_size - data_set_bytes
         fp.seek(_META_START)
         # File meta is always explicit VR little endian (PS3.10 §7.1).
         meta = read_dataset(fp, False, True, bytelength=data_start - _META_START)
         dataset = read_dataset(fp, implicit, little, defer_size=defer)
-    read = FileDataset(path, dataset, bytes(_PREAMBLE_LEN), FileMetaDataset(meta), implicit, little)
-    read.set_original_encoding(implicit, little, dataset._character_set)
-    return read
+    return meta, dataset
 
 
 def write_dataset(ds: Dataset, path: Path) -> None:

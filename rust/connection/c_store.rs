@@ -139,7 +139,8 @@ impl Connection<'_> {
         match self.shared.storage.spool(&meta) {
             Ok(spool) => Sink::Spool(Box::new(Receiving {
                 spool,
-                scanner: Scanner::new(Encoding::for_transfer_syntax(&context.transfer_syntax)),
+                scanner: Scanner::new(Encoding::for_transfer_syntax(&context.transfer_syntax))
+                    .keeping_elements(self.shared.config.emit_stored),
                 bytes: 0,
             })),
             Err(e) => Sink::Discard {
@@ -178,8 +179,10 @@ impl Connection<'_> {
         let emit = self.shared.config.emit_stored;
         // Only an instance the sender is told is stored, and new (not a duplicate dropped under
         // "keep the first"), is journaled and announced.
-        let row = stored.and_then(|(published, attrs)| {
+        let mut elements = Vec::new();
+        let row = stored.and_then(|(published, mut attrs)| {
             if published.new && verdict::is_stored(status) {
+                elements = std::mem::take(&mut attrs.elements);
                 return Some(origin.row(published, attrs, self.peer, received, emit));
             }
             if let Some(held) = published.held {
@@ -200,6 +203,7 @@ impl Connection<'_> {
                 called_ae: row.called_ae.clone(),
                 peer: self.peer,
                 bytes: received,
+                elements,
             });
             (row.study_instance_uid.clone(), event)
         });

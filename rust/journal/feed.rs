@@ -70,6 +70,27 @@ impl Feed {
         })
     }
 
+    /// The next event, waiting for one, and after it up to `max - 1` more already queued by
+    /// the associations: a batch for one hand-over to the consumer. Empty once the server has
+    /// ended and nothing is left to deliver. Rows of earlier runs and completion events come
+    /// one at a time, in their turn, as from [`Feed::next_event`].
+    pub fn next_events(&mut self, max: usize) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
+        events.extend(self.next_event()?);
+        let backlog = !self.backlog.is_empty()
+            || self.cursor < self.through
+            || !lock(&self.replays).is_empty();
+        if events.is_empty() || backlog || max <= 1 {
+            return Ok(events);
+        }
+        let first = events.len();
+        self.queue.take_ready(max - first, &mut events);
+        for event in &events[first..] {
+            self.taken(event);
+        }
+        Ok(events)
+    }
+
     /// The next event; None once the server has ended and nothing is left to deliver.
     pub fn next_event(&mut self) -> Result<Option<Event>> {
         loop {
@@ -85,17 +106,24 @@ impl Feed {
                 return Ok(None);
             }
             match self.queue.recv(until) {
-                Received::Event(Event::AssociationEnded(record)) => {
-                    let timers = self.timers.as_ref();
-                    if timers.is_some_and(|t| t.on_release) && record.outcome == Outcome::Released {
-                        self.released.extend(record.studies.iter().cloned());
-                    }
-                    return Ok(Some(Event::AssociationEnded(record)));
+                Received::Event(event) => {
+                    self.taken(&event);
+                    return Ok(Some(event));
                 }
-                Received::Event(event) => return Ok(Some(event)),
                 Received::Woken => {}
                 Received::Ended => self.ended = true,
             }
+        }
+    }
+
+    /// An event from the queue is given out: a released association's studies are due.
+    fn taken(&mut self, event: &Event) {
+        let Event::AssociationEnded(record) = event else {
+            return;
+        };
+        let timers = self.timers.as_ref();
+        if timers.is_some_and(|t| t.on_release) && record.outcome == Outcome::Released {
+            self.released.extend(record.studies.iter().cloned());
         }
     }
 
@@ -118,11 +146,7 @@ impl Feed {
             return Ok(None);
         };
         loop {
-            let next = self
-                .replays
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front();
+            let next = lock(&self.replays).pop_front();
             let Some(id) = next else { break };
             if let Some(entry) = index.pending_row(id)? {
                 return Ok(Some(stored(entry)));
@@ -206,10 +230,7 @@ pub struct Replayer {
 impl Replayer {
     /// Deliver these rows again (set pending in the journal already), waking the feed.
     pub fn replay(&self, ids: impl IntoIterator<Item = i64>) {
-        self.replays
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(ids);
+        lock(&self.replays).extend(ids);
         self.queue.poke();
     }
 }
@@ -227,7 +248,12 @@ fn stored(entry: InstanceEntry) -> StoredInstance {
         calling_ae: entry.calling_ae,
         called_ae: entry.called_ae,
         bytes: entry.bytes,
+        elements: Vec::new(),
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The events until the end; a journal that fails to read ends them too (tests, mostly).
