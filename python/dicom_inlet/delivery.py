@@ -180,9 +180,12 @@ class Dispatcher:
             if delivered:
                 self.scp.delivered(delivered)
 
-    def _call(self, callbacks: list[Callable[[Any], Any]], argument: Any, what: str) -> str | None:
+    def _call(
+        self, callbacks: list[Callable[[Any], Any]], argument: Any, what: Callable[[], str]
+    ) -> str | None:
         """Call each; retry the raising ones. None when all returned, else the last
-        traceback (after the retries, or at shutdown)."""
+        traceback (after the retries, or at shutdown). ``what`` names the argument for the
+        log, only when one raises."""
         attempt = 0
         while True:
             failed, last = [], ""
@@ -190,7 +193,7 @@ class Dispatcher:
                 try:
                     callback(argument)
                 except Exception:
-                    logger.exception("callback %s failed for %s", _name(callback), what)
+                    logger.exception("callback %s failed for %s", _name(callback), what())
                     failed.append(callback)
                     last = traceback.format_exc()
             if not failed:
@@ -216,7 +219,7 @@ class Dispatcher:
             logger.exception("cannot read back stored instance %s", stored.path)
             failure: str | None = traceback.format_exc()
         else:
-            failure = self._call(self.callbacks, dataset, os.fspath(stored.path))
+            failure = self._call(self.callbacks, dataset, lambda: os.fspath(stored.path))
             # A callback kept the data set: what it has not read yet is read now, while the
             # journal still holds the version acknowledged (it lets go once marked delivered).
             kept = weakref.ref(dataset)
@@ -239,7 +242,7 @@ class Dispatcher:
         completion = Completion.from_core(event)
         callbacks = self.study_callbacks if event.level == "study" else self.series_callbacks
         what = f"{event.level} {event.uid}"
-        failure = self._call(list(callbacks), completion, what)
+        failure = self._call(list(callbacks), completion, lambda: what)
         if failure is not None:
             logger.error("%s event failed; it comes again at the next start", what)
         self.scp.completed(event, failure is None)

@@ -21,6 +21,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.filereader import read_dataset, read_deferred_data_element
+from pydicom.fileutil import PathType
 from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
@@ -44,6 +45,8 @@ _META_START = _PREAMBLE_LEN + 4
 _CHARSET_FREE = frozenset({"UI", "CS", "DA"})
 
 Element: TypeAlias = DataElement | RawDataElement
+# Scanned attributes by tag: (VR, value) as encoded until touched, then the converted element.
+_Scanned: TypeAlias = dict[int, tuple[str | None, bytes] | DataElement]
 _D = TypeVar("_D", bound=Dataset)
 
 
@@ -56,34 +59,40 @@ class _Stored:
     until touched and read from ``source`` too.
     """
 
-    __slots__ = ("charset", "data", "data_set_bytes", "meta", "scanned", "source", "syntax")
+    __slots__ = ("charset", "data", "implicit", "instance", "little", "meta", "scanned")
 
     def __init__(
-        self, source: str, syntax: str, data_set_bytes: int, scanned: dict[BaseTag, Element]
+        self, instance: _core.StoredInstance, implicit: bool, little: bool, scanned: _Scanned
     ) -> None:
-        self.source = source
-        self.syntax = syntax
-        self.data_set_bytes = data_set_bytes
+        self.instance = instance
+        self.implicit = implicit
+        self.little = little
         self.scanned = scanned
         self.meta: dict[BaseTag, Element] | None = None
         self.data: dict[BaseTag, Element] | None = None
         self.charset: str | MutableSequence[str] = default_encoding
+
+    @property
+    def source(self) -> str:
+        held = self.instance.held
+        return os.fspath(self.instance.path if held is None else held)
 
     def load(self) -> dict[BaseTag, Element]:
         if self.data is not None:
             return self.data
         meta: Dataset
         data: Dataset
-        if self.syntax == DeflatedExplicitVRLittleEndian:
+        syntax = self.instance.transfer_syntax_uid
+        if syntax == DeflatedExplicitVRLittleEndian:
             # Inflated by pydicom, every value read: offsets into the deflated file mean nothing.
             whole = pydicom.dcmread(self.source)
             meta, data, charset = whole.file_meta, whole, whole.original_character_set
         else:
-            meta, data = _read(self.source, self.syntax, self.data_set_bytes, _DEFER_SIZE)
+            meta, data = _read(self.source, syntax, self.instance.bytes, _DEFER_SIZE)
             charset = data._character_set
         loaded = dict(data._dict)
         # Elements already handed out stay the same objects (a change to one is kept).
-        loaded.update((t, e) for t, e in self.scanned.items() if isinstance(e, DataElement))
+        loaded.update((e.tag, e) for e in self.scanned.values() if isinstance(e, DataElement))
         self.meta, self.charset, self.data = dict(meta._dict), charset, loaded
         return loaded
 
@@ -109,12 +118,17 @@ class _Elements(MutableMapping[BaseTag, Element]):
     def __getitem__(self, tag: BaseTag) -> Element:
         stored = self._stored
         if stored.data is None and not self._meta:
-            elem = stored.scanned.get(tag)
-            if elem is not None:
-                if isinstance(elem, RawDataElement):
-                    # As Dataset.__getitem__ converts it; its VR takes no character set.
-                    elem = stored.scanned[tag] = convert_raw_data_element(elem)
-                return elem
+            scanned = stored.scanned.get(tag)
+            if isinstance(scanned, tuple):
+                # As pydicom's reader makes it (the value's offset is never needed), converted
+                # as Dataset.__getitem__ does; its VR takes no character set.
+                vr, value = scanned
+                raw = RawDataElement(
+                    BaseTag(tag), vr, len(value), value, 0, stored.implicit, stored.little
+                )
+                scanned = stored.scanned[tag] = convert_raw_data_element(raw)
+            if scanned is not None:
+                return scanned
         elements = self._all()
         elem = elements[tag]
         if isinstance(elem, RawDataElement) and elem.value is None and elem.length != 0:
@@ -162,7 +176,7 @@ class StoredDataset(FileDataset):
 
     _stored: _Stored
 
-    @property  # type: ignore[override]
+    @property
     def _read_charset(self) -> str | MutableSequence[str]:
         charset = self.__dict__.get("_charset")
         if charset is None:
@@ -174,7 +188,17 @@ class StoredDataset(FileDataset):
     def _read_charset(self, value: str | MutableSequence[str]) -> None:
         self.__dict__["_charset"] = value
 
-    @property  # type: ignore[override]
+    @property
+    def filename(self) -> PathType | None:
+        if "_filename" not in self.__dict__:
+            self.__dict__["_filename"] = os.fspath(self._stored.instance.path)
+        return cast("PathType | None", self.__dict__["_filename"])
+
+    @filename.setter
+    def filename(self, value: PathType | None) -> None:
+        self.__dict__["_filename"] = value
+
+    @property
     def timestamp(self) -> float | None:
         if "_timestamp" not in self.__dict__:
             name = self.filename
@@ -194,24 +218,33 @@ class StoredDataset(FileDataset):
                 ds.__dict__["_dict"] = elements.read_all()
 
 
-def _blank(cls: type[_D], prototype: Dataset) -> _D:
-    """A ``cls`` with the state ``prototype`` got from pydicom's own ``__init__``, copied
-    without running it again: ``Dataset.__setattr__`` costs more than the whole scan path."""
+def _blank(cls: type[_D], state: dict[str, Any], fresh: list[tuple[str, Any]]) -> _D:
+    """A ``cls`` with the state pydicom's own ``__init__`` gave a prototype, copied without
+    running it again: ``Dataset.__setattr__`` costs more than everything else here."""
     ds = cls.__new__(cls)
-    state = ds.__dict__
-    state.update(prototype.__dict__)
-    for key, value in state.items():
-        if isinstance(value, dict | list | set) and key != "_dict":
-            state[key] = copy.copy(value)
+    ds.__dict__.update(state)
+    for key, container in fresh:
+        ds.__dict__[key] = container.copy()
     return ds
 
 
+def _state(prototype: Dataset) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    state = dict(prototype.__dict__)
+    fresh = [(k, v) for k, v in state.items() if isinstance(v, dict | list | set) and k != "_dict"]
+    return state, fresh
+
+
 @functools.cache
-def _prototypes(implicit: bool, little: bool) -> tuple[FileDataset, FileMetaDataset]:
+def _prototypes(implicit: bool, little: bool) -> tuple[Any, Any]:
     data = FileDataset("", Dataset(), bytes(_PREAMBLE_LEN), FileMetaDataset(), implicit, little)
-    for computed in ("_read_charset", "timestamp"):
+    for computed in ("_read_charset", "filename", "timestamp"):
         del data.__dict__[computed]
-    return data, FileMetaDataset()
+    return _state(data), _state(FileMetaDataset())
+
+
+@functools.cache
+def _dictionary_vr(tag: int) -> str:
+    return dictionary_VR(tag)
 
 
 def read_stored(stored: _core.StoredInstance) -> StoredDataset:
@@ -223,25 +256,20 @@ def read_stored(stored: _core.StoredInstance) -> StoredDataset:
     The link goes once the callbacks returned: the caller reads in whatever is left
     (:meth:`StoredDataset.read_all`) if the data set outlives them.
     """
-    path = os.fspath(stored.path)
-    held = stored.held
     syntax = stored.transfer_syntax_uid
     implicit = syntax == ImplicitVRLittleEndian
     little = syntax != ExplicitVRBigEndian
-    scanned: dict[BaseTag, Element] = {}
-    for tag, vr, value in stored.elements:
-        if (vr or dictionary_VR(tag)) in _CHARSET_FREE:
-            # As pydicom's reader makes it; the value's offset is never needed.
-            scanned[BaseTag(tag)] = RawDataElement(
-                BaseTag(tag), vr, len(value), value, 0, implicit, little
-            )
-    source = _Stored(path if held is None else os.fspath(held), syntax, stored.bytes, scanned)
-    data_proto, meta_proto = _prototypes(implicit, little)
-    meta = _blank(FileMetaDataset, meta_proto)
+    scanned: _Scanned = {
+        tag: (vr, value)
+        for tag, vr, value in stored.elements
+        if (vr or _dictionary_vr(tag)) in _CHARSET_FREE
+    }
+    source = _Stored(stored, implicit, little, scanned)
+    data_state, meta_state = _prototypes(implicit, little)
+    meta = _blank(FileMetaDataset, *meta_state)
     meta.__dict__["_dict"] = _Elements(source, meta=True)
-    ds = _blank(StoredDataset, data_proto)
+    ds = _blank(StoredDataset, *data_state)
     ds.__dict__.update(_dict=_Elements(source, meta=False), _stored=source, file_meta=meta)
-    ds.__dict__.update(filename=path)
     return ds
 
 
