@@ -22,6 +22,7 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.filereader import read_dataset, read_deferred_data_element
 from pydicom.fileutil import PathType
+from pydicom.hooks import hooks, raw_element_value, raw_element_vr
 from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
@@ -30,6 +31,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from pydicom.values import convert_value
 
 from dicom_inlet import _core
 
@@ -120,13 +122,7 @@ class _Elements(MutableMapping[BaseTag, Element]):
         if stored.data is None and not self._meta:
             scanned = stored.scanned.get(tag)
             if isinstance(scanned, tuple):
-                # As pydicom's reader makes it (the value's offset is never needed), converted
-                # as Dataset.__getitem__ does; its VR takes no character set.
-                vr, value = scanned
-                raw = RawDataElement(
-                    BaseTag(tag), vr, len(value), value, 0, stored.implicit, stored.little
-                )
-                scanned = stored.scanned[tag] = convert_raw_data_element(raw)
+                scanned = stored.scanned[tag] = _convert(tag, *scanned, stored)
             if scanned is not None:
                 return scanned
         elements = self._all()
@@ -245,6 +241,21 @@ def _prototypes(implicit: bool, little: bool) -> tuple[Any, Any]:
 @functools.cache
 def _dictionary_vr(tag: int) -> str:
     return dictionary_VR(tag)
+
+
+def _convert(tag: int, vr: str | None, value: bytes, stored: _Stored) -> DataElement:
+    """A scanned value as Dataset.__getitem__ would convert the element pydicom's reader makes
+    of it (its offset is never needed); its VR takes no character set."""
+    raw = RawDataElement(BaseTag(tag), vr, len(value), value, 0, stored.implicit, stored.little)
+    if (
+        hooks.raw_element_vr is not raw_element_vr
+        or hooks.raw_element_value is not raw_element_value
+    ):
+        return convert_raw_data_element(raw)
+    # What the default hooks do for these VRs, without their dispatch: the VR as read (the
+    # dictionary's in implicit VR), the value from pydicom's converter for it.
+    vr = vr or _dictionary_vr(tag)
+    return DataElement(raw.tag, vr, convert_value(vr, raw), 0, False, already_converted=True)
 
 
 def read_stored(stored: _core.StoredInstance) -> StoredDataset:
