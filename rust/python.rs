@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyConnectionError, PyOSError, PyValueError};
@@ -105,6 +105,8 @@ struct Server {
     // Declared first so it drops first: association threads blocked on a full queue then stop
     // waiting instead of deadlocking the server's drop (e.g. at interpreter exit).
     events: Mutex<Feed>,
+    /// Journal rows delivered, not yet marked so (see `next_events`).
+    marks: Mutex<Vec<i64>>,
     replayer: Replayer,
     inner: server::Server,
 }
@@ -112,6 +114,10 @@ struct Server {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Delivered marks are committed once this many wait, or once no event came for this long.
+const MARKS_BATCH: usize = 64;
+const MARKS_DELAY: Duration = Duration::from_millis(5);
 
 fn level(name: &str) -> Result<Level, Error> {
     match name {
@@ -244,6 +250,7 @@ impl Server {
             inner,
             replayer: events.replayer(),
             events: Mutex::new(events),
+            marks: Mutex::default(),
         })
     }
 
@@ -290,10 +297,39 @@ impl Server {
 
     /// Wait for the next event, and take with it up to `max - 1` more already waiting: one
     /// hand-over (and one GIL acquisition) for a batch. Empty once the server has shut down
-    /// and every event was taken.
-    #[pyo3(signature = (max=64))]
-    fn next_events(&self, py: Python<'_>, max: usize) -> PyResult<Vec<Py<PyAny>>> {
-        let events = py.detach(|| lock(&self.events).next_events(max))?;
+    /// and every event was taken. `delivered`: journal rows whose callbacks returned, marked
+    /// in one commit once 64 are waiting or no event came for 5 ms, so a steady stream of
+    /// instances costs no commit of its own per instance (marks are not waited for anyway:
+    /// lost in a crash, an instance is only delivered once more).
+    #[pyo3(signature = (max=64, delivered=Vec::new()))]
+    fn next_events(
+        &self,
+        py: Python<'_>,
+        max: usize,
+        delivered: Vec<i64>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let events = py.detach(|| {
+            let mut feed = lock(&self.events);
+            let mut marks = lock(&self.marks);
+            marks.extend(delivered);
+            let flush = |marks: &mut Vec<i64>| {
+                if let (false, Some(journal)) = (marks.is_empty(), self.inner.journal()) {
+                    journal.delivered(std::mem::take(marks));
+                }
+            };
+            loop {
+                let patience = (!marks.is_empty()).then(|| Instant::now() + MARKS_DELAY);
+                match feed.next_events(max, patience)? {
+                    Some(events) => {
+                        if events.is_empty() || marks.len() >= MARKS_BATCH {
+                            flush(&mut marks);
+                        }
+                        return Ok::<_, Error>(events);
+                    }
+                    None => flush(&mut marks),
+                }
+            }
+        })?;
         events
             .into_iter()
             .map(|event| event_object(py, event))
@@ -305,13 +341,6 @@ impl Server {
     fn next_store_request(&self, py: Python<'_>) -> Option<handlers::StoreRequest> {
         py.detach(|| self.inner.next_store_request())
             .map(handlers::StoreRequest::from)
-    }
-
-    /// The callbacks of these journal rows returned: mark them delivered, in one commit.
-    fn delivered(&self, py: Python<'_>, journal_ids: Vec<i64>) {
-        if let Some(journal) = self.inner.journal() {
-            py.detach(|| journal.delivered(journal_ids));
-        }
     }
 
     /// The callbacks of journal row `journal_id` kept failing: park it with `error`.

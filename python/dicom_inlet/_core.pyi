@@ -234,12 +234,11 @@ class Server:
     ) -> StoredInstance | AssociationRecord | FailedStore | Completed | None:
         """Wait for the next event; None once shut down and drained."""
     def next_events(
-        self, max: int = 64
+        self, max: int = 64, delivered: list[int] = ...
     ) -> list[StoredInstance | AssociationRecord | FailedStore | Completed]:
         """Wait for the next event and take up to ``max - 1`` more already waiting with it;
-        empty once shut down and drained."""
-    def delivered(self, journal_ids: list[int]) -> None:
-        """The callbacks of these journal rows returned: mark them delivered, in one commit."""
+        empty once shut down and drained. ``delivered``: journal rows whose callbacks
+        returned, marked in batches (64, or after 5 ms without an event)."""
     def failed(self, journal_id: int, attempts: int, error: str) -> None:
         """The callbacks of journal row ``journal_id`` kept failing: park it."""
     def replay(self, ids: list[int] | None = None) -> int:

@@ -164,9 +164,11 @@ class Dispatcher:
         self._read: Callable[[_core.StoredInstance], StoredDataset] | None = None
 
     def run(self) -> None:
-        # The events waiting are taken in one go, their delivered marks given in one go.
-        while events := self.scp.next_events(_BATCH):
-            delivered: list[int] = []
+        # The events waiting are taken in one go; delivered marks go back with the next call
+        # (the core commits them in batches).
+        delivered: list[int] = []
+        while events := self.scp.next_events(_BATCH, delivered):
+            delivered = []
             for event in events:
                 if isinstance(event, _core.StoredInstance):
                     if self._deliver(event) and event.journal_id is not None:
@@ -177,8 +179,6 @@ class Dispatcher:
                     self.log_failure(event)
                 else:
                     self.log_association(event)
-            if delivered:
-                self.scp.delivered(delivered)
 
     def _call(
         self, callbacks: list[Callable[[Any], Any]], argument: Any, what: Callable[[], str]

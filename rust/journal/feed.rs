@@ -72,43 +72,64 @@ impl Feed {
 
     /// The next event, waiting for one, and after it up to `max - 1` more already queued by
     /// the associations: a batch for one hand-over to the consumer. Empty once the server has
-    /// ended and nothing is left to deliver. Rows of earlier runs and completion events come
-    /// one at a time, in their turn, as from [`Feed::next_event`].
-    pub fn next_events(&mut self, max: usize) -> Result<Vec<Event>> {
+    /// ended and nothing is left to deliver; None if nothing came before `patience` (no limit
+    /// when None). Rows of earlier runs and completion events come one at a time, in their
+    /// turn, as from [`Feed::next_event`].
+    pub fn next_events(
+        &mut self,
+        max: usize,
+        patience: Option<Instant>,
+    ) -> Result<Option<Vec<Event>>> {
         let mut events = Vec::new();
-        events.extend(self.next_event()?);
+        match self.wait(patience)? {
+            Next::Event(event) => events.push(event),
+            Next::Ended => return Ok(Some(events)),
+            Next::Quiet => return Ok(None),
+        }
         let backlog = !self.backlog.is_empty()
             || self.cursor < self.through
             || !lock(&self.replays).is_empty();
-        if events.is_empty() || backlog || max <= 1 {
-            return Ok(events);
+        if !backlog && max > 1 {
+            self.queue.take_ready(max - 1, &mut events);
+            for event in &events[1..] {
+                self.taken(event);
+            }
         }
-        let first = events.len();
-        self.queue.take_ready(max - first, &mut events);
-        for event in &events[first..] {
-            self.taken(event);
-        }
-        Ok(events)
+        Ok(Some(events))
     }
 
     /// The next event; None once the server has ended and nothing is left to deliver.
     pub fn next_event(&mut self) -> Result<Option<Event>> {
+        match self.wait(None)? {
+            Next::Event(event) => Ok(Some(event)),
+            Next::Ended | Next::Quiet => Ok(None),
+        }
+    }
+
+    fn wait(&mut self, patience: Option<Instant>) -> Result<Next> {
         loop {
             if let Some(stored) = self.next_backlog()? {
-                return Ok(Some(Event::Stored(stored)));
+                return Ok(Next::Event(Event::Stored(stored)));
             }
             let due = self.next_completion()?;
             let until = match due {
-                Ok(completed) => return Ok(Some(Event::Completed(completed))),
+                Ok(completed) => return Ok(Next::Event(Event::Completed(completed))),
                 Err(until) => until,
             };
             if self.ended {
-                return Ok(None);
+                return Ok(Next::Ended);
             }
+            if patience.is_some_and(|p| p <= Instant::now()) {
+                return Ok(Next::Quiet);
+            }
+            let until = match (until, patience) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             match self.queue.recv(until) {
                 Received::Event(event) => {
                     self.taken(&event);
-                    return Ok(Some(event));
+                    return Ok(Next::Event(event));
                 }
                 Received::Woken => {}
                 Received::Ended => self.ended = true,
@@ -218,6 +239,17 @@ impl Feed {
             members,
         }))
     }
+}
+
+/// What a wait on the feed gave.
+// Moved out once per event, as `Received` is.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Event(Event),
+    /// The server has ended and nothing is left.
+    Ended,
+    /// Nothing came before the wait's patience ran out.
+    Quiet,
 }
 
 /// Hands replayed rows to a feed from another thread.
