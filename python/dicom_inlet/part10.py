@@ -37,7 +37,7 @@ from dicom_inlet import _core
 
 __all__ = ["StoredDataset", "read_part10", "read_stored", "write_dataset"]
 
-# Values larger than this are read from the stored file only when a callback touches them.
+# Values larger than this are read from the file only when a callback or handler touches them.
 _DEFER_SIZE = 64 * 1024
 # A stored file starts with a zero preamble and "DICM" (PS3.10 §7.1), both written by the core.
 _PREAMBLE_LEN = 128
@@ -284,32 +284,21 @@ def read_stored(stored: _core.StoredInstance) -> StoredDataset:
     return ds
 
 
-def read_part10(
-    path: str | os.PathLike[str],
-    syntax: str,
-    data_set_bytes: int,
-    *,
-    source: str | os.PathLike[str] | None = None,
-    defer: int | None = _DEFER_SIZE,
-) -> FileDataset:
-    """Read a Part 10 file the core wrote, values over ``defer`` bytes deferred until touched.
+def read_part10(path: str | os.PathLike[str], syntax: str, data_set_bytes: int) -> FileDataset:
+    """Read a Part 10 file the core wrote (a handler's instance), values over 64 KiB deferred
+    until touched.
 
     The core tells the transfer syntax and where the data set starts (it is the file's last
     ``data_set_bytes`` bytes), so the preamble check and the transfer syntax lookup are
-    skipped: on the callback path, pydicom's per-file overhead, not the data set, is what
-    limits the rate. A deflated data set goes through ``dcmread``, which inflates it. The
-    bytes come from ``source`` when given (another name of the same file), the Dataset's
-    ``filename`` is ``path``.
+    skipped: pydicom's per-file overhead, not the data set, is what a handler reading every
+    instance pays most for. A deflated data set goes through ``dcmread``, which inflates it.
     """
     path = os.fspath(path)
-    source = path if source is None else os.fspath(source)
     if syntax == DeflatedExplicitVRLittleEndian:
-        inflated = pydicom.dcmread(source, defer_size=defer)
-        inflated.filename = path
-        return inflated
+        return pydicom.dcmread(path, defer_size=_DEFER_SIZE)
     implicit = syntax == ImplicitVRLittleEndian
     little = syntax != ExplicitVRBigEndian
-    meta, dataset = _read(source, syntax, data_set_bytes, defer)
+    meta, dataset = _read(path, syntax, data_set_bytes, _DEFER_SIZE)
     read = FileDataset(path, dataset, bytes(_PREAMBLE_LEN), FileMetaDataset(meta), implicit, little)
     read.set_original_encoding(implicit, little, dataset._character_set)
     return read
