@@ -1,5 +1,5 @@
-"""dicom-inlet with one Python callback reading ``ds.SOPInstanceUID``: the peer ``peers.py``
-measures against dicom-inlet without callbacks. Run as
+"""dicom-inlet with one Python callback reading ``ds.SOPInstanceUID`` and ``ds.Modality``: the
+peer ``peers.py`` measures against dicom-inlet without callbacks. Run as
 ``python benches/inlet_callback.py DATA_DIR PORT --expect N``.
 
 Once ``N`` callbacks have run it prints ``ALL`` on stdout, so the benchmark's clock stops when
@@ -25,9 +25,11 @@ def main() -> None:
     parser.add_argument("--expect", type=int, required=True, help="callbacks before 'ALL'")
     args = parser.parse_args()
     seen: set[str] = set()
+    modalities: set[str] = set()
 
     def callback(ds: Dataset) -> None:
         seen.add(ds.SOPInstanceUID)
+        modalities.add(ds.Modality)
         if len(seen) == args.expect:
             print("ALL", flush=True)
 

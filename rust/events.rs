@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::scan::Element;
+
 /// What is known of a received instance without reading it: where it is (or goes), what it
 /// is, in which syntax, from whom, how big. Handlers and callbacks are both told this.
 #[derive(Debug, Clone)]
@@ -36,6 +38,9 @@ pub struct StoredInstance {
     pub held: Option<PathBuf>,
     /// Its row in the journal, to mark it delivered; None without a journal.
     pub journal_id: Option<i64>,
+    /// The attributes the scan captured, as encoded (empty for instances of earlier runs): the
+    /// callbacks' data set serves them without reading the file.
+    pub elements: Vec<Element>,
 }
 
 /// One C-STORE answered with a failure status (PS3.4 §B.2.3), nothing stored.
@@ -264,6 +269,23 @@ impl EventQueue {
         }
     }
 
+    /// Move up to `max` events already queued into `into`, without waiting: one lock for a
+    /// batch, so a consumer that fell behind catches up at a fraction of the cost per event.
+    pub fn take_ready(&self, max: usize, into: &mut Vec<Event>) {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        let take = max.min(state.events.len());
+        let mut instances = 0;
+        for event in state.events.drain(..take) {
+            instances += usize::from(matches!(event, Event::Stored(_) | Event::StoreFailed(_)));
+            into.push(event);
+        }
+        if instances > 0 {
+            state.instances -= instances;
+            self.room.notify_all();
+        }
+    }
+
     /// The consumer is gone: senders stop waiting for room (at interpreter exit, say).
     pub fn close(&self) {
         lock(&self.state).closed = true;
@@ -297,6 +319,7 @@ mod tests {
             },
             held: None,
             journal_id: None,
+            elements: Vec::new(),
         }
     }
 
@@ -355,6 +378,36 @@ mod tests {
         queue.close();
         // Full again, but the consumer is gone: the sender is told at once.
         assert!(!queue.push_stored(stored(3)));
+    }
+
+    #[test]
+    fn ready_events_are_taken_in_order_up_to_the_limit_and_free_room() {
+        let queue = Arc::new(EventQueue::new(2));
+        assert!(queue.push_stored(stored(1)));
+        queue.push_record(record());
+        assert!(queue.push_stored(stored(2)));
+        let sender = {
+            let queue = Arc::clone(&queue);
+            thread::spawn(move || queue.push_stored(stored(3)))
+        };
+        let mut taken = Vec::new();
+        queue.take_ready(2, &mut taken);
+        assert!(
+            matches!(&taken[..], [Event::Stored(s), Event::AssociationEnded(_)] if s.receipt.bytes == 1)
+        );
+        // Room for the waiting sender: one instance left of two.
+        assert!(sender.join().unwrap());
+        queue.take_ready(10, &mut taken);
+        let bytes: Vec<u64> = taken
+            .iter()
+            .filter_map(|e| match e {
+                Event::Stored(s) => Some(s.receipt.bytes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bytes, [1, 2, 3]);
+        queue.take_ready(10, &mut taken);
+        assert_eq!(taken.len(), 4, "nothing more was queued");
     }
 
     #[test]

@@ -207,6 +207,19 @@ pub fn scanner(data: &[u8]) {
         1 + (state >> 16) as usize % 300
     });
     assert_eq!(whole, split, "the result depends on the fragment sizes");
+    // Keeping the elements as encoded (for the callbacks) changes nothing else and keeps only
+    // whole values.
+    let mut keeping = Scanner::new(Encoding::for_transfer_syntax(ts)).keeping_elements(true);
+    let _ = keeping.feed(data);
+    let kept = keeping.finish().map(|mut attrs| {
+        assert!(attrs
+            .elements
+            .iter()
+            .all(|e| e.value.len() <= MAX_VALUE_LEN));
+        attrs.elements.clear();
+        attrs
+    });
+    assert_eq!(kept, whole, "keeping the elements changed the scan");
     if let Ok(attrs) = whole {
         for value in [
             &attrs.sop_class_uid,

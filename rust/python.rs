@@ -3,11 +3,12 @@
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyConnectionError, PyOSError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
 
 use crate::association::AcceptorPolicy;
 use crate::error::Error;
@@ -15,6 +16,7 @@ use crate::events::{self, Event, Level};
 use crate::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::journal::{Feed, Replayer, Timers};
 use crate::layout::SortKey;
+use crate::scan::Element;
 use crate::server::{self, ServerConfig};
 use crate::store::Duplicates;
 use crate::tls;
@@ -104,6 +106,8 @@ struct Server {
     // Declared first so it drops first: association threads blocked on a full queue then stop
     // waiting instead of deadlocking the server's drop (e.g. at interpreter exit).
     events: Mutex<Feed>,
+    /// Journal rows delivered, not yet marked so (see `next_events`).
+    marks: Mutex<Vec<i64>>,
     replayer: Replayer,
     inner: server::Server,
 }
@@ -111,6 +115,10 @@ struct Server {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Delivered marks are committed once this many wait, or once no event came for this long.
+const MARKS_BATCH: usize = 64;
+const MARKS_DELAY: Duration = Duration::from_millis(5);
 
 fn level(name: &str) -> Result<Level, Error> {
     match name {
@@ -247,6 +255,7 @@ impl Server {
             inner,
             replayer: events.replayer(),
             events: Mutex::new(events),
+            marks: Mutex::default(),
         })
     }
 
@@ -288,16 +297,48 @@ impl Server {
     /// Wait for the next event; None once the server has shut down and every event was taken.
     fn next_event(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         let event = py.detach(|| lock(&self.events).next_event())?;
-        event
-            .map(|event| match event {
-                Event::Stored(s) => Py::new(py, StoredInstance::from(s)).map(Py::into_any),
-                Event::AssociationEnded(r) => {
-                    Py::new(py, AssociationRecord::from(r)).map(Py::into_any)
+        event.map(|event| event_object(py, event)).transpose()
+    }
+
+    /// Wait for the next event, and take with it up to `max - 1` more already waiting: one
+    /// hand-over (and one GIL acquisition) for a batch. Empty once the server has shut down
+    /// and every event was taken. `delivered`: journal rows whose callbacks returned, marked
+    /// in one commit once 64 are waiting or no event came for 5 ms, so a steady stream of
+    /// instances costs no commit of its own per instance (marks are not waited for anyway:
+    /// lost in a crash, an instance is only delivered once more).
+    #[pyo3(signature = (max=64, delivered=Vec::new()))]
+    fn next_events(
+        &self,
+        py: Python<'_>,
+        max: usize,
+        delivered: Vec<i64>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let events = py.detach(|| {
+            let mut feed = lock(&self.events);
+            let mut marks = lock(&self.marks);
+            marks.extend(delivered);
+            let flush = |marks: &mut Vec<i64>| {
+                if let (false, Some(journal)) = (marks.is_empty(), self.inner.journal()) {
+                    journal.delivered(std::mem::take(marks));
                 }
-                Event::StoreFailed(f) => Py::new(py, FailedStore::from(f)).map(Py::into_any),
-                Event::Completed(c) => Py::new(py, Completed::from(c)).map(Py::into_any),
-            })
-            .transpose()
+            };
+            loop {
+                let patience = (!marks.is_empty()).then(|| Instant::now() + MARKS_DELAY);
+                match feed.next_events(max, patience)? {
+                    Some(events) => {
+                        if events.is_empty() || marks.len() >= MARKS_BATCH {
+                            flush(&mut marks);
+                        }
+                        return Ok::<_, Error>(events);
+                    }
+                    None => flush(&mut marks),
+                }
+            }
+        })?;
+        events
+            .into_iter()
+            .map(|event| event_object(py, event))
+            .collect()
     }
 
     /// Wait for the next instance awaiting a handler's verdict; None once the server has shut
@@ -312,13 +353,6 @@ impl Server {
     fn next_echo_request(&self, py: Python<'_>) -> Option<handlers::EchoRequest> {
         py.detach(|| self.inner.next_echo_request())
             .map(handlers::EchoRequest::from)
-    }
-
-    /// The callbacks of journal row `journal_id` returned: mark it delivered.
-    fn delivered(&self, py: Python<'_>, journal_id: i64) {
-        if let Some(journal) = self.inner.journal() {
-            py.detach(|| journal.delivered(journal_id));
-        }
     }
 
     /// The callbacks of journal row `journal_id` kept failing: park it with `error`.
@@ -375,6 +409,33 @@ impl Server {
     }
 }
 
+fn event_object(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
+    match event {
+        Event::Stored(s) => Py::new(py, StoredInstance::from(s)).map(Py::into_any),
+        Event::AssociationEnded(r) => Py::new(py, AssociationRecord::from(r)).map(Py::into_any),
+        Event::StoreFailed(f) => Py::new(py, FailedStore::from(f)).map(Py::into_any),
+        Event::Completed(c) => Py::new(py, Completed::from(c)).map(Py::into_any),
+    }
+}
+
+/// The attributes the scan captured, as encoded: `(tag, VR, value)` each, VR None in implicit
+/// VR; built into Python objects only when read.
+struct Elements(Vec<Element>);
+
+impl<'py> IntoPyObject<'py> for &Elements {
+    type Target = PyList;
+    type Output = Bound<'py, PyList>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let items = self.0.iter().map(|e| {
+            let vr = e.vr.map(|vr| String::from_utf8_lossy(&vr).into_owned());
+            (e.tag, vr, PyBytes::new(py, &e.value))
+        });
+        PyList::new(py, items)
+    }
+}
+
 /// An instance written under data_dir.
 #[pyclass(frozen, get_all, module = "dicom_inlet._core")]
 struct StoredInstance {
@@ -389,6 +450,7 @@ struct StoredInstance {
     peer_host: String,
     peer_port: u16,
     bytes: u64,
+    elements: Elements,
 }
 
 impl From<events::StoredInstance> for StoredInstance {
@@ -406,6 +468,7 @@ impl From<events::StoredInstance> for StoredInstance {
             peer_host: r.peer.ip().to_string(),
             peer_port: r.peer.port(),
             bytes: r.bytes,
+            elements: Elements(s.elements),
         }
     }
 }

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -76,6 +79,103 @@ def test_store_each_transfer_syntax_bit_preserving(
     assert (given.filename, given.preamble) == (read.filename, read.preamble)
     assert given.original_encoding == read.original_encoding
     assert given.original_character_set == read.original_character_set
+
+
+@pytest.mark.parametrize("transfer_syntax", ALL_TEST_SYNTAXES, ids=lambda ts: ts.keyword)
+def test_callback_dataset_read_as_touched_equals_dcmread(
+    server_factory, data_dir, tmp_path, transfer_syntax
+):
+    # 128 KiB of pixel data: over the size whose value is read only when touched.
+    ds = make_dataset(rows=256, columns=256)
+    src = write_file(ds, tmp_path / "src" / "in.dcm", transfer_syntax)
+    seen: list[tuple[tuple[str, ...], list[bool]]] = []
+
+    def compare(given: pydicom.Dataset) -> None:
+        # Not kept past the callback: what it reads comes from the file as it is touched.
+        scanned = (given.SOPInstanceUID, given.Modality, given.SeriesInstanceUID)
+        read = pydicom.dcmread(given.filename)
+        same = [
+            given.PixelData == read.PixelData,
+            given == read,
+            given.file_meta == read.file_meta,
+            given.original_encoding == read.original_encoding,
+            given.original_character_set == read.original_character_set,
+        ]
+        seen.append((scanned, same))
+
+    server = server_factory(callbacks=[compare])
+    assert statuses(send(server.port, [src])) == [0x0000]
+    server.shutdown()
+
+    [(scanned, same)] = seen
+    assert scanned == (ds.SOPInstanceUID, "CT", ds.SeriesInstanceUID)
+    assert same == [True] * 5
+    assert not any((data_dir / ".journal" / "held").iterdir())
+
+
+_opened: list[str] = []
+_watching = threading.Event()
+
+
+# Audit hooks stay for the process: this one records only while a test watches.
+def _record_opens(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and _watching.is_set():
+        _opened.append(str(args[0]))
+
+
+sys.addaudithook(_record_opens)
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax", [ImplicitVRLittleEndian, ExplicitVRBigEndian], ids=lambda ts: ts.keyword
+)
+def test_scanned_attributes_are_served_without_reading_the_file(
+    server_factory, data_dir, tmp_path, transfer_syntax
+):
+    ds = make_dataset()
+    src = write_file(ds, tmp_path / "src" / "in.dcm", transfer_syntax)
+    seen: list[tuple[list[object], list[str], list[str]]] = []
+
+    def callback(given: pydicom.Dataset) -> None:
+        _opened.clear()
+        _watching.set()
+        try:
+            scanned = [
+                given.SOPClassUID,
+                given.SOPInstanceUID,
+                given.StudyDate,
+                given.Modality,
+                given.StudyInstanceUID,
+                given.SeriesInstanceUID,
+                "Modality" in given,
+            ]
+            before = list(_opened)
+            # Not scanned: the file is read once, from the version acknowledged.
+            scanned.append(str(given.PatientName))
+            scanned.append(given.Manufacturer)
+        finally:
+            _watching.clear()
+        seen.append((scanned, before, list(_opened)))
+
+    server = server_factory(callbacks=[callback])
+    assert statuses(send(server.port, [src])) == [0x0000]
+    server.shutdown()
+
+    [(scanned, before, after)] = seen
+    assert scanned == [
+        CT_IMAGE_STORAGE,
+        ds.SOPInstanceUID,
+        "20240101",
+        "CT",
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        True,
+        "Test^Patient",
+        "dicom-inlet tests",
+    ]
+    assert before == []
+    [held] = after
+    assert Path(held).parent == (data_dir / ".journal" / "held").resolve()
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Types of the native module ``dicom_inlet._core`` (Rust, PyO3)."""
 
+import builtins
 from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
@@ -72,6 +73,10 @@ class StoredInstance:
     def peer_port(self) -> int: ...
     @property
     def bytes(self) -> int: ...
+    @property
+    def elements(self) -> list[tuple[int, str | None, builtins.bytes]]:
+        """The attributes the core's scan captured, as encoded: (tag, VR or None in
+        implicit VR, whole value with its padding); empty for instances of earlier runs."""
 
 @final
 class AssociationRecord:
@@ -230,8 +235,12 @@ class Server:
         self,
     ) -> StoredInstance | AssociationRecord | FailedStore | Completed | None:
         """Wait for the next event; None once shut down and drained."""
-    def delivered(self, journal_id: int) -> None:
-        """The callbacks of journal row ``journal_id`` returned: mark it delivered."""
+    def next_events(
+        self, max: int = 64, delivered: list[int] = ...
+    ) -> list[StoredInstance | AssociationRecord | FailedStore | Completed]:
+        """Wait for the next event and take up to ``max - 1`` more already waiting with it;
+        empty once shut down and drained. ``delivered``: journal rows whose callbacks
+        returned, marked in batches (64, or after 5 ms without an event)."""
     def failed(self, journal_id: int, attempts: int, error: str) -> None:
         """The callbacks of journal row ``journal_id`` kept failing: park it."""
     def replay(self, ids: list[int] | None = None) -> int:

@@ -15,6 +15,7 @@ import os
 import subprocess
 import threading
 import traceback
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,8 @@ from dicom_inlet import _core
 
 if TYPE_CHECKING:
     from pydicom import Dataset
+
+    from dicom_inlet.part10 import StoredDataset
 
 __all__ = [
     "CompletedInstance",
@@ -44,6 +47,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("dicom_inlet")
+
+# Events taken per hand-over from the core: enough to catch up after a slow callback in a few
+# GIL acquisitions, few enough that delivered marks (given per batch) follow closely.
+_BATCH = 64
 
 StudySummary: TypeAlias = _core.StudySummary
 SeriesSummary: TypeAlias = _core.SeriesSummary
@@ -154,21 +161,31 @@ class Dispatcher:
         self.stop = stop
         self.log_association = log_association
         self.log_failure = log_failure
+        self._read: Callable[[_core.StoredInstance], StoredDataset] | None = None
 
     def run(self) -> None:
-        while (event := self.scp.next_event()) is not None:
-            if isinstance(event, _core.StoredInstance):
-                self._deliver(event)
-            elif isinstance(event, _core.Completed):
-                self._complete(event)
-            elif isinstance(event, _core.FailedStore):
-                self.log_failure(event)
-            else:
-                self.log_association(event)
+        # The events waiting are taken in one go; delivered marks go back with the next call
+        # (the core commits them in batches).
+        delivered: list[int] = []
+        while events := self.scp.next_events(_BATCH, delivered):
+            delivered = []
+            for event in events:
+                if isinstance(event, _core.StoredInstance):
+                    if self._deliver(event) and event.journal_id is not None:
+                        delivered.append(event.journal_id)
+                elif isinstance(event, _core.Completed):
+                    self._complete(event)
+                elif isinstance(event, _core.FailedStore):
+                    self.log_failure(event)
+                else:
+                    self.log_association(event)
 
-    def _call(self, callbacks: list[Callable[[Any], Any]], argument: Any, what: str) -> str | None:
+    def _call(
+        self, callbacks: list[Callable[[Any], Any]], argument: Any, what: Callable[[], str]
+    ) -> str | None:
         """Call each; retry the raising ones. None when all returned, else the last
-        traceback (after the retries, or at shutdown)."""
+        traceback (after the retries, or at shutdown). ``what`` names the argument for the
+        log, only when one raises."""
         attempt = 0
         while True:
             failed, last = [], ""
@@ -176,7 +193,7 @@ class Dispatcher:
                 try:
                     callback(argument)
                 except Exception:
-                    logger.exception("callback %s failed for %s", _name(callback), what)
+                    logger.exception("callback %s failed for %s", _name(callback), what())
                     failed.append(callback)
                     last = traceback.format_exc()
             if not failed:
@@ -188,22 +205,30 @@ class Dispatcher:
             self.stop.wait(self.backoff * 2 ** (attempt - 1))
             callbacks = failed
 
-    def _deliver(self, stored: _core.StoredInstance) -> None:
-        # Imported here: pydicom (and numpy) cost 35 MiB, needed only once callbacks exist.
-        from dicom_inlet.part10 import read_stored
+    def _deliver(self, stored: _core.StoredInstance) -> bool:
+        """Run the callbacks of one instance; whether it is delivered (to be marked so)."""
+        read = self._read
+        if read is None:
+            # Imported here: pydicom (and numpy) cost 35 MiB, needed only once callbacks exist.
+            from dicom_inlet.part10 import read_stored
 
+            read = self._read = read_stored
         try:
-            dataset = read_stored(stored)
+            dataset = read(stored)
         except Exception:
             logger.exception("cannot read back stored instance %s", stored.path)
             failure: str | None = traceback.format_exc()
         else:
-            failure = self._call(self.callbacks, dataset, os.fspath(stored.path))
-        if stored.journal_id is None:
-            return
-        if failure is None:
-            self.scp.delivered(stored.journal_id)
-        elif not self.stop.is_set():
+            failure = self._call(self.callbacks, dataset, lambda: os.fspath(stored.path))
+            # A callback kept the data set: what it has not read yet is read now, while the
+            # journal still holds the version acknowledged (it lets go once marked delivered).
+            kept = weakref.ref(dataset)
+            del dataset
+            if (still := kept()) is not None:
+                still.read_all()
+        if stored.journal_id is None or failure is None:
+            return failure is None
+        if not self.stop.is_set():
             self.scp.failed(stored.journal_id, self.retries + 1, failure)
             logger.error(
                 "instance %s parked as failed (journal id %d); 'dicom-inlet replay' delivers "
@@ -211,12 +236,13 @@ class Dispatcher:
                 stored.path,
                 stored.journal_id,
             )
+        return False
 
     def _complete(self, event: _core.Completed) -> None:
         completion = Completion.from_core(event)
         callbacks = self.study_callbacks if event.level == "study" else self.series_callbacks
         what = f"{event.level} {event.uid}"
-        failure = self._call(list(callbacks), completion, what)
+        failure = self._call(list(callbacks), completion, lambda: what)
         if failure is not None:
             logger.error("%s event failed; it comes again at the next start", what)
         self.scp.completed(event, failure is None)

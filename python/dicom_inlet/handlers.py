@@ -75,15 +75,44 @@ class _Request:
     """What every handler is told of the request it decides: the presentation context, who
     sent it, and its Message ID (the subclasses document them)."""
 
+    # Each attribute is read from the core's request when asked: a handler that answers from
+    # a few of them (or none) pays for those only.
+    __slots__ = ("__dict__", "_request")
+
     def __init__(self, request: _core.StoreRequest | _core.EchoRequest) -> None:
-        self.sop_class_uid = request.sop_class_uid
-        self.transfer_syntax_uid = request.transfer_syntax_uid
-        self.calling_ae = request.calling_ae
-        self.called_ae = request.called_ae
-        self.peer_host = request.peer_host
-        self.peer_port = request.peer_port
-        self.message_id = request.message_id
-        self.context_id = request.context_id
+        self._request = request
+
+    @property
+    def sop_class_uid(self) -> str:
+        return self._request.sop_class_uid
+
+    @property
+    def transfer_syntax_uid(self) -> str:
+        return self._request.transfer_syntax_uid
+
+    @property
+    def calling_ae(self) -> str:
+        return self._request.calling_ae
+
+    @property
+    def called_ae(self) -> str:
+        return self._request.called_ae
+
+    @property
+    def peer_host(self) -> str:
+        return self._request.peer_host
+
+    @property
+    def peer_port(self) -> int:
+        return self._request.peer_port
+
+    @property
+    def message_id(self) -> int:
+        return self._request.message_id
+
+    @property
+    def context_id(self) -> int:
+        return self._request.context_id
 
 
 class IncomingInstance(_Request):
@@ -109,12 +138,23 @@ class IncomingInstance(_Request):
         context_id: The presentation context it came on.
     """
 
-    def __init__(self, request: _core.StoreRequest) -> None:
-        super().__init__(request)
-        self.file = Path(request.file)
-        self.path = Path(request.path)
-        self.sop_instance_uid = request.sop_instance_uid
-        self.bytes = request.bytes
+    _request: _core.StoreRequest
+
+    @functools.cached_property
+    def file(self) -> Path:
+        return Path(self._request.file)
+
+    @functools.cached_property
+    def path(self) -> Path:
+        return Path(self._request.path)
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self._request.sop_instance_uid
+
+    @property
+    def bytes(self) -> int:
+        return self._request.bytes
 
     @functools.cached_property
     def dataset(self) -> Dataset:
@@ -173,6 +213,9 @@ def load_handler(spec: str) -> Handler:
 
 def verdict_of(result: object) -> Verdict:
     """The verdict a handler's return value means, as pynetdicom reads one."""
+    if type(result) is int:
+        # The common answer first, made once.
+        return _SUCCESS if result == 0 else Verdict(result)
     if isinstance(result, Verdict):
         return result
     if isinstance(result, int) and not isinstance(result, bool):
@@ -187,6 +230,9 @@ def verdict_of(result: object) -> Verdict:
         return Verdict(int(result.Status), None if comment is None else str(comment))
     logger.error("handler returned %r, neither a status int nor a Dataset", result)
     return Verdict(_STATUS_INVALID)
+
+
+_SUCCESS = Verdict(0x0000)
 
 
 def _comment(text: str | None) -> str | None:

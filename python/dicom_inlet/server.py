@@ -76,9 +76,11 @@ class StoreSCPServer:
             on a dispatcher thread in arrival order, after the peer was answered, at least
             once (see ``journal``). A raising callback is logged on the ``dicom_inlet``
             logger, the others still run, and it is retried (``callback_retries``) before
-            the instance is parked as failed. The Dataset is read from exactly the version
-            acknowledged, even if a later duplicate replaced the file; read what you need
-            during the call. See ``callbacks_before_response`` for pacsanini's order.
+            the instance is parked as failed. The Dataset
+            (:class:`~dicom_inlet.part10.StoredDataset`) is read as it is used, from exactly
+            the version acknowledged, even if a later duplicate replaced the file; the UIDs,
+            Modality and Study Date need no read of the file at all. See
+            ``callbacks_before_response`` for pacsanini's order.
         handler: Decides each instance's C-STORE status before it is stored: called with an
             :class:`~dicom_inlet.handlers.IncomingInstance` (its ``dataset`` read lazily
             from the complete spool file) on a pool of handler threads; returns the status

@@ -180,7 +180,8 @@ impl Connection<'_> {
         match self.shared.storage.spool(&meta) {
             Ok(spool) => Sink::Spool(Box::new(Receiving {
                 spool,
-                scanner: Scanner::new(Encoding::for_transfer_syntax(&context.transfer_syntax)),
+                scanner: Scanner::new(Encoding::for_transfer_syntax(&context.transfer_syntax))
+                    .keeping_elements(self.shared.config.emit_stored),
                 bytes: 0,
             })),
             Err(e) => Sink::Discard {
@@ -321,8 +322,10 @@ impl Connection<'_> {
         let emit = self.shared.config.emit_stored;
         // Only an instance the sender is told is stored, and new (not a duplicate dropped under
         // "keep the first"), is journaled and announced.
-        let row = stored.and_then(|(published, attrs)| {
+        let mut elements = Vec::new();
+        let row = stored.and_then(|(published, mut attrs)| {
             if published.new && verdict::is_stored(status) {
+                elements = std::mem::take(&mut attrs.elements);
                 return Some(origin.row(published, attrs, self.peer, received, emit));
             }
             if let Some(held) = published.held {
@@ -336,6 +339,7 @@ impl Connection<'_> {
                 receipt: origin.receipt(&row.path, self.peer, received),
                 held: row.held.clone(),
                 journal_id: None,
+                elements,
             });
             (row.study_instance_uid.clone(), event)
         });

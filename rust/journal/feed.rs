@@ -72,32 +72,81 @@ impl Feed {
         })
     }
 
+    /// The next event, waiting for one, and after it up to `max - 1` more already queued by
+    /// the associations: a batch for one hand-over to the consumer. Empty once the server has
+    /// ended and nothing is left to deliver; None if nothing came before `patience` (no limit
+    /// when None). Rows of earlier runs and completion events come one at a time, in their
+    /// turn, as from [`Feed::next_event`].
+    pub fn next_events(
+        &mut self,
+        max: usize,
+        patience: Option<Instant>,
+    ) -> Result<Option<Vec<Event>>> {
+        let mut events = Vec::new();
+        match self.wait(patience)? {
+            Next::Event(event) => events.push(event),
+            Next::Ended => return Ok(Some(events)),
+            Next::Quiet => return Ok(None),
+        }
+        let backlog = !self.backlog.is_empty()
+            || self.cursor < self.through
+            || !lock(&self.replays).is_empty();
+        if !backlog && max > 1 {
+            self.queue.take_ready(max - 1, &mut events);
+            for event in &events[1..] {
+                self.taken(event);
+            }
+        }
+        Ok(Some(events))
+    }
+
     /// The next event; None once the server has ended and nothing is left to deliver.
     pub fn next_event(&mut self) -> Result<Option<Event>> {
+        match self.wait(None)? {
+            Next::Event(event) => Ok(Some(event)),
+            Next::Ended | Next::Quiet => Ok(None),
+        }
+    }
+
+    fn wait(&mut self, patience: Option<Instant>) -> Result<Next> {
         loop {
             if let Some(stored) = self.next_backlog()? {
-                return Ok(Some(Event::Stored(stored)));
+                return Ok(Next::Event(Event::Stored(stored)));
             }
             let due = self.next_completion()?;
             let until = match due {
-                Ok(completed) => return Ok(Some(Event::Completed(completed))),
+                Ok(completed) => return Ok(Next::Event(Event::Completed(completed))),
                 Err(until) => until,
             };
             if self.ended {
-                return Ok(None);
+                return Ok(Next::Ended);
             }
+            if patience.is_some_and(|p| p <= Instant::now()) {
+                return Ok(Next::Quiet);
+            }
+            let until = match (until, patience) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             match self.queue.recv(until) {
-                Received::Event(Event::AssociationEnded(record)) => {
-                    let timers = self.timers.as_ref();
-                    if timers.is_some_and(|t| t.on_release) && record.outcome == Outcome::Released {
-                        self.released.extend(record.studies.iter().cloned());
-                    }
-                    return Ok(Some(Event::AssociationEnded(record)));
+                Received::Event(event) => {
+                    self.taken(&event);
+                    return Ok(Next::Event(event));
                 }
-                Received::Event(event) => return Ok(Some(event)),
                 Received::Woken => {}
                 Received::Ended => self.ended = true,
             }
+        }
+    }
+
+    /// An event from the queue is given out: a released association's studies are due.
+    fn taken(&mut self, event: &Event) {
+        let Event::AssociationEnded(record) = event else {
+            return;
+        };
+        let timers = self.timers.as_ref();
+        if timers.is_some_and(|t| t.on_release) && record.outcome == Outcome::Released {
+            self.released.extend(record.studies.iter().cloned());
         }
     }
 
@@ -120,11 +169,7 @@ impl Feed {
             return Ok(None);
         };
         loop {
-            let next = self
-                .replays
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front();
+            let next = lock(&self.replays).pop_front();
             let Some(id) = next else { break };
             if let Some(entry) = index.pending_row(id)? {
                 return Ok(Some(stored(entry)));
@@ -198,6 +243,17 @@ impl Feed {
     }
 }
 
+/// What a wait on the feed gave.
+// Moved out once per event, as `Received` is.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Event(Event),
+    /// The server has ended and nothing is left.
+    Ended,
+    /// Nothing came before the wait's patience ran out.
+    Quiet,
+}
+
 /// Hands replayed rows to a feed from another thread.
 #[derive(Clone)]
 pub struct Replayer {
@@ -208,10 +264,7 @@ pub struct Replayer {
 impl Replayer {
     /// Deliver these rows again (set pending in the journal already), waking the feed.
     pub fn replay(&self, ids: impl IntoIterator<Item = i64>) {
-        self.replays
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(ids);
+        lock(&self.replays).extend(ids);
         self.queue.poke();
     }
 }
@@ -231,7 +284,12 @@ fn stored(entry: InstanceEntry) -> StoredInstance {
         },
         held: entry.held,
         journal_id: Some(entry.id),
+        elements: Vec::new(),
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The events until the end; a journal that fails to read ends them too (tests, mostly).

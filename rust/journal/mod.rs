@@ -71,7 +71,8 @@ type Answer = std::result::Result<i64, String>;
 enum Request {
     /// Answered with the row id.
     Record(Box<Row>),
-    Delivered(i64),
+    /// Rows whose callbacks returned, marked in one go.
+    Delivered(Vec<i64>),
     Failed {
         id: i64,
         attempts: u32,
@@ -282,10 +283,10 @@ impl Journal {
             .unwrap_or(Ok(0))
     }
 
-    /// The instance's callbacks returned: mark it delivered and let its held version go. Not
-    /// waited for: lost in a crash, it is only delivered once more.
-    pub fn delivered(&self, id: i64) {
-        self.submit(Request::Delivered(id), false);
+    /// These instances' callbacks returned: mark them delivered and let their held versions go.
+    /// Not waited for: lost in a crash, they are only delivered once more.
+    pub fn delivered(&self, ids: Vec<i64>) {
+        self.submit(Request::Delivered(ids), false);
     }
 
     /// The instance's callbacks kept failing: park it with the last error.
@@ -377,22 +378,24 @@ fn apply(
     let sql = |e: rusqlite::Error| e.to_string();
     match request {
         Request::Record(row) => insert(tx, root, now, row, groups).map_err(sql),
-        Request::Delivered(id) => {
-            let held: Option<Option<String>> = tx
-                .prepare_cached("SELECT held FROM instances WHERE id = ?1 AND state = 1")
-                .and_then(|mut s| s.query_row([id], |r| r.get(0)))
-                .map(Some)
-                .or_else(|e| match e {
-                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                    e => Err(e),
-                })
+        Request::Delivered(ids) => {
+            for id in ids {
+                let held: Option<Option<String>> = tx
+                    .prepare_cached("SELECT held FROM instances WHERE id = ?1 AND state = 1")
+                    .and_then(|mut s| s.query_row([id], |r| r.get(0)))
+                    .map(Some)
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
+                    })
+                    .map_err(sql)?;
+                tx.prepare_cached(
+                    "UPDATE instances SET state = 2, held = NULL WHERE id = ?1 AND state = 1",
+                )
+                .and_then(|mut s| s.execute([id]))
                 .map_err(sql)?;
-            tx.prepare_cached(
-                "UPDATE instances SET state = 2, held = NULL WHERE id = ?1 AND state = 1",
-            )
-            .and_then(|mut s| s.execute([id]))
-            .map_err(sql)?;
-            released.extend(held.flatten());
+                released.extend(held.flatten());
+            }
             Ok(0)
         }
         Request::Failed {

@@ -99,7 +99,7 @@ fn undelivered_rows_survive_a_restart_and_failed_ones_wait_for_a_replay() {
         recorder
             .record(row(&root, "1", "1.1", "quiet", false))
             .unwrap();
-        journal.delivered(1);
+        journal.delivered(vec![1]);
         journal.failed(2, 3, "Traceback: boom".into());
         // Dropped without any shutdown of the rows' deliveries: as after kill -9.
     }
@@ -150,7 +150,7 @@ fn held_versions_go_once_delivered_and_strays_at_open() {
     let journal = Journal::open(&root, false, None).unwrap();
     assert!(held.exists() && !stray.exists());
     // Committed (and the link removed) before delivered() returns, no thread being busy.
-    journal.delivered(id);
+    journal.delivered(vec![id]);
     assert!(!held.exists());
     fs::remove_dir_all(&root).unwrap();
 }
@@ -251,7 +251,7 @@ fn completion_waits_for_pending_callbacks_and_fires_on_release() {
         Some(Event::AssociationEnded(_))
     ));
     // Its callbacks have not returned yet: no event, though released and the hour not over.
-    journal.delivered(1);
+    journal.delivered(vec![1]);
     queue.end();
     let mut levels = vec![];
     while let Some(c) = next_completed(&mut feed) {

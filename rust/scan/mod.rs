@@ -69,6 +69,16 @@ impl Encoding {
     }
 }
 
+/// One captured top-level element as encoded: its tag, its VR (explicit VR syntaxes only) and
+/// its whole value, padding included, for a consumer that decodes it as a DICOM library would
+/// (the callbacks' data set, which then needs no read of the file for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    pub tag: u32,
+    pub vr: Option<[u8; 2]>,
+    pub value: Vec<u8>,
+}
+
 /// The attributes needed to file an instance, and those the journal indexes it by, padding
 /// removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,6 +91,9 @@ pub struct SortAttributes {
     pub patient_id: Option<Vec<u8>>,
     pub study_instance_uid: Option<Vec<u8>>,
     pub series_instance_uid: Option<Vec<u8>>,
+    /// The same attributes as encoded, whole values only (none longer than
+    /// [`MAX_VALUE_LEN`]); empty unless asked for with [`Scanner::keeping_elements`].
+    pub elements: Vec<Element>,
 }
 
 /// Why a data set could not be scanned.
@@ -123,6 +136,13 @@ impl Scanner {
             inflater: encoding.deflated.then(Inflater::new),
             error: None,
         }
+    }
+
+    /// Also keep each captured element as encoded ([`SortAttributes::elements`]): a copy of a
+    /// few short values, made only when someone reads them.
+    pub fn keeping_elements(mut self, keep: bool) -> Scanner {
+        self.parser.keep = keep;
+        self
     }
 
     /// Consume the next bytes of the data set. Returns Err on a data set that cannot be parsed;
@@ -251,6 +271,9 @@ struct Parser {
     header_len: usize,
     done: bool,
     attrs: SortAttributes,
+    /// Keep captured elements as encoded too; the one being captured: tag, VR, length.
+    keep: bool,
+    capturing: (u32, Option<[u8; 2]>, u32),
 }
 
 impl Parser {
@@ -267,6 +290,8 @@ impl Parser {
             header_len: 0,
             done: false,
             attrs: SortAttributes::default(),
+            keep: false,
+            capturing: (0, None, 0),
         }
     }
 
@@ -398,6 +423,7 @@ impl Parser {
                 }
                 if let (Some(slot), false) = (Slot::for_tag(tag), len == UNDEFINED) {
                     *self.attrs.slot_mut(slot) = Some(Vec::new());
+                    self.capturing = (tag, explicit.then_some(vr), len);
                     match len {
                         0 => self.end_capture(slot),
                         _ => self.step = Step::Capture(slot, len),
@@ -454,6 +480,16 @@ impl Parser {
 
     fn end_capture(&mut self, slot: Slot) {
         self.step = Step::Header;
+        let keep = self.keep;
+        let (tag, vr, len) = self.capturing;
+        let whole = self
+            .attrs
+            .slot_mut(slot)
+            .as_ref()
+            .filter(|v| v.len() == len as usize);
+        if let Some(value) = whole.filter(|_| keep).cloned() {
+            self.attrs.elements.push(Element { tag, vr, value });
+        }
         if let Some(value) = self.attrs.slot_mut(slot) {
             // LO, SH and CS also allow insignificant leading spaces.
             value.truncate(vr::trim_padding(value).len());

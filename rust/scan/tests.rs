@@ -150,6 +150,7 @@ pub(super) fn sample_attrs() -> SortAttributes {
         patient_id: Some(b"PID42".to_vec()),
         study_instance_uid: Some(b"1.2.3.6".to_vec()),
         series_instance_uid: Some(b"1.2.3.7".to_vec()),
+        elements: Vec::new(),
     }
 }
 
@@ -511,4 +512,50 @@ fn mutations_never_panic() {
             }
         }
     }
+}
+
+/// A kept element: tag, VR, value.
+type Kept<'a> = (u32, Option<[u8; 2]>, &'a [u8]);
+
+fn scan_keeping(ts: &str, data: &[u8]) -> SortAttributes {
+    let mut scanner = Scanner::new(Encoding::for_transfer_syntax(ts)).keeping_elements(true);
+    scanner.feed(data).unwrap();
+    scanner.finish().unwrap()
+}
+
+#[test]
+fn kept_elements_are_as_encoded_and_whole() {
+    for ts in [IMPLICIT_LE_TS, EXPLICIT_LE_TS, EXPLICIT_BE_TS] {
+        let attrs = scan_keeping(ts, &sample(ts));
+        let vr = |v: &[u8; 2]| (ts != IMPLICIT_LE_TS).then_some(*v);
+        let kept: Vec<Kept> = attrs
+            .elements
+            .iter()
+            .map(|e| (e.tag, e.vr, e.value.as_slice()))
+            .collect();
+        let expected: [Kept; 8] = [
+            (SOP_CLASS_UID, vr(b"UI"), b"1.2.840.10008.5.1.4.1.1.2\0"),
+            (SOP_INSTANCE_UID, vr(b"UI"), b"1.2.3.4.5\0"),
+            (STUDY_DATE, vr(b"DA"), b"20240101"),
+            (ACCESSION_NUMBER, vr(b"SH"), b" ACC7 "),
+            (MODALITY, vr(b"CS"), b"CT"),
+            (PATIENT_ID, vr(b"LO"), b"  PID42 "),
+            (STUDY_INSTANCE_UID, vr(b"UI"), b"1.2.3.6\0"),
+            (SERIES_INSTANCE_UID, vr(b"UI"), b"1.2.3.7 "),
+        ];
+        assert_eq!(kept, expected, "{ts}");
+        // The filing attributes are the same whether elements are kept or not.
+        let without = SortAttributes {
+            elements: Vec::new(),
+            ..attrs
+        };
+        assert_eq!(without, sample_attrs(), "{ts}");
+    }
+    // A value cut at MAX_VALUE_LEN is not kept: its consumer would decode a prefix.
+    let long = vec![b'1'; MAX_VALUE_LEN + 2];
+    let mut w = W::new(IMPLICIT_LE_TS);
+    w.elem(SOP_INSTANCE_UID, b"UI", &long);
+    let attrs = scan_keeping(IMPLICIT_LE_TS, &w.out);
+    assert!(attrs.elements.is_empty());
+    assert_eq!(attrs.sop_instance_uid.map(|v| v.len()), Some(MAX_VALUE_LEN));
 }
