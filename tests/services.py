@@ -46,8 +46,12 @@ class Postgres:
     with its directory given to that user.
     """
 
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="inlet-pg-"))
+    def __init__(
+        self, directory: str | None = None, settings: dict[str, str] | None = None
+    ) -> None:
+        # Tests need no durability from it: fsync off unless asked (benches/ keep it on).
+        self.settings = {"fsync": "off", "max_connections": "200", **(settings or {})}
+        self.root = Path(tempfile.mkdtemp(prefix="inlet-pg-", dir=directory))
         self.data = self.root / "data"
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -78,11 +82,9 @@ class Postgres:
             str(self.port),
             "-k",
             "",
-            "-c",
-            "fsync=off",
-            "-c",
-            "max_connections=200",
         ]
+        for name, value in self.settings.items():
+            command += ["-c", f"{name}={value}"]
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 (owned by the process)
         self.process = subprocess.Popen(command, stdout=log, stderr=log)
         log.close()

@@ -4,7 +4,7 @@
 //! differs (a distinct string aggregate) asked of the dialect.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use postgres::types::{ToSql, Type};
 use super::postgres::Cluster;
 use super::{Answer, Request, Writer};
 use crate::error::Error;
+use crate::events::EventQueue;
 
 /// The journal's database.
 #[derive(Debug, Clone)]
@@ -46,6 +47,36 @@ impl Store {
             Store::Postgres(writer) => writer.commit(batch),
         }
     }
+}
+
+/// After a batch's transaction: the held versions it released go (only once committed: a
+/// crash before keeps the row pending and its version), the timers are woken, and the
+/// answers wanted are paired with their tickets; a failed transaction fails every request.
+pub(super) fn settle(
+    batch: Vec<(u64, Request)>,
+    result: Result<Vec<Answer>, String>,
+    released: Vec<String>,
+    held: &Path,
+    notify: Option<&EventQueue>,
+) -> Vec<(u64, Answer)> {
+    let answers = match result {
+        Ok(answers) => {
+            for name in released {
+                let _ = std::fs::remove_file(held.join(name));
+            }
+            answers
+        }
+        Err(e) => vec![Err(e); batch.len()],
+    };
+    if let Some(notify) = notify {
+        notify.poke();
+    }
+    batch
+        .into_iter()
+        .zip(answers)
+        .filter(|((_, request), _)| request.answered())
+        .map(|((ticket, _), answer)| (ticket, answer))
+        .collect()
 }
 
 /// The error of a journal that failed, naming it.
@@ -100,6 +131,36 @@ impl Value {
     }
 }
 
+/// The values of one row, taken in column order.
+pub(super) struct Cells(std::vec::IntoIter<Value>);
+
+impl Cells {
+    pub fn new(row: Vec<Value>) -> Cells {
+        Cells(row.into_iter())
+    }
+
+    fn next(&mut self) -> Value {
+        self.0.next().unwrap_or(Value::Null)
+    }
+
+    pub fn int(&mut self) -> i64 {
+        self.next().int()
+    }
+
+    pub fn real(&mut self) -> f64 {
+        self.next().real()
+    }
+
+    pub fn text(&mut self) -> Option<String> {
+        self.next().text()
+    }
+
+    /// Text, empty for NULL.
+    pub fn string(&mut self) -> String {
+        self.text().unwrap_or_default()
+    }
+}
+
 /// One reading connection of either engine.
 pub(super) enum Reader {
     Sqlite(rusqlite::Connection),
@@ -114,23 +175,32 @@ pub(super) struct Remote {
     pub leads: Arc<AtomicBool>,
 }
 
+impl Remote {
+    /// Run `sql` (with `?N` parameters) on the connection, connecting again if it was lost.
+    fn run<T>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        f: impl FnOnce(
+            &mut postgres::Client,
+            &str,
+            &[&(dyn ToSql + Sync)],
+        ) -> Result<T, postgres::Error>,
+    ) -> Result<T, String> {
+        let client = self.cluster.reconnect(&mut self.client)?;
+        let args = pg_args(args);
+        let args: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| &**a).collect();
+        f(client, &numbered(sql), &args).map_err(|e| self.cluster.failed(e))
+    }
+}
+
 impl Reader {
     /// Rows of `sql` (with `?N` parameters), each a row of values.
     pub fn rows(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Vec<Value>>, String> {
         match self {
             Reader::Sqlite(conn) => sqlite_rows(conn, sql, args).map_err(|e| e.to_string()),
             Reader::Postgres(remote) => {
-                let Remote {
-                    cluster, client, ..
-                } = &mut **remote;
-                let sql = numbered(sql);
-                let client = cluster.reconnect(client)?;
-                let rows = client
-                    .query(
-                        &sql,
-                        &pg_args(args).iter().map(|a| &**a).collect::<Vec<_>>(),
-                    )
-                    .map_err(|e| cluster.failed(e))?;
+                let rows = remote.run(sql, args, |client, sql, args| client.query(sql, args))?;
                 rows.iter().map(pg_row).collect()
             }
         }
@@ -146,15 +216,7 @@ impl Reader {
                 changed.map(|n| n as u64).map_err(|e| e.to_string())
             }
             Reader::Postgres(remote) => {
-                let Remote {
-                    cluster, client, ..
-                } = &mut **remote;
-                let sql = numbered(sql);
-                let client = cluster.reconnect(client)?;
-                let args = pg_args(args);
-                client
-                    .execute(&sql, &args.iter().map(|a| &**a).collect::<Vec<_>>())
-                    .map_err(|e| cluster.failed(e))
+                remote.run(sql, args, |client, sql, args| client.execute(sql, args))
             }
         }
     }

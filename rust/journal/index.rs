@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-use super::backend::{journal_error, Arg, Location, Reader, Remote, Value};
+use super::backend::{journal_error, Arg, Cells, Location, Reader, Remote, Value};
 use super::{connect, schema, DATABASE, HELD_DIR, JOURNAL_DIR};
 use crate::error::{Error, Result};
 use crate::events::{Level, Member};
@@ -144,26 +144,25 @@ impl Index {
     }
 
     fn entry(&self, row: Vec<Value>) -> InstanceEntry {
-        let mut v = row.into_iter();
-        let mut next = || v.next().unwrap_or(Value::Null);
+        let mut c = Cells::new(row);
         InstanceEntry {
-            id: next().int(),
-            received: next().real(),
-            sop_class_uid: next().text().unwrap_or_default(),
-            sop_instance_uid: next().text().unwrap_or_default(),
-            patient_id: next().text(),
-            study_instance_uid: next().text(),
-            series_instance_uid: next().text(),
-            transfer_syntax_uid: next().text().unwrap_or_default(),
-            path: self.root.join(next().text().unwrap_or_default()),
-            held: next().text().map(|n| self.held.join(n)),
-            bytes: next().int().max(0) as u64,
-            calling_ae: next().text().unwrap_or_default(),
-            called_ae: next().text().unwrap_or_default(),
-            peer: next().text().unwrap_or_default(),
-            state: state_name(next().int()),
-            attempts: next().int(),
-            error: next().text(),
+            id: c.int(),
+            received: c.real(),
+            sop_class_uid: c.string(),
+            sop_instance_uid: c.string(),
+            patient_id: c.text(),
+            study_instance_uid: c.text(),
+            series_instance_uid: c.text(),
+            transfer_syntax_uid: c.string(),
+            path: self.root.join(c.string()),
+            held: c.text().map(|n| self.held.join(n)),
+            bytes: c.int().max(0) as u64,
+            calling_ae: c.string(),
+            called_ae: c.string(),
+            peer: c.string(),
+            state: state_name(c.int()),
+            attempts: c.int(),
+            error: c.text(),
         }
     }
 
@@ -202,20 +201,19 @@ impl Index {
         Ok(rows
             .into_iter()
             .map(|row| {
-                let mut v = row.into_iter();
-                let mut next = || v.next().unwrap_or(Value::Null);
+                let mut c = Cells::new(row);
                 StudySummary {
-                    study_instance_uid: next().text().unwrap_or_default(),
-                    patient_id: next().text(),
-                    accession_number: next().text(),
-                    study_date: next().text(),
-                    modalities: next().text().unwrap_or_default(),
-                    series: next().int(),
-                    instances: next().int(),
-                    last_received: next().real(),
-                    pending: next().int(),
-                    failed: next().int(),
-                    events: next().int(),
+                    study_instance_uid: c.string(),
+                    patient_id: c.text(),
+                    accession_number: c.text(),
+                    study_date: c.text(),
+                    modalities: c.string(),
+                    series: c.int(),
+                    instances: c.int(),
+                    last_received: c.real(),
+                    pending: c.int(),
+                    failed: c.int(),
+                    events: c.int(),
                 }
             })
             .collect())
@@ -236,16 +234,15 @@ impl Index {
         Ok(rows
             .into_iter()
             .map(|row| {
-                let mut v = row.into_iter();
-                let mut next = || v.next().unwrap_or(Value::Null);
+                let mut c = Cells::new(row);
                 SeriesSummary {
-                    series_instance_uid: next().text().unwrap_or_default(),
-                    study_instance_uid: next().text().unwrap_or_default(),
-                    modality: next().text(),
-                    instances: next().int(),
-                    last_received: next().real(),
-                    pending: next().int(),
-                    failed: next().int(),
+                    series_instance_uid: c.string(),
+                    study_instance_uid: c.string(),
+                    modality: c.text(),
+                    instances: c.int(),
+                    last_received: c.real(),
+                    pending: c.int(),
+                    failed: c.int(),
                 }
             })
             .collect())
@@ -363,18 +360,17 @@ impl Index {
         Ok(rows
             .into_iter()
             .map(|row| {
-                let mut v = row.into_iter();
-                let mut next = || v.next().unwrap_or(Value::Null);
-                let level = match next().text().as_deref() {
+                let mut c = Cells::new(row);
+                let level = match c.text().as_deref() {
                     Some("study") => Level::Study,
                     _ => Level::Series,
                 };
                 Candidate {
                     level,
-                    uid: next().text().unwrap_or_default(),
-                    study_instance_uid: next().text().unwrap_or_default(),
-                    last_received: next().real(),
-                    events: next().int(),
+                    uid: c.string(),
+                    study_instance_uid: c.string(),
+                    last_received: c.real(),
+                    events: c.int(),
                 }
             })
             .collect())
@@ -410,16 +406,15 @@ impl Index {
         let members = rows
             .into_iter()
             .map(|row| {
-                let mut v = row.into_iter();
-                let mut next = || v.next().and_then(Value::text).unwrap_or_default();
+                let mut c = Cells::new(row);
                 let member = Member {
-                    series_instance_uid: next(),
-                    sop_instance_uid: next(),
-                    sop_class_uid: next(),
-                    modality: next(),
-                    path: self.root.join(next()),
+                    series_instance_uid: c.string(),
+                    sop_instance_uid: c.string(),
+                    sop_class_uid: c.string(),
+                    modality: c.string(),
+                    path: self.root.join(c.string()),
                 };
-                patient = next();
+                patient = c.string();
                 member
             })
             .collect();

@@ -348,26 +348,7 @@ impl Writer {
                 tx.commit().map_err(|e| e.to_string())?;
                 Ok(answers)
             });
-        let answers = match result {
-            Ok(answers) => answers,
-            Err(e) => {
-                released.clear();
-                vec![Err(e); batch.len()]
-            }
-        };
-        // Only after the commit: a crash before it keeps the row pending and its version.
-        for name in released {
-            let _ = fs::remove_file(self.held.join(name));
-        }
-        if let Some(notify) = &self.notify {
-            notify.poke();
-        }
-        batch
-            .into_iter()
-            .zip(answers)
-            .filter(|((_, request), _)| request.answered())
-            .map(|((ticket, _), answer)| (ticket, answer))
-            .collect()
+        backend::settle(batch, result, released, &self.held, self.notify.as_deref())
     }
 }
 

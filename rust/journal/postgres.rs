@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use postgres::{Client, NoTls, Statement, Transaction};
 
-use super::backend::{Location, Store};
+use super::backend::{settle, Location, Store};
 use super::{lock, relative, schema, unix_now, Answer, Journal, Replayer, Request, Row};
 use super::{HELD_DIR, JOURNAL_DIR};
 use crate::error::{Error, Result};
@@ -443,29 +443,11 @@ impl Writer {
     /// failed statement aborts a PostgreSQL transaction, so the batch fails whole.
     pub(super) fn commit(&mut self, batch: Vec<(u64, Request)>) -> Vec<(u64, Answer)> {
         let mut released = Vec::new();
-        let answers = self.transaction(&batch, &mut released);
-        let answers = match answers {
-            Ok(answers) => answers,
-            Err(e) => {
-                released.clear();
-                if self.client.as_ref().is_none_or(Client::is_closed) {
-                    self.statements.clear();
-                }
-                vec![Err(e); batch.len()]
-            }
-        };
-        for name in released {
-            let _ = fs::remove_file(self.held.join(name));
+        let result = self.transaction(&batch, &mut released);
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.statements.clear();
         }
-        if let Some(notify) = &self.notify {
-            notify.poke();
-        }
-        batch
-            .into_iter()
-            .zip(answers)
-            .filter(|((_, request), _)| request.answered())
-            .map(|((ticket, _), answer)| (ticket, answer))
-            .collect()
+        settle(batch, result, released, &self.held, self.notify.as_deref())
     }
 
     fn transaction(
