@@ -7,7 +7,7 @@
 //! Times are the nodes' clocks for arrivals (as with SQLite) and the database's clock for
 //! leases, so a lease never depends on two machines agreeing on the time.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -16,7 +16,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use postgres::{Client, NoTls, Statement, Transaction};
+use postgres::types::{ToSql, Type};
+use postgres::{Client, GenericClient, NoTls, Transaction};
 
 use super::backend::{settle, Location, Store};
 use super::{lock, relative, schema, unix_now, Answer, Journal, Replayer, Request, Row};
@@ -247,7 +248,6 @@ impl Journal {
         let writer = Writer {
             cluster: cluster.clone(),
             client: Some(client),
-            statements: HashMap::new(),
             root: root.to_path_buf(),
             held: held_root,
             notify,
@@ -413,30 +413,43 @@ impl Beat {
 }
 
 /// The committing side of a PostgreSQL journal (one connection, group commit as with SQLite).
+/// A batch of instances alone is one statement (rows and their studies/series at once, its
+/// own transaction): one round trip, where the sync client would take five per instance.
 pub(super) struct Writer {
     cluster: Cluster,
     client: Option<Client>,
-    /// Prepared on the current connection.
-    statements: HashMap<&'static str, Statement>,
     root: PathBuf,
     /// `.journal/held`; held names are relative to it (`<node>/<file>`).
     held: PathBuf,
     notify: Option<Arc<EventQueue>>,
 }
 
-const INSERT: &str = "INSERT INTO instances (received, sop_class_uid, sop_instance_uid,
-        patient_id, study_instance_uid, series_instance_uid, accession_number, modality,
-        study_date, path, bytes, transfer_syntax_uid, calling_ae, called_ae, peer, held, state,
-        node)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-     RETURNING id";
-const TOUCH_GROUP: &str = "INSERT INTO groups (level, uid, study_instance_uid, last_received,
-        changed) VALUES ($1, $2, $3, $4, 1)
-     ON CONFLICT (level, uid) DO UPDATE
-        SET last_received = GREATEST(groups.last_received, EXCLUDED.last_received), changed = 1";
-const DELIVERED: &str = "UPDATE instances i SET state = 2, held = NULL
-     FROM (SELECT id, held FROM instances WHERE id = $1 AND state = 1 FOR UPDATE) old
-     WHERE i.id = old.id RETURNING old.held";
+/// The columns of a row that differ between instances, in `insert_rows`' order.
+const ROW_COLUMNS: &str = "sop_class_uid, sop_instance_uid, patient_id, study_instance_uid,
+    series_instance_uid, accession_number, modality, study_date, path, bytes,
+    transfer_syntax_uid, calling_ae, called_ae, peer, held, state";
+const ROW_TYPES: [Type; 16] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+];
+
+type Param = Box<dyn ToSql + Sync>;
+/// A statement holds at most 65,535 parameters (PostgreSQL's protocol): 18 a row at most.
+const ROWS_PER_STATEMENT: usize = 1000;
 
 impl Writer {
     /// Apply a batch in one transaction; the answers of the requests that want one. A
@@ -444,9 +457,6 @@ impl Writer {
     pub(super) fn commit(&mut self, batch: Vec<(u64, Request)>) -> Vec<(u64, Answer)> {
         let mut released = Vec::new();
         let result = self.transaction(&batch, &mut released);
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.statements.clear();
-        }
         settle(batch, result, released, &self.held, self.notify.as_deref())
     }
 
@@ -456,118 +466,180 @@ impl Writer {
         released: &mut Vec<String>,
     ) -> std::result::Result<Vec<Answer>, String> {
         let fail = |e: postgres::Error| pg_error(&e);
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.statements.clear();
-        }
         let client = self.cluster.reconnect(&mut self.client)?;
-        for sql in [INSERT, TOUCH_GROUP, DELIVERED] {
-            if !self.statements.contains_key(sql) {
-                let statement = client.prepare(sql).map_err(fail)?;
-                self.statements.insert(sql, statement);
-            }
+        let rows: Vec<&Row> = batch
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Request::Record(row) => Some(&**row),
+                _ => None,
+            })
+            .collect();
+        let now = unix_now();
+        let inserts = Inserts {
+            root: &self.root,
+            held: &self.held,
+            node: &self.cluster.node,
+            now,
+        };
+        if rows.len() == batch.len() {
+            let ids = inserts.run(client, &rows).map_err(fail)?;
+            return Ok(ids.into_iter().map(Ok).collect());
         }
         let mut tx = client.transaction().map_err(fail)?;
-        let now = unix_now();
-        // Groups are touched last, in one order for every node: two commits touching the
-        // same studies then never wait for each other in a cycle (a deadlock).
-        let mut groups = BTreeSet::new();
+        let mut ids = inserts.run(&mut tx, &rows).map_err(fail)?.into_iter();
         let mut answers = Vec::with_capacity(batch.len());
         for (_, request) in batch {
-            let mut apply = Apply {
-                tx: &mut tx,
-                statements: &self.statements,
-                root: &self.root,
-                held: &self.held,
-                node: &self.cluster.node,
-                now,
+            let answer = match request {
+                Request::Record(_) => ids.next().unwrap_or_default(),
+                other => apply(&mut tx, other, released).map_err(fail)?,
             };
-            answers.push(Ok(apply
-                .request(request, &mut groups, released)
-                .map_err(fail)?));
-        }
-        let touch = &self.statements[TOUCH_GROUP];
-        for (level, uid, study) in groups {
-            tx.execute(touch, &[&level, &uid, &study, &now])
-                .map_err(fail)?;
+            answers.push(Ok(answer));
         }
         tx.commit().map_err(fail)?;
         Ok(answers)
     }
 }
 
-struct Apply<'a, 't> {
-    tx: &'a mut Transaction<'t>,
-    statements: &'a HashMap<&'static str, Statement>,
+/// Apply one request other than a row.
+fn apply(
+    tx: &mut Transaction<'_>,
+    request: &Request,
+    released: &mut Vec<String>,
+) -> std::result::Result<i64, postgres::Error> {
+    match request {
+        Request::Record(_) => Ok(0),
+        Request::Delivered(id) => {
+            let rows = tx.query(
+                "UPDATE instances i SET state = 2, held = NULL
+                 FROM (SELECT id, held FROM instances WHERE id = $1 AND state = 1 FOR UPDATE) old
+                 WHERE i.id = old.id RETURNING old.held",
+                &[id],
+            )?;
+            released.extend(rows.iter().filter_map(|r| r.get::<_, Option<String>>(0)));
+            Ok(0)
+        }
+        Request::Failed {
+            id,
+            attempts,
+            error,
+        } => tx
+            .execute(
+                "UPDATE instances SET state = 3, attempts = attempts + $2, error = $3
+                 WHERE id = $1 AND state = 1",
+                &[id, &i64::from(*attempts), error],
+            )
+            .map(|_| 0),
+        Request::Replay(ids) => {
+            let replay = "UPDATE instances SET state = 1 WHERE state = 3";
+            let changed = match ids {
+                None => tx.execute(replay, &[])?,
+                Some(ids) => tx.execute(&format!("{replay} AND id = ANY($1)"), &[ids])?,
+            };
+            Ok(changed as i64)
+        }
+        Request::Completed {
+            level,
+            uid,
+            through,
+        } => tx
+            .execute(
+                "UPDATE groups SET events = events + 1,
+                    changed = CASE WHEN last_received > $3 THEN 1 ELSE 0 END
+                 WHERE level = $1 AND uid = $2",
+                &[&level.as_str(), uid, through],
+            )
+            .map(|_| 0),
+    }
+}
+
+/// The rows of one commit, inserted by one statement.
+struct Inserts<'a> {
     root: &'a Path,
     held: &'a Path,
     node: &'a str,
     now: f64,
 }
 
-type Groups = BTreeSet<(&'static str, String, String)>;
-
-impl Apply<'_, '_> {
-    fn request(
-        &mut self,
-        request: &Request,
-        groups: &mut Groups,
-        released: &mut Vec<String>,
-    ) -> std::result::Result<i64, postgres::Error> {
-        match request {
-            Request::Record(row) => {
-                let id = self.insert_row(row)?;
-                if let Some(study) = &row.study_instance_uid {
-                    groups.insert((Level::Study.as_str(), study.clone(), study.clone()));
-                    if let Some(series) = &row.series_instance_uid {
-                        groups.insert((Level::Series.as_str(), series.clone(), study.clone()));
-                    }
-                }
-                Ok(id)
-            }
-            Request::Delivered(id) => {
-                let rows = self.tx.query(&self.statements[DELIVERED], &[id])?;
-                released.extend(rows.iter().filter_map(|r| r.get::<_, Option<String>>(0)));
-                Ok(0)
-            }
-            Request::Failed {
-                id,
-                attempts,
-                error,
-            } => self
-                .tx
-                .execute(
-                    "UPDATE instances SET state = 3, attempts = attempts + $2, error = $3
-                     WHERE id = $1 AND state = 1",
-                    &[id, &i64::from(*attempts), error],
-                )
-                .map(|_| 0),
-            Request::Replay(ids) => {
-                let replay = "UPDATE instances SET state = 1 WHERE state = 3";
-                let changed = match ids {
-                    None => self.tx.execute(replay, &[])?,
-                    Some(ids) => self
-                        .tx
-                        .execute(&format!("{replay} AND id = ANY($1)"), &[ids])?,
-                };
-                Ok(changed as i64)
-            }
-            Request::Completed {
-                level,
-                uid,
-                through,
-            } => self
-                .tx
-                .execute(
-                    "UPDATE groups SET events = events + 1,
-                        changed = CASE WHEN last_received > $3 THEN 1 ELSE 0 END
-                     WHERE level = $1 AND uid = $2",
-                    &[&level.as_str(), uid, through],
-                )
-                .map(|_| 0),
+impl Inserts<'_> {
+    /// Insert `rows` and touch their studies and series; their ids, in order.
+    fn run(
+        &self,
+        client: &mut impl GenericClient,
+        rows: &[&Row],
+    ) -> std::result::Result<Vec<i64>, postgres::Error> {
+        let mut ids = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            ids.extend(self.statement(client, chunk)?);
         }
+        Ok(ids)
     }
 
-    fn insert_row(&mut self, row: &Row) -> std::result::Result<i64, postgres::Error> {
+    fn statement(
+        &self,
+        client: &mut impl GenericClient,
+        rows: &[&Row],
+    ) -> std::result::Result<Vec<i64>, postgres::Error> {
+        let mut params: Vec<(Param, Type)> = vec![
+            (Box::new(self.now), Type::FLOAT8),
+            (Box::new(self.node.to_owned()), Type::TEXT),
+        ];
+        let mut values = Vec::with_capacity(rows.len());
+        // Groups in one order for every node: two commits touching the same studies then
+        // never wait for each other in a cycle (a deadlock); one entry per group, as an
+        // upsert may touch a row once.
+        let mut groups = BTreeMap::new();
+        for row in rows {
+            let first = params.len() + 1;
+            params.extend(
+                self.row_params(row)
+                    .into_iter()
+                    .zip(ROW_TYPES.iter().cloned()),
+            );
+            let placeholders: Vec<String> =
+                (first..params.len() + 1).map(|i| format!("${i}")).collect();
+            values.push(format!("($1, $2, {})", placeholders.join(", ")));
+            if let Some(study) = &row.study_instance_uid {
+                groups.insert((Level::Study.as_str(), study.clone()), study.clone());
+                if let Some(series) = &row.series_instance_uid {
+                    groups.insert((Level::Series.as_str(), series.clone()), study.clone());
+                }
+            }
+        }
+        let mut touched = Vec::with_capacity(groups.len());
+        for ((level, uid), study) in groups {
+            let n = params.len();
+            params.push((Box::new(uid), Type::TEXT));
+            params.push((Box::new(study), Type::TEXT));
+            touched.push(format!("('{level}', ${}, ${}, $1, 1)", n + 1, n + 2));
+        }
+        let mut sql = format!(
+            "WITH new AS (INSERT INTO instances (received, node, {ROW_COLUMNS})
+                VALUES {} RETURNING id)",
+            values.join(", ")
+        );
+        if !touched.is_empty() {
+            sql += &format!(
+                ", touched AS (INSERT INTO groups (level, uid, study_instance_uid,
+                    last_received, changed) VALUES {}
+                 ON CONFLICT (level, uid) DO UPDATE SET changed = 1,
+                    last_received = GREATEST(groups.last_received, EXCLUDED.last_received))",
+                touched.join(", ")
+            );
+        }
+        sql += " SELECT id FROM new";
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> =
+            params.iter().map(|(p, t)| (&**p, t.clone())).collect();
+        // Ids are drawn in VALUES order within one statement: sorted, they follow `rows`.
+        let mut ids: Vec<i64> = client
+            .query_typed(&sql, &typed)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn row_params(&self, row: &Row) -> [Param; 16] {
         let state = if row.pending {
             schema::PENDING
         } else {
@@ -579,30 +651,23 @@ impl Apply<'_, '_> {
                 .to_string_lossy()
                 .into_owned()
         });
-        let peer = row.peer.map(|p| p.to_string()).unwrap_or_default();
-        let inserted = self.tx.query_one(
-            &self.statements[INSERT],
-            &[
-                &self.now,
-                &row.sop_class_uid,
-                &row.sop_instance_uid,
-                &row.patient_id,
-                &row.study_instance_uid,
-                &row.series_instance_uid,
-                &row.accession_number,
-                &row.modality,
-                &row.study_date,
-                &relative(self.root, &row.path),
-                &(row.bytes as i64),
-                &row.transfer_syntax_uid,
-                &row.calling_ae,
-                &row.called_ae,
-                &peer,
-                &held,
-                &state,
-                &self.node,
-            ],
-        )?;
-        Ok(inserted.get(0))
+        [
+            Box::new(row.sop_class_uid.clone()),
+            Box::new(row.sop_instance_uid.clone()),
+            Box::new(row.patient_id.clone()),
+            Box::new(row.study_instance_uid.clone()),
+            Box::new(row.series_instance_uid.clone()),
+            Box::new(row.accession_number.clone()),
+            Box::new(row.modality.clone()),
+            Box::new(row.study_date.clone()),
+            Box::new(relative(self.root, &row.path)),
+            Box::new(row.bytes as i64),
+            Box::new(row.transfer_syntax_uid.clone()),
+            Box::new(row.calling_ae.clone()),
+            Box::new(row.called_ae.clone()),
+            Box::new(row.peer.map(|p| p.to_string()).unwrap_or_default()),
+            Box::new(held),
+            Box::new(state),
+        ]
     }
 }
