@@ -29,6 +29,7 @@ from services import Postgres, postgres, require_postgres  # noqa: F401 (the fix
 from test_cli import ServeProcess
 
 from dicom_inlet import StoreSCPServer, delivery
+from dicom_inlet.cli import main
 
 NODE = {"aetitle": "INLET", "port": 0, "ip": HOST}
 
@@ -59,6 +60,7 @@ def log_lines(path: Path) -> list[str]:
 def test_instances_from_two_nodes_are_journaled_in_postgres_with_their_node(
     postgres: Postgres,  # noqa: F811
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ):
     url = postgres.new_database()
     data_dir = tmp_path / "shared"
@@ -93,7 +95,8 @@ def test_instances_from_two_nodes_are_journaled_in_postgres_with_their_node(
             assert entry.path.is_file() and entry.path.is_relative_to(data_dir)
         # The index (and `dicom-inlet status --journal URL`) lists them.
         assert [s.instances for s in delivery.studies(data_dir, journal=url)] == [1] * 6
-        table = delivery.status_table(data_dir, journal=url)
+        assert main(["status", str(data_dir), "--journal", url]) == 0
+        table = capsys.readouterr().out
         assert all(ds.StudyInstanceUID in table for ds in sent["a"] + sent["b"])
     finally:
         for node in nodes.values():
