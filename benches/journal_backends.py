@@ -4,8 +4,8 @@
 
 One ``dicom-inlet serve`` node (no callbacks: the journal's cost alone) receives the CT and the
 small instances of ``corpus.py`` (the quick corpus unless ``--full``) from dicom-inlet's SCU
-(``inlet_send.py``) over 1 and 4 associations, with the journal in SQLite (``data_dir/.journal``)
-and in a PostgreSQL 15 started here (Debian's binaries, tests/services.py, fsync and
+(``inlet_send.py``) over 1, 4 (and 8: small) associations, with the journal in SQLite
+(``data_dir/.journal``) and in a PostgreSQL 15 started here (Debian's binaries, tests/services.py, fsync and
 synchronous commit on as shipped), both on ``--work``, a tmpfs by default, so the disk is not
 what is measured. Runs are interleaved, figures are medians: files/s (the sender's wall time),
 the PostgreSQL rows/s being the same figure for the PostgreSQL rows (one row per instance), and
@@ -33,6 +33,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from services import Postgres  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
+# Workload and associations; small x8 gives the most rows/s a node asks of the database.
+CASES = [("small", 1), ("small", 4), ("small", 8), ("ct", 1), ("ct", 4)]
 TIMEOUT = 600.0
 
 
@@ -116,7 +118,7 @@ def main() -> int:
     results: dict[str, list[float]] = {}
     pg_cpu: dict[str, list[float]] = {}
     try:
-        cases = [(w, n) for w in ("small", "ct") for n in (1, 4)]
+        cases = CASES
         for _ in range(args.runs):
             for name, associations in cases:
                 workload = workloads[name]
@@ -140,7 +142,7 @@ def main() -> int:
         f"{'workload':<12} {'sqlite f/s':>11} {'postgresql f/s':>15} {'ratio':>6} "
         f"{'PG CPU s/1000 rows':>19}"
     )
-    for name, associations in [(w, n) for w in ("small", "ct") for n in (1, 4)]:
+    for name, associations in CASES:
         lite = table[f"{name} x{associations} sqlite"]
         pg = table[f"{name} x{associations} postgresql"]
         print(

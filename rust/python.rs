@@ -1235,6 +1235,8 @@ mod journal_index {
         state: &'static str,
         attempts: i64,
         error: Option<String>,
+        /// The node that acknowledged it (a PostgreSQL journal; None with SQLite).
+        node: Option<String>,
     }
 
     /// The journal of a data_dir, opened for reading (and replaying failed deliveries).
@@ -1342,6 +1344,7 @@ mod journal_index {
             state: e.state,
             attempts: e.attempts,
             error: e.error,
+            node: e.node,
         }
     }
 

@@ -361,6 +361,9 @@ class JournalEntry:
     def attempts(self) -> int: ...
     @property
     def error(self) -> str | None: ...
+    @property
+    def node(self) -> str | None:
+        """The node that acknowledged it (a PostgreSQL journal; None with SQLite)."""
 
 @final
 class Journal:

@@ -229,6 +229,14 @@ impl Reader {
         }
     }
 
+    /// The acknowledging node's column (SQLite's journal has none).
+    pub fn node_column(&self) -> &'static str {
+        match self {
+            Reader::Sqlite(_) => "NULL",
+            Reader::Postgres(_) => "node",
+        }
+    }
+
     /// Whether a database error is worth waiting out (a shared server that went away),
     /// rather than a broken file.
     pub fn is_remote(&self) -> bool {

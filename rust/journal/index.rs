@@ -62,6 +62,8 @@ pub struct InstanceEntry {
     pub state: &'static str,
     pub attempts: i64,
     pub error: Option<String>,
+    /// The node that acknowledged it, where nodes share the journal.
+    pub node: Option<String>,
 }
 
 fn state_name(state: i64) -> &'static str {
@@ -73,9 +75,10 @@ fn state_name(state: i64) -> &'static str {
     }
 }
 
+/// The last, `node`, is NULL in SQLite's journal (one node's): see `Reader::node_column`.
 const INSTANCE_COLUMNS: &str = "id, received, sop_class_uid, sop_instance_uid, patient_id,
     study_instance_uid, series_instance_uid, transfer_syntax_uid, path, held, bytes,
-    calling_ae, called_ae, peer, state, attempts, error";
+    calling_ae, called_ae, peer, state, attempts, error, {node}";
 
 /// A changed study or series whose completion timer runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,11 +166,13 @@ impl Index {
             state: state_name(c.int()),
             attempts: c.int(),
             error: c.text(),
+            node: c.text(),
         }
     }
 
     fn entries(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<InstanceEntry>> {
-        let rows = self.rows(sql, args)?;
+        let sql = sql.replace("{node}", self.conn.borrow().node_column());
+        let rows = self.rows(&sql, args)?;
         Ok(rows.into_iter().map(|row| self.entry(row)).collect())
     }
 

@@ -29,6 +29,8 @@ use crate::events::{EventQueue, Level};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A peer that vanished without closing (a machine gone) is noticed by TCP keepalives.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// How long one statement may take.
+const STATEMENT_TIMEOUT: &str = "-c statement_timeout=30s";
 /// The lease of the node that runs the study/series timers.
 const TIMERS_LEASE: &str = "timers";
 /// Rows of dead nodes claimed per heartbeat (bounded; the next beat takes more).
@@ -127,6 +129,11 @@ impl Cluster {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
+        // A database that hangs (a lock never released) fails the statement in bounded time
+        // instead of holding every association's commit; a URL's own options stand.
+        if config.get_options().is_none() {
+            config.options(STATEMENT_TIMEOUT);
+        }
         config.application_name(&format!("dicom-inlet {node}"));
         let host = match config.get_hosts().first() {
             Some(postgres::config::Host::Tcp(host)) => host.clone(),
@@ -428,24 +435,6 @@ pub(super) struct Writer {
 const ROW_COLUMNS: &str = "sop_class_uid, sop_instance_uid, patient_id, study_instance_uid,
     series_instance_uid, accession_number, modality, study_date, path, bytes,
     transfer_syntax_uid, calling_ae, called_ae, peer, held, state";
-const ROW_TYPES: [Type; 16] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT8,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT8,
-];
 
 type Param = Box<dyn ToSql + Sync>;
 /// A statement holds at most 65,535 parameters (PostgreSQL's protocol): 18 a row at most.
@@ -590,11 +579,7 @@ impl Inserts<'_> {
         let mut groups = BTreeMap::new();
         for row in rows {
             let first = params.len() + 1;
-            params.extend(
-                self.row_params(row)
-                    .into_iter()
-                    .zip(ROW_TYPES.iter().cloned()),
-            );
+            params.extend(self.row_params(row));
             let placeholders: Vec<String> =
                 (first..params.len() + 1).map(|i| format!("${i}")).collect();
             values.push(format!("($1, $2, {})", placeholders.join(", ")));
@@ -639,7 +624,10 @@ impl Inserts<'_> {
         Ok(ids)
     }
 
-    fn row_params(&self, row: &Row) -> [Param; 16] {
+    fn row_params(&self, row: &Row) -> [(Param, Type); 16] {
+        fn text(value: impl ToSql + Sync + 'static) -> (Param, Type) {
+            (Box::new(value), Type::TEXT)
+        }
         let state = if row.pending {
             schema::PENDING
         } else {
@@ -652,22 +640,49 @@ impl Inserts<'_> {
                 .into_owned()
         });
         [
-            Box::new(row.sop_class_uid.clone()),
-            Box::new(row.sop_instance_uid.clone()),
-            Box::new(row.patient_id.clone()),
-            Box::new(row.study_instance_uid.clone()),
-            Box::new(row.series_instance_uid.clone()),
-            Box::new(row.accession_number.clone()),
-            Box::new(row.modality.clone()),
-            Box::new(row.study_date.clone()),
-            Box::new(relative(self.root, &row.path)),
-            Box::new(row.bytes as i64),
-            Box::new(row.transfer_syntax_uid.clone()),
-            Box::new(row.calling_ae.clone()),
-            Box::new(row.called_ae.clone()),
-            Box::new(row.peer.map(|p| p.to_string()).unwrap_or_default()),
-            Box::new(held),
-            Box::new(state),
+            text(row.sop_class_uid.clone()),
+            text(row.sop_instance_uid.clone()),
+            text(row.patient_id.clone()),
+            text(row.study_instance_uid.clone()),
+            text(row.series_instance_uid.clone()),
+            text(row.accession_number.clone()),
+            text(row.modality.clone()),
+            text(row.study_date.clone()),
+            text(relative(self.root, &row.path)),
+            (Box::new(row.bytes as i64), Type::INT8),
+            text(row.transfer_syntax_uid.clone()),
+            text(row.calling_ae.clone()),
+            text(row.called_ae.clone()),
+            text(row.peer.map(|p| p.to_string()).unwrap_or_default()),
+            text(held),
+            (Box::new(state), Type::INT8),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cluster;
+    use crate::error::Error;
+
+    #[test]
+    fn urls_are_checked_and_told_without_their_password() {
+        let cluster = Cluster::parse("postgresql://inlet:secret@db.example:6543/journal", "n1")
+            .expect("a valid URL");
+        assert_eq!(
+            cluster.described,
+            "postgresql://inlet@db.example:6543/journal"
+        );
+        assert!(!format!("{cluster:?}").contains("secret"));
+        assert_eq!(cluster.node, "n1");
+        for (url, said) in [
+            ("mysql://db/journal", "must start with postgresql://"),
+            ("postgresql://db:notaport/journal", "invalid journal URL"),
+        ] {
+            match Cluster::parse(url, "n1") {
+                Err(Error::InvalidConfig(message)) => assert!(message.contains(said), "{message}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
     }
 }
