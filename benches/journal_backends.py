@@ -5,12 +5,12 @@
 One ``dicom-inlet serve`` node (no callbacks: the journal's cost alone) receives the CT and the
 small instances of ``corpus.py`` (the quick corpus unless ``--full``) from dicom-inlet's SCU
 (``inlet_send.py``) over 1, 4 (and 8: small) associations, with the journal in SQLite
-(``data_dir/.journal``) and in a PostgreSQL 15 started here (Debian's binaries, tests/services.py, fsync and
-synchronous commit on as shipped), both on ``--work``, a tmpfs by default, so the disk is not
-what is measured. Runs are interleaved, figures are medians: files/s (the sender's wall time),
-the PostgreSQL rows/s being the same figure for the PostgreSQL rows (one row per instance), and
-the PostgreSQL server's CPU seconds per 1,000 rows (its processes' utime+stime, read from
-/proc), for a capacity estimate: how many nodes one database serves.
+(``data_dir/.journal``) and in a PostgreSQL 15 started here (Debian's binaries,
+tests/services.py, fsync and synchronous commit on as shipped), both on ``--work``, a tmpfs by
+default, so the disk is not what is measured. Runs are interleaved, figures are medians:
+files/s (the sender's wall time), which for PostgreSQL is also its rows/s (one row per
+instance), and the PostgreSQL server's CPU seconds per 1,000 rows (its processes' utime+stime,
+from /proc), for a capacity estimate: how many nodes one database serves.
 """
 
 from __future__ import annotations
