@@ -14,7 +14,7 @@ use crate::association::AcceptorPolicy;
 use crate::error::Error;
 use crate::events::{self, Event, Level};
 use crate::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
-use crate::journal::{Feed, Replayer, Timers};
+use crate::journal::{Cluster, Feed, Replayer, Timers};
 use crate::layout::SortKey;
 use crate::scan::Element;
 use crate::server::{self, ServerConfig};
@@ -100,6 +100,17 @@ fn server_tls(
     Ok(Some(server::TlsService { config, port }))
 }
 
+/// The shared PostgreSQL journal at `url` for this node, its lease `lease` seconds.
+fn cluster(url: Option<&str>, node_id: &str, lease: f64) -> Result<Option<Cluster>, Error> {
+    let Some(url) = url else { return Ok(None) };
+    let mut cluster = Cluster::parse(url, node_id)?;
+    cluster.lease = Duration::try_from_secs_f64(lease)
+        .ok()
+        .filter(|l| *l >= Duration::from_millis(300))
+        .ok_or_else(|| Error::InvalidConfig("journal_lease must be 0.3 seconds or more".into()))?;
+    Ok(Some(cluster))
+}
+
 /// A running Storage SCP.
 #[pyclass(frozen, module = "dicom_inlet._core")]
 struct Server {
@@ -141,7 +152,8 @@ impl Server {
         identity_check=None, require_user_identity=false, handler_stage=None,
         handler_timeout=None, journal=true, duplicates="replace", study_timeout=None,
         study_events=false, series_events=false, events_on_release=false,
-        node_id=String::from("node"), echo_handler=false))]
+        node_id=String::from("node"), echo_handler=false, journal_url=None,
+        journal_lease=10.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -179,6 +191,8 @@ impl Server {
         events_on_release: bool,
         node_id: String,
         echo_handler: bool,
+        journal_url: Option<String>,
+        journal_lease: f64,
     ) -> PyResult<Server> {
         let handler = handlers::config(handler_stage, seconds(handler_timeout)?)?;
         let duplicates = Duplicates::parse(duplicates).ok_or_else(|| {
@@ -245,6 +259,7 @@ impl Server {
             journal,
             duplicates,
             timers,
+            cluster: cluster(journal_url.as_deref(), &node_id, journal_lease)?,
             node_id,
             echo_handler: echo_handler.then_some(EchoConfig {
                 timeout: seconds(handler_timeout)?,
@@ -1355,6 +1370,8 @@ mod journal_index {
         state: &'static str,
         attempts: i64,
         error: Option<String>,
+        /// The node that acknowledged it (a PostgreSQL journal; None with SQLite).
+        node: Option<String>,
     }
 
     /// The journal of a data_dir, opened for reading (and replaying failed deliveries).
@@ -1366,8 +1383,9 @@ mod journal_index {
     #[pymethods]
     impl Journal {
         #[new]
-        fn new(py: Python<'_>, data_dir: PathBuf) -> PyResult<Journal> {
-            let index = py.detach(|| Index::open(&data_dir))?;
+        #[pyo3(signature = (data_dir, url=None))]
+        fn new(py: Python<'_>, data_dir: PathBuf, url: Option<String>) -> PyResult<Journal> {
+            let index = py.detach(|| Index::open(&data_dir, url.as_deref()))?;
             Ok(Journal {
                 index: Mutex::new(index),
             })
@@ -1461,6 +1479,7 @@ mod journal_index {
             state: e.state,
             attempts: e.attempts,
             error: e.error,
+            node: e.node,
         }
     }
 

@@ -344,6 +344,20 @@ def _add_serve_cluster(serve: argparse.ArgumentParser) -> None:
         help="at SIGTERM, /readyz fails at once but associations are accepted for this long "
         "before the port closes, for the load balancer to notice (default: 0)",
     )
+    cluster.add_argument(
+        "--journal",
+        metavar="URL",
+        help="keep the journal in this PostgreSQL database (postgresql://user@host:port/db), "
+        "one for all the nodes sharing DATA_DIR (default: SQLite in DATA_DIR/.journal)",
+    )
+    cluster.add_argument(
+        "--journal-lease",
+        type=_positive(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="with --journal URL: a silent node's study timers and undelivered instances "
+        "are taken over by the others after this long (default: 10)",
+    )
 
 
 def _server_tls(args: argparse.Namespace) -> ServerTLS | None:
@@ -354,6 +368,12 @@ def _server_tls(args: argparse.Namespace) -> ServerTLS | None:
     if args.tls_cert is None or args.tls_key is None:
         raise ValueError("TLS needs both --tls-cert and --tls-key")
     return ServerTLS(args.tls_cert, args.tls_key, args.tls_ca)
+
+
+def _journal(args: argparse.Namespace) -> bool | str:
+    if args.journal is not None and args.no_journal:
+        raise ValueError("--journal URL and --no-journal: give one")
+    return args.journal if args.journal is not None else not args.no_journal
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -384,7 +404,7 @@ def _serve(args: argparse.Namespace) -> int:
         handler=args.handler,
         handler_threads=args.handler_threads,
         handler_timeout=args.handler_timeout,
-        journal=not args.no_journal,
+        journal=_journal(args),
         duplicates=args.duplicates,
         study_callbacks=[delivery.run_command(shlex.split(args.on_study))]
         if args.on_study
@@ -395,6 +415,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         drain_delay=args.drain_delay,
         echo_handler=args.echo_handler,
+        journal_lease=args.journal_lease,
     )
     with console.server_status(server, enabled=sys.stderr.isatty() and not args.quiet):
         server.run(block=True)
@@ -681,6 +702,7 @@ def _add_journal_commands(commands: Any) -> None:
     status.add_argument(
         "--failed", action="store_true", help="list parked instances and their last error"
     )
+    status.add_argument("--journal", metavar="URL", help="the PostgreSQL journal of the nodes")
     status.set_defaults(run=_status)
     replay = commands.add_parser(
         "replay",
@@ -692,16 +714,17 @@ def _add_journal_commands(commands: Any) -> None:
     replay.add_argument(
         "--id", dest="ids", type=int, action="append", metavar="N", help="only this journal id"
     )
+    replay.add_argument("--journal", metavar="URL", help="the PostgreSQL journal of the nodes")
     replay.set_defaults(run=_replay)
 
 
 def _status(args: argparse.Namespace) -> int:
-    print(delivery.status_table(args.data_dir, failed=args.failed))
+    print(delivery.status_table(args.data_dir, failed=args.failed, journal=args.journal))
     return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
-    count = delivery.replay(args.data_dir, args.ids)
+    count = delivery.replay(args.data_dir, args.ids, args.journal)
     print(f"{count} parked instances pending again")
     return 0
 

@@ -145,7 +145,12 @@ class StoreSCPServer:
         journal: Record every acknowledged instance in ``data_dir/.journal/`` before
             answering, so callbacks and study events survive a crash (delivered at the next
             start); also the index behind ``dicom-inlet status``. False: callbacks are lost
-            with the process, and study events are not available.
+            with the process, and study events are not available. A
+            ``"postgresql://user:password@host:port/database"`` URL: the journal in that
+            PostgreSQL database, one for all the nodes sharing ``data_dir``, so study state
+            is global: one node at a time (holding a lease) fires the study/series events,
+            and a node's undelivered instances are delivered by the others once its lease
+            expires.
         duplicates: An instance whose file exists already: ``"replace"`` it (default),
             ``"keep-first"`` (acknowledged, dropped), ``"reject"`` (status 0x0111 Duplicate
             SOP Instance with an Error Comment) or ``"keep-both"`` (``UID~2.dcm``...).
@@ -178,6 +183,9 @@ class StoreSCPServer:
             else answers 0x0000, as pynetdicom does; so does one that takes longer than
             ``handler_timeout`` (logged at WARNING when it returns). Without it every
             C-ECHO is answered 0x0000 at once.
+        journal_lease: With a PostgreSQL journal, seconds a node's lease (and the timers'
+            lease) lasts without a heartbeat (three a lease): how soon a dead node's
+            undelivered instances and its study timers are taken over.
     """
 
     def __init__(
@@ -209,7 +217,7 @@ class StoreSCPServer:
         tls_port: int | None = None,
         user_identity: IdentityCheck | None = None,
         require_user_identity: bool = False,
-        journal: bool = True,
+        journal: bool | str = True,
         duplicates: str = "replace",
         study_callbacks: Iterable[CompletionCallback] | None = None,
         series_callbacks: Iterable[CompletionCallback] | None = None,
@@ -221,6 +229,7 @@ class StoreSCPServer:
         metrics_port: int | None = None,
         drain_delay: float = 0.0,
         echo_handler: EchoHandler | None = None,
+        journal_lease: float = 10.0,
     ) -> None:
         if db_session is not None:
             if isinstance(db_session, (list, tuple)):
@@ -259,7 +268,12 @@ class StoreSCPServer:
             raise ValueError("study and series callbacks need the journal (journal=True)")
         if study_timeout < 0 or callback_retries < 0 or retry_backoff < 0:
             raise ValueError("study_timeout, callback_retries and retry_backoff must be >= 0")
+        if isinstance(journal, str) and not journal.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"journal must be True, False or a postgresql:// URL, got {journal!r}")
+        if not journal_lease > 0:
+            raise ValueError("journal_lease must be positive seconds")
         self.journal = journal
+        self.journal_lease = journal_lease
         self.duplicates = duplicates
         self.study_timeout = study_timeout
         self.events_on_release = events_on_release
@@ -397,7 +411,7 @@ class StoreSCPServer:
                 **_tls_arguments(self.tls, self.tls_port),
                 identity_check=_identity_check(self.user_identity),
                 require_user_identity=self.require_user_identity,
-                journal=self.journal,
+                journal=bool(self.journal),
                 duplicates=self.duplicates,
                 study_timeout=self.study_timeout,
                 study_events=bool(self.study_callbacks),
@@ -405,6 +419,8 @@ class StoreSCPServer:
                 events_on_release=self.events_on_release,
                 node_id=self.node_id,
                 echo_handler=self.echo_handler is not None,
+                journal_url=self._journal_url,
+                journal_lease=self.journal_lease,
             )
             # Only once it runs: a server that failed to start leaves shutdown() nothing to await.
             self._stopped.clear()
@@ -637,9 +653,13 @@ class StoreSCPServer:
         self._closing = None
         self._stopped.set()
 
+    @property
+    def _journal_url(self) -> str | None:
+        return self.journal if isinstance(self.journal, str) else None
+
     def parked(self) -> list[JournalEntry]:
         """Instances whose callbacks kept failing, with the traceback in ``error``."""
-        return _core.Journal(self.data_dir).instances(state="failed")
+        return _core.Journal(self.data_dir, self._journal_url).instances(state="failed")
 
     def replay(self, ids: Iterable[int] | None = None) -> int:
         """Deliver parked instances again now (these journal ids, or all); how many.

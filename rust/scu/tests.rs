@@ -84,6 +84,7 @@ fn server_config(dir: &Path, policy: AcceptorPolicy) -> ServerConfig {
         duplicates: Duplicates::Replace,
         timers: None,
         node_id: "test".into(),
+        cluster: None,
     }
 }
 
