@@ -1306,6 +1306,11 @@ mod journal_index {
         fn replay(&self, py: Python<'_>, ids: Option<Vec<i64>>) -> PyResult<i64> {
             Ok(py.detach(|| lock(&self.index).replay(ids.as_deref()))?)
         }
+
+        /// Rows waiting for delivery, and the arrival time (Unix seconds) of the oldest.
+        fn backlog(&self, py: Python<'_>) -> PyResult<(i64, Option<f64>)> {
+            Ok(py.detach(|| lock(&self.index).backlog())?)
+        }
     }
 
     fn entry(e: journal::InstanceEntry) -> JournalEntry {

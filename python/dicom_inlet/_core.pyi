@@ -378,6 +378,8 @@ class Journal:
         """Rows in arrival order, filtered by study, series and state."""
     def replay(self, ids: list[int] | None = None) -> int:
         """Failed deliveries (these ids, or all) back to pending for the next start."""
+    def backlog(self) -> tuple[int, float | None]:
+        """Rows waiting for delivery, and the arrival time (Unix seconds) of the oldest."""
 
 # The storage SCU.
 class AssociationError(ConnectionError):

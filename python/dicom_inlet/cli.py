@@ -336,6 +336,17 @@ def _add_serve_cluster(serve: argparse.ArgumentParser) -> None:
         help="at SIGTERM, /readyz fails at once but associations are accepted for this long "
         "before the port closes, for the load balancer to notice (default: 0)",
     )
+    cluster.add_argument(
+        "--events",
+        metavar="URL",
+        help="publish instance and study events to RabbitMQ at this amqp:// URL, confirmed "
+        "before a row counts as delivered (needs dicom-inlet[amqp]; default: none)",
+    )
+    cluster.add_argument(
+        "--events-exchange",
+        metavar="NAME",
+        help="the durable topic exchange of --events (default: dicom-inlet)",
+    )
 
 
 def _server_tls(args: argparse.Namespace) -> ServerTLS | None:
@@ -346,6 +357,20 @@ def _server_tls(args: argparse.Namespace) -> ServerTLS | None:
     if args.tls_cert is None or args.tls_key is None:
         raise ValueError("TLS needs both --tls-cert and --tls-key")
     return ServerTLS(args.tls_cert, args.tls_key, args.tls_ca)
+
+
+def _events(args: argparse.Namespace) -> Any:
+    if args.events is None:
+        if args.events_exchange is not None:
+            raise ValueError("--events-exchange needs --events URL")
+        return None
+    try:
+        from dicom_inlet.amqp import DEFAULT_EXCHANGE, AmqpSink
+    except ImportError as error:
+        raise ImportError(
+            f"--events needs pika ({error}): pip install 'dicom-inlet[amqp]'"
+        ) from None
+    return AmqpSink(args.events, exchange=args.events_exchange or DEFAULT_EXCHANGE)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -386,6 +411,7 @@ def _serve(args: argparse.Namespace) -> int:
         node_id=args.node_id,
         metrics_port=args.metrics_port,
         drain_delay=args.drain_delay,
+        events=_events(args),
     )
     with console.server_status(server, enabled=sys.stderr.isatty() and not args.quiet):
         server.run(block=True)

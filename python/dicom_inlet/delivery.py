@@ -26,6 +26,8 @@ from dicom_inlet import _core
 if TYPE_CHECKING:
     from pydicom import Dataset
 
+    from dicom_inlet.amqp import AmqpSink
+
 __all__ = [
     "CompletedInstance",
     "CompletedSeries",
@@ -129,7 +131,9 @@ class Dispatcher:
     seconds, ``retries`` times; then the instance is parked as failed with the traceback
     (``dicom-inlet status --failed``, :func:`replay`). Once ``stop`` is set (shutdown), no
     more retries wait: an instance still failing stays pending and is delivered again at
-    the next start.
+    the next start. With a ``sink`` (events to a broker), an instance whose callbacks
+    returned (a completion event too) is handed to it, and it marks the row delivered once
+    the broker confirmed.
     """
 
     def __init__(
@@ -144,6 +148,7 @@ class Dispatcher:
         stop: threading.Event,
         log_association: Callable[[_core.AssociationRecord], None],
         log_failure: Callable[[_core.FailedStore], None],
+        sink: AmqpSink | None = None,
     ) -> None:
         self.scp = scp
         self.callbacks = list(callbacks)
@@ -154,6 +159,7 @@ class Dispatcher:
         self.stop = stop
         self.log_association = log_association
         self.log_failure = log_failure
+        self.sink = sink
 
     def run(self) -> None:
         while (event := self.scp.next_event()) is not None:
@@ -201,7 +207,9 @@ class Dispatcher:
             failure = self._call(self.callbacks, dataset, os.fspath(stored.path))
         if stored.journal_id is None:
             return
-        if failure is None:
+        if failure is None and self.sink is not None:
+            self.sink.instance(self.scp, stored, dataset)
+        elif failure is None:
             self.scp.delivered(stored.journal_id)
         elif not self.stop.is_set():
             self.scp.failed(stored.journal_id, self.retries + 1, failure)
@@ -219,6 +227,9 @@ class Dispatcher:
         failure = self._call(list(callbacks), completion, what)
         if failure is not None:
             logger.error("%s event failed; it comes again at the next start", what)
+        elif self.sink is not None:
+            self.sink.completion(self.scp, event, completion)
+            return
         self.scp.completed(event, failure is None)
 
 

@@ -336,6 +336,18 @@ impl Index {
         rows.collect::<rusqlite::Result<_>>().map_err(self.error())
     }
 
+    /// Rows waiting for delivery (pending: not yet delivered nor parked) and the arrival
+    /// time of the oldest, for the backlog and lag metrics; through the waiting-rows index.
+    pub fn backlog(&self) -> Result<(i64, Option<f64>)> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), MIN(received) FROM instances WHERE state = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(self.error())
+    }
+
     /// Whether instances of `study` wait for their callbacks.
     pub(super) fn has_pending(&self, study: &str) -> Result<bool> {
         self.conn

@@ -307,3 +307,26 @@ fn schema_versions_and_unusable_files_are_told() {
     assert!(missing.contains("cannot use data_dir"), "{missing}");
     fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn backlog_counts_pending_rows_only_and_names_the_oldest() {
+    let root = temp_root("backlog");
+    let journal = Journal::open(&root, false, None).unwrap();
+    let index = journal.index().unwrap();
+    assert_eq!(index.backlog().unwrap(), (0, None));
+    for i in 0..4 {
+        journal
+            .record(row(&root, "1", "1.1", &i.to_string(), true))
+            .unwrap();
+    }
+    journal
+        .record(row(&root, "1", "1.1", "quiet", false))
+        .unwrap();
+    let first = index.instances(None, None, Some("pending")).unwrap()[0].received;
+    journal.delivered(1);
+    journal.failed(2, 3, "boom".into());
+    let (waiting, oldest) = index.backlog().unwrap();
+    assert_eq!(waiting, 2);
+    assert!(oldest.unwrap() >= first);
+    fs::remove_dir_all(&root).unwrap();
+}
