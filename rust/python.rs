@@ -13,7 +13,7 @@ use crate::association::AcceptorPolicy;
 use crate::error::Error;
 use crate::events::{self, Event, Level};
 use crate::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
-use crate::journal::{Feed, Replayer, Timers};
+use crate::journal::{Completer, Feed, Replayer, Timers};
 use crate::layout::SortKey;
 use crate::server::{self, ServerConfig};
 use crate::store::Duplicates;
@@ -104,6 +104,7 @@ struct Server {
     // waiting instead of deadlocking the server's drop (e.g. at interpreter exit).
     events: Mutex<Feed>,
     replayer: Replayer,
+    completer: Completer,
     inner: server::Server,
 }
 
@@ -241,6 +242,7 @@ impl Server {
         Ok(Server {
             inner,
             replayer: events.replayer(),
+            completer: events.completer(),
             events: Mutex::new(events),
         })
     }
@@ -344,7 +346,9 @@ impl Server {
             if let (true, Some(journal)) = (done, self.inner.journal()) {
                 journal.completed(level, event.uid.clone(), event.last_received)?;
             }
-            lock(&self.events).completion_done(level, &event.uid);
+            // Not through the feed's lock: a sink's thread tells this while the consumer
+            // holds the feed, waiting for events.
+            self.completer.done(level, event.uid.clone());
             Ok::<_, Error>(())
         })
         .map_err(PyErr::from)

@@ -273,3 +273,14 @@ def test_bad_events_settings_are_one_line_errors(tmp_path: Path):
     assert result.stderr.strip().splitlines() == [
         "dicom-inlet serve: error: events: 'rabbit:5672' is not an amqp:// or amqps:// URL"
     ]
+
+
+def test_pika_is_not_imported_without_events(tmp_path: Path):
+    code = (
+        "import sys\n"
+        "from dicom_inlet import StoreSCPServer\n"
+        f"s = StoreSCPServer({{'aetitle': 'X', 'port': 0, 'ip': '{HOST}'}}, {str(tmp_path)!r})\n"
+        "s.run(); s.shutdown()\n"
+        "assert 'pika' not in sys.modules and 'dicom_inlet.amqp' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=TIMEOUT)

@@ -286,22 +286,29 @@ class AmqpSink:
 
     def _run(self) -> None:
         try:
-            while True:
-                try:
-                    message = self._queue.get(timeout=1.0)
-                except queue.Empty:
-                    if self._closing.is_set():
-                        return
-                    self._idle()
-                    continue
-                self._in_flight = 1
-                delivered = self._deliver(message)
-                self._in_flight = 0
-                if not delivered:
-                    self._give_up(1)
-                    return
+            self._serve()
+        except BaseException:
+            # Not expected; said loudly: what it had stays pending for the next start.
+            logger.exception("events: the publisher to %s stopped", self._where)
+            self._give_up(self._in_flight)
         finally:
             self._disconnect()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                message = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if self._closing.is_set():
+                    return
+                self._idle()
+                continue
+            self._in_flight = 1
+            delivered = self._deliver(message)
+            self._in_flight = 0
+            if not delivered:
+                self._give_up(1)
+                return
 
     def _deliver(self, message: _Message) -> bool:
         """Publish until confirmed; False when shutdown ended the attempts."""
@@ -360,6 +367,12 @@ class AmqpSink:
         except (pika.exceptions.AMQPError, OSError) as error:
             self._disconnect()
             return f"broker at {self._where} unavailable: {type(error).__name__} {error}".strip()
+        except Exception as error:
+            # pika in a state it did not expect (a connection torn down mid-call): start over
+            # on a new connection rather than lose the thread.
+            logger.debug("events: publishing failed", exc_info=True)
+            self._disconnect()
+            return f"publishing failed: {type(error).__name__} {error}".strip()
         self.stats.confirmed += 1
         return None
 

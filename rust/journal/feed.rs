@@ -34,6 +34,8 @@ pub struct Feed {
     through: i64,
     backlog: VecDeque<InstanceEntry>,
     replays: Arc<Mutex<VecDeque<i64>>>,
+    /// Completion events done, told from other threads while this feed waits.
+    done: Arc<Mutex<Vec<(Level, String)>>>,
     timers: Option<Timers>,
     /// Studies whose association was released, due at once.
     released: HashSet<String>,
@@ -63,6 +65,7 @@ impl Feed {
             through,
             backlog: VecDeque::new(),
             replays: Arc::default(),
+            done: Arc::default(),
             timers,
             released: HashSet::new(),
             handed: HashSet::new(),
@@ -73,6 +76,10 @@ impl Feed {
     /// The next event; None once the server has ended and nothing is left to deliver.
     pub fn next_event(&mut self) -> Result<Option<Event>> {
         loop {
+            let done = std::mem::take(&mut *self.done.lock().unwrap_or_else(|p| p.into_inner()));
+            for (level, uid) in done {
+                self.completion_done(level, &uid);
+            }
             if let Some(stored) = self.next_backlog()? {
                 return Ok(Some(Event::Stored(stored)));
             }
@@ -103,6 +110,15 @@ impl Feed {
     pub fn replayer(&self) -> Replayer {
         Replayer {
             replays: Arc::clone(&self.replays),
+            queue: Arc::clone(&self.queue),
+        }
+    }
+
+    /// A way for other threads to tell a completion event done while this feed waits (a
+    /// broker's confirm arrives on the sink's thread while the consumer waits for events).
+    pub fn completer(&self) -> Completer {
+        Completer {
+            done: Arc::clone(&self.done),
             queue: Arc::clone(&self.queue),
         }
     }
@@ -210,6 +226,24 @@ impl Replayer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(ids);
+        self.queue.poke();
+    }
+}
+
+/// Tells a feed from another thread that completion events are done.
+#[derive(Clone)]
+pub struct Completer {
+    done: Arc<Mutex<Vec<(Level, String)>>>,
+    queue: Arc<EventQueue>,
+}
+
+impl Completer {
+    /// As [`Feed::completion_done`], taken up by the feed at its next turn (woken now).
+    pub fn done(&self, level: Level, uid: String) {
+        self.done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((level, uid));
         self.queue.poke();
     }
 }

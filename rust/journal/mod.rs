@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OpenFlags, Transaction};
+use rusqlite::{params, Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::error::{Error, Result};
 use crate::events::{EventQueue, Level};
@@ -28,7 +28,7 @@ mod feed;
 mod index;
 mod schema;
 
-pub use feed::{Feed, Replayer, Timers};
+pub use feed::{Completer, Feed, Replayer, Timers};
 pub use index::{Index, InstanceEntry, SeriesSummary, StudySummary};
 pub use schema::VERSION;
 
@@ -317,9 +317,12 @@ impl Writer {
     fn commit(&mut self, batch: Vec<(u64, Request)>) -> Vec<(u64, Answer)> {
         let now = unix_now();
         let mut released = Vec::new();
+        // Immediate: with several nodes writing one journal, a deferred transaction whose
+        // first read came before another node's commit fails at its first write at once
+        // (SQLITE_BUSY_SNAPSHOT in WAL mode) instead of waiting its turn (busy_timeout).
         let result = self
             .conn
-            .transaction()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| e.to_string())
             .and_then(|tx| {
                 let answers = batch
