@@ -330,3 +330,39 @@ fn backlog_counts_pending_rows_only_and_names_the_oldest() {
     assert!(oldest.unwrap() >= first);
     fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn a_completion_told_done_from_another_thread_wakes_the_waiting_feed() {
+    let root = temp_root("completer");
+    let queue = Arc::new(EventQueue::new(4));
+    let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
+    journal.record(row(&root, "5", "5.1", "a", false)).unwrap();
+    let mut feed = Feed::new(
+        Arc::clone(&queue),
+        Some(journal.index().unwrap()),
+        false,
+        Some(timers(true, false, false)),
+    )
+    .unwrap();
+    let completer = feed.completer();
+    let first = next_completed(&mut feed).unwrap();
+    let (sender, received) = std::sync::mpsc::channel();
+    // The consumer waits in the feed (holding it) while a sink's thread gets the confirm.
+    let consumer = thread::spawn(move || {
+        sender.send(next_completed(&mut feed)).unwrap();
+    });
+    journal
+        .completed(Level::Study, "5".into(), first.last_received)
+        .unwrap();
+    // A late instance: due at once, but the first event is still handed out.
+    journal.record(row(&root, "5", "5.1", "b", false)).unwrap();
+    completer.done(Level::Study, "5".into());
+    let revision = received
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the feed took the completion up")
+        .unwrap();
+    assert_eq!((revision.revision, revision.members.len()), (1, 2));
+    queue.end();
+    consumer.join().unwrap();
+    fs::remove_dir_all(&root).unwrap();
+}
