@@ -13,7 +13,7 @@ use crate::association::AcceptorPolicy;
 use crate::error::Error;
 use crate::events::{self, Event, Level};
 use crate::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
-use crate::journal::{Completer, Feed, Replayer, Timers};
+use crate::journal::{Cluster, Completer, Feed, Replayer, Timers};
 use crate::layout::SortKey;
 use crate::server::{self, ServerConfig};
 use crate::store::Duplicates;
@@ -97,6 +97,17 @@ fn server_tls(
     Ok(Some(server::TlsService { config, port }))
 }
 
+/// The shared PostgreSQL journal at `url` for this node, its lease `lease` seconds.
+fn cluster(url: Option<&str>, node_id: &str, lease: f64) -> Result<Option<Cluster>, Error> {
+    let Some(url) = url else { return Ok(None) };
+    let mut cluster = Cluster::parse(url, node_id)?;
+    cluster.lease = Duration::try_from_secs_f64(lease)
+        .ok()
+        .filter(|l| *l >= Duration::from_millis(300))
+        .ok_or_else(|| Error::InvalidConfig("journal_lease must be 0.3 seconds or more".into()))?;
+    Ok(Some(cluster))
+}
+
 /// A running Storage SCP.
 #[pyclass(frozen, module = "dicom_inlet._core")]
 struct Server {
@@ -133,7 +144,7 @@ impl Server {
         identity_check=None, require_user_identity=false, handler_stage=None,
         handler_timeout=None, journal=true, duplicates="replace", study_timeout=None,
         study_events=false, series_events=false, events_on_release=false,
-        node_id=String::from("node")))]
+        node_id=String::from("node"), journal_url=None, journal_lease=10.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -170,6 +181,8 @@ impl Server {
         series_events: bool,
         events_on_release: bool,
         node_id: String,
+        journal_url: Option<String>,
+        journal_lease: f64,
     ) -> PyResult<Server> {
         let handler = handlers::config(handler_stage, seconds(handler_timeout)?)?;
         let duplicates = Duplicates::parse(duplicates).ok_or_else(|| {
@@ -236,6 +249,7 @@ impl Server {
             journal,
             duplicates,
             timers,
+            cluster: cluster(journal_url.as_deref(), &node_id, journal_lease)?,
             node_id,
         };
         let (inner, events) = py.detach(|| server::Server::start(config))?;
@@ -1225,6 +1239,8 @@ mod journal_index {
         state: &'static str,
         attempts: i64,
         error: Option<String>,
+        /// The node that acknowledged it (a PostgreSQL journal; None with SQLite).
+        node: Option<String>,
     }
 
     /// The journal of a data_dir, opened for reading (and replaying failed deliveries).
@@ -1236,8 +1252,9 @@ mod journal_index {
     #[pymethods]
     impl Journal {
         #[new]
-        fn new(py: Python<'_>, data_dir: PathBuf) -> PyResult<Journal> {
-            let index = py.detach(|| Index::open(&data_dir))?;
+        #[pyo3(signature = (data_dir, url=None))]
+        fn new(py: Python<'_>, data_dir: PathBuf, url: Option<String>) -> PyResult<Journal> {
+            let index = py.detach(|| Index::open(&data_dir, url.as_deref()))?;
             Ok(Journal {
                 index: Mutex::new(index),
             })
@@ -1336,6 +1353,7 @@ mod journal_index {
             state: e.state,
             attempts: e.attempts,
             error: e.error,
+            node: e.node,
         }
     }
 

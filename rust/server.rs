@@ -16,7 +16,7 @@ use crate::association::AcceptorPolicy;
 use crate::connection;
 use crate::error::{Error, Result};
 use crate::events::EventQueue;
-use crate::journal::{Feed, Journal, Timers};
+use crate::journal::{Cluster, Feed, Journal, Timers};
 use crate::layout::SortKey;
 use crate::store::{Duplicates, Storage};
 use crate::verdict::{HandlerConfig, Request, Verdicts};
@@ -64,6 +64,8 @@ pub struct ServerConfig {
     /// This node's name among those sharing `data_dir`: its spool area is
     /// `.incoming/<node_id>/`.
     pub node_id: String,
+    /// The journal in a PostgreSQL database shared by the nodes (None: SQLite in data_dir).
+    pub cluster: Option<Cluster>,
 }
 
 /// The TLS configuration and where it is served.
@@ -354,13 +356,18 @@ fn open_journal(
         return Ok((None, Feed::new(Arc::clone(events), None, false, None)?));
     }
     let notify = config.timers.as_ref().map(|_| Arc::clone(events));
-    let journal = Journal::open(root, config.durable, notify)?;
+    let journal = match &config.cluster {
+        None => Journal::open(root, config.durable, notify)?,
+        Some(cluster) => Journal::open_postgres(root, cluster, notify)?,
+    };
     let feed = Feed::new(
         Arc::clone(events),
         Some(journal.index()?),
         config.emit_stored,
         config.timers.clone(),
     )?;
+    let (timers, callbacks) = (config.timers.is_some(), config.emit_stored);
+    journal.start_heartbeat(events, feed.replayer(), timers, callbacks);
     Ok((Some(Arc::new(journal)), feed))
 }
 

@@ -33,14 +33,14 @@ from typing import Any
 
 import pytest
 from conftest import HOST, TIMEOUT, dataset_bytes, dcmtk_tool, make_dataset, wait_until, write_file
-from services import RabbitMQ, rabbitmq
+from services import RabbitMQ, postgres, rabbitmq
 from test_haproxy import HAProxy, Node, haproxy
 
 from dicom_inlet import delivery, scu
 
 pika = pytest.importorskip("pika")
 
-__all__ = ["rabbitmq"]  # a fixture, used by name
+__all__ = ["postgres", "rabbitmq"]  # fixtures, used by name
 
 SENDERS = 8
 INSTANCES = 200

@@ -212,6 +212,8 @@ class Server:
         series_events: bool = False,
         events_on_release: bool = False,
         node_id: str = ...,
+        journal_url: str | None = None,
+        journal_lease: float = 10.0,
     ) -> Self: ...
     @property
     def port(self) -> int: ...
@@ -359,12 +361,15 @@ class JournalEntry:
     def attempts(self) -> int: ...
     @property
     def error(self) -> str | None: ...
+    @property
+    def node(self) -> str | None:
+        """The node that acknowledged it (a PostgreSQL journal; None with SQLite)."""
 
 @final
 class Journal:
     """The journal of a data_dir, opened for reading (and replaying failed deliveries)."""
 
-    def __new__(cls, data_dir: str | PathLike[str]) -> Self: ...
+    def __new__(cls, data_dir: str | PathLike[str], url: str | None = None) -> Self: ...
     def studies(self) -> list[StudySummary]:
         """Every study, oldest first."""
     def series(self, study_instance_uid: str | None = None) -> list[SeriesSummary]:

@@ -337,6 +337,20 @@ def _add_serve_cluster(serve: argparse.ArgumentParser) -> None:
         "before the port closes, for the load balancer to notice (default: 0)",
     )
     cluster.add_argument(
+        "--journal",
+        metavar="URL",
+        help="keep the journal in this PostgreSQL database (postgresql://user@host:port/db), "
+        "one for all the nodes sharing DATA_DIR (default: SQLite in DATA_DIR/.journal)",
+    )
+    cluster.add_argument(
+        "--journal-lease",
+        type=_positive(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="with --journal URL: a silent node's study timers and undelivered instances "
+        "are taken over by the others after this long (default: 10)",
+    )
+    cluster.add_argument(
         "--events",
         metavar="URL",
         help="publish instance and study events to RabbitMQ at this amqp:// URL, confirmed "
@@ -357,6 +371,12 @@ def _server_tls(args: argparse.Namespace) -> ServerTLS | None:
     if args.tls_cert is None or args.tls_key is None:
         raise ValueError("TLS needs both --tls-cert and --tls-key")
     return ServerTLS(args.tls_cert, args.tls_key, args.tls_ca)
+
+
+def _journal(args: argparse.Namespace) -> bool | str:
+    if args.journal is not None and args.no_journal:
+        raise ValueError("--journal URL and --no-journal: give one")
+    return args.journal if args.journal is not None else not args.no_journal
 
 
 def _events(args: argparse.Namespace) -> Any:
@@ -401,7 +421,7 @@ def _serve(args: argparse.Namespace) -> int:
         handler=args.handler,
         handler_threads=args.handler_threads,
         handler_timeout=args.handler_timeout,
-        journal=not args.no_journal,
+        journal=_journal(args),
         duplicates=args.duplicates,
         study_callbacks=[delivery.run_command(shlex.split(args.on_study))]
         if args.on_study
@@ -411,6 +431,7 @@ def _serve(args: argparse.Namespace) -> int:
         node_id=args.node_id,
         metrics_port=args.metrics_port,
         drain_delay=args.drain_delay,
+        journal_lease=args.journal_lease,
         events=_events(args),
     )
     with console.server_status(server, enabled=sys.stderr.isatty() and not args.quiet):
@@ -698,6 +719,7 @@ def _add_journal_commands(commands: Any) -> None:
     status.add_argument(
         "--failed", action="store_true", help="list parked instances and their last error"
     )
+    status.add_argument("--journal", metavar="URL", help="the PostgreSQL journal of the nodes")
     status.set_defaults(run=_status)
     replay = commands.add_parser(
         "replay",
@@ -709,16 +731,17 @@ def _add_journal_commands(commands: Any) -> None:
     replay.add_argument(
         "--id", dest="ids", type=int, action="append", metavar="N", help="only this journal id"
     )
+    replay.add_argument("--journal", metavar="URL", help="the PostgreSQL journal of the nodes")
     replay.set_defaults(run=_replay)
 
 
 def _status(args: argparse.Namespace) -> int:
-    print(delivery.status_table(args.data_dir, failed=args.failed))
+    print(delivery.status_table(args.data_dir, failed=args.failed, journal=args.journal))
     return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
-    count = delivery.replay(args.data_dir, args.ids)
+    count = delivery.replay(args.data_dir, args.ids, args.journal)
     print(f"{count} parked instances pending again")
     return 0
 

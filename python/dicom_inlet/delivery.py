@@ -262,16 +262,19 @@ def run_command(argv: Sequence[str]) -> Callable[[Completion], None]:
 # The journal as an index -------------------------------------------------------------------
 
 
-def studies(data_dir: str | os.PathLike[str]) -> list[StudySummary]:
-    """Every study in the journal of ``data_dir``, oldest first."""
-    return _core.Journal(data_dir).studies()
+def studies(data_dir: str | os.PathLike[str], journal: str | None = None) -> list[StudySummary]:
+    """Every study in the journal of ``data_dir`` (or in the PostgreSQL ``journal`` URL its
+    nodes share), oldest first."""
+    return _core.Journal(data_dir, journal).studies()
 
 
 def series(
-    data_dir: str | os.PathLike[str], study_instance_uid: str | None = None
+    data_dir: str | os.PathLike[str],
+    study_instance_uid: str | None = None,
+    journal: str | None = None,
 ) -> list[SeriesSummary]:
-    """The series of one study (or of all) in the journal of ``data_dir``."""
-    return _core.Journal(data_dir).series(study_instance_uid)
+    """The series of one study (or of all) in the journal of ``data_dir`` (or ``journal``)."""
+    return _core.Journal(data_dir, journal).series(study_instance_uid)
 
 
 def instances(
@@ -279,33 +282,40 @@ def instances(
     study_instance_uid: str | None = None,
     series_instance_uid: str | None = None,
     state: str | None = None,
+    journal: str | None = None,
 ) -> list[JournalEntry]:
-    """Journal rows in arrival order; ``state`` is pending, delivered, failed or ``-``."""
-    return _core.Journal(data_dir).instances(study_instance_uid, series_instance_uid, state)
+    """Journal rows in arrival order; ``state`` is pending, delivered, failed or ``-``;
+    ``journal``: the PostgreSQL URL of a shared journal (None: data_dir's own)."""
+    journal_ = _core.Journal(data_dir, journal)
+    return journal_.instances(study_instance_uid, series_instance_uid, state)
 
 
-def parked(data_dir: str | os.PathLike[str]) -> list[JournalEntry]:
+def parked(data_dir: str | os.PathLike[str], journal: str | None = None) -> list[JournalEntry]:
     """Instances whose callbacks kept failing, with their tracebacks in ``error``."""
-    return instances(data_dir, state="failed")
+    return instances(data_dir, state="failed", journal=journal)
 
 
-def replay(data_dir: str | os.PathLike[str], ids: Sequence[int] | None = None) -> int:
+def replay(
+    data_dir: str | os.PathLike[str], ids: Sequence[int] | None = None, journal: str | None = None
+) -> int:
     """Parked instances (these journal ids, or all) back to pending: the next start of a
     server on ``data_dir`` delivers them. Returns how many. A running server replays at once
     with :meth:`StoreSCPServer.replay`."""
-    return _core.Journal(data_dir).replay(None if ids is None else list(ids))
+    return _core.Journal(data_dir, journal).replay(None if ids is None else list(ids))
 
 
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def status_table(data_dir: str | os.PathLike[str], *, failed: bool = False) -> str:
-    """The journal of ``data_dir`` as a text table: one line per study (or, with
-    ``failed``, per parked instance with its last error line)."""
+def status_table(
+    data_dir: str | os.PathLike[str], *, failed: bool = False, journal: str | None = None
+) -> str:
+    """The journal of ``data_dir`` (or the PostgreSQL ``journal`` URL) as a text table: one
+    line per study (or, with ``failed``, per parked instance with its last error line)."""
     if failed:
         rows = [["ID", "RECEIVED", "SOP INSTANCE UID", "ATTEMPTS", "ERROR", "PATH"]]
-        for entry in parked(data_dir):
+        for entry in parked(data_dir, journal):
             last = (entry.error or "").strip().splitlines()
             rows.append(
                 [
@@ -333,7 +343,7 @@ def status_table(data_dir: str | os.PathLike[str], *, failed: bool = False) -> s
                 "EVENTS",
             ]
         ]
-        for study in studies(data_dir):
+        for study in studies(data_dir, journal):
             rows.append(
                 [
                     study.study_instance_uid,

@@ -134,7 +134,12 @@ class StoreSCPServer:
         journal: Record every acknowledged instance in ``data_dir/.journal/`` before
             answering, so callbacks and study events survive a crash (delivered at the next
             start); also the index behind ``dicom-inlet status``. False: callbacks are lost
-            with the process, and study events are not available.
+            with the process, and study events are not available. A
+            ``"postgresql://user:password@host:port/database"`` URL: the journal in that
+            PostgreSQL database, one for all the nodes sharing ``data_dir``, so study state
+            is global: one node at a time (holding a lease) fires the study/series events,
+            and a node's undelivered instances are delivered by the others once its lease
+            expires.
         duplicates: An instance whose file exists already: ``"replace"`` it (default),
             ``"keep-first"`` (acknowledged, dropped), ``"reject"`` (status 0x0111 Duplicate
             SOP Instance with an Error Comment) or ``"keep-both"`` (``UID~2.dcm``...).
@@ -159,6 +164,9 @@ class StoreSCPServer:
         drain_delay: Seconds :meth:`drain` (and SIGTERM/SIGINT) keeps accepting associations
             after ``/readyz`` starts failing, so a load balancer sees the node go down before
             it stops listening: more than its health check's interval times its fall count.
+        journal_lease: With a PostgreSQL journal, seconds a node's lease (and the timers'
+            lease) lasts without a heartbeat (three a lease): how soon a dead node's
+            undelivered instances and its study timers are taken over.
         events: Publish instance and study events to RabbitMQ: an ``amqp://`` URL (exchange
             ``dicom-inlet``) or an :class:`~dicom_inlet.amqp.AmqpSink`. Beside the callbacks,
             after them; a row counts as delivered once the broker confirmed its event, and
@@ -195,7 +203,7 @@ class StoreSCPServer:
         tls_port: int | None = None,
         user_identity: IdentityCheck | None = None,
         require_user_identity: bool = False,
-        journal: bool = True,
+        journal: bool | str = True,
         duplicates: str = "replace",
         study_callbacks: Iterable[CompletionCallback] | None = None,
         series_callbacks: Iterable[CompletionCallback] | None = None,
@@ -206,6 +214,7 @@ class StoreSCPServer:
         node_id: str | None = None,
         metrics_port: int | None = None,
         drain_delay: float = 0.0,
+        journal_lease: float = 10.0,
         events: str | AmqpSink | None = None,
     ) -> None:
         if db_session is not None:
@@ -242,7 +251,12 @@ class StoreSCPServer:
             raise ValueError("study and series callbacks need the journal (journal=True)")
         if study_timeout < 0 or callback_retries < 0 or retry_backoff < 0:
             raise ValueError("study_timeout, callback_retries and retry_backoff must be >= 0")
+        if isinstance(journal, str) and not journal.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"journal must be True, False or a postgresql:// URL, got {journal!r}")
+        if not journal_lease > 0:
+            raise ValueError("journal_lease must be positive seconds")
         self.journal = journal
+        self.journal_lease = journal_lease
         self.duplicates = duplicates
         self.study_timeout = study_timeout
         self.events_on_release = events_on_release
@@ -381,7 +395,7 @@ class StoreSCPServer:
                 **_tls_arguments(self.tls, self.tls_port),
                 identity_check=_identity_check(self.user_identity),
                 require_user_identity=self.require_user_identity,
-                journal=self.journal,
+                journal=bool(self.journal),
                 duplicates=self.duplicates,
                 study_timeout=self.study_timeout,
                 study_events=bool(self.study_callbacks) or self.events is not None,
@@ -389,6 +403,8 @@ class StoreSCPServer:
                 or (self.events is not None and self.events.series),
                 events_on_release=self.events_on_release,
                 node_id=self.node_id,
+                journal_url=self._journal_url,
+                journal_lease=self.journal_lease,
             )
             # Only once it runs: a server that failed to start leaves shutdown() nothing to await.
             self._stopped.clear()
@@ -471,7 +487,7 @@ class StoreSCPServer:
     def _journal_backlog(self) -> tuple[int, float | None]:
         # A connection of its own each time: a journal moved or gone fails here, as it
         # would for the next instance.
-        return _core.Journal(self.data_dir).backlog()
+        return _core.Journal(self.data_dir, self._journal_url).backlog()
 
     def ready(self) -> str | None:
         """Why this server would not take a new association now; None when it would.
@@ -632,9 +648,13 @@ class StoreSCPServer:
         self._closing = None
         self._stopped.set()
 
+    @property
+    def _journal_url(self) -> str | None:
+        return self.journal if isinstance(self.journal, str) else None
+
     def parked(self) -> list[JournalEntry]:
         """Instances whose callbacks kept failing, with the traceback in ``error``."""
-        return _core.Journal(self.data_dir).instances(state="failed")
+        return _core.Journal(self.data_dir, self._journal_url).instances(state="failed")
 
     def replay(self, ids: Iterable[int] | None = None) -> int:
         """Deliver parked instances again now (these journal ids, or all); how many.

@@ -62,6 +62,7 @@ fn start_with(name: &str, tweak: impl FnOnce(&mut ServerConfig)) -> (Server, Fee
         duplicates: Duplicates::Replace,
         timers: None,
         node_id: "test".into(),
+        cluster: None,
     };
     tweak(&mut config);
     let (server, events) = Server::start(config).unwrap();

@@ -13,6 +13,8 @@ use crate::events::{Completed, Event, EventQueue, Level, Outcome, Received, Stor
 
 /// Undelivered rows read from the journal at a time.
 const BACKLOG_PAGE: usize = 64;
+/// How soon to read a shared journal again after it failed (its server went away).
+const AWAY_RETRY: Duration = Duration::from_secs(1);
 
 /// When study and series events fire.
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ pub struct Feed {
     /// Completion events given out and not yet done: not given again in this run.
     handed: HashSet<(Level, String)>,
     ended: bool,
+    /// A shared journal failed to read: try again then, meanwhile deliver what comes.
+    away_until: Option<Instant>,
 }
 
 impl Feed {
@@ -70,6 +74,7 @@ impl Feed {
             released: HashSet::new(),
             handed: HashSet::new(),
             ended: false,
+            away_until: None,
         })
     }
 
@@ -80,13 +85,18 @@ impl Feed {
             for (level, uid) in done {
                 self.completion_done(level, &uid);
             }
-            if let Some(stored) = self.next_backlog()? {
+            let backlog = self.next_backlog();
+            if let Some(stored) = self.unless_away(backlog, None)? {
                 return Ok(Some(Event::Stored(stored)));
             }
-            let due = self.next_completion()?;
-            let until = match due {
+            let due = self.next_completion();
+            let until = match self.unless_away(due, Err(None))? {
                 Ok(completed) => return Ok(Some(Event::Completed(completed))),
                 Err(until) => until,
+            };
+            let until = match (until, self.away_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
             if self.ended {
                 return Ok(None);
@@ -103,6 +113,22 @@ impl Feed {
                 Received::Woken => {}
                 Received::Ended => self.ended = true,
             }
+        }
+    }
+
+    /// A shared journal's read error is waited out (`instead` meanwhile), so a database
+    /// that went away for a while delays the backlog and the timers but ends nothing.
+    fn unless_away<T>(&mut self, result: Result<T>, instead: T) -> Result<T> {
+        match result {
+            Err(_) if self.index.as_ref().is_some_and(Index::is_remote) => {
+                self.away_until = Some(Instant::now() + AWAY_RETRY);
+                Ok(instead)
+            }
+            Ok(value) => {
+                self.away_until = None;
+                Ok(value)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -158,6 +184,11 @@ impl Feed {
         let (Some(index), Some(timers)) = (&self.index, &self.timers) else {
             return Ok(Err(None));
         };
+        // Where nodes share the journal, one runs the timers; its heartbeat wakes this feed
+        // when it takes them over.
+        if !index.leads() {
+            return Ok(Err(None));
+        }
         let now = unix_now();
         let timeout = timers.timeout.as_secs_f64();
         let mut found = None;

@@ -1,11 +1,11 @@
 //! Reading the journal: what has arrived, by study, series and instance, with delivery states;
 //! the undelivered rows the feed delivers; and replaying failed deliveries without a server.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, Row as SqlRow};
-
-use super::{connect, schema, unusable, DATABASE, HELD_DIR, JOURNAL_DIR};
+use super::backend::{journal_error, Arg, Cells, Location, Reader, Remote, Value};
+use super::{connect, schema, DATABASE, HELD_DIR, JOURNAL_DIR};
 use crate::error::{Error, Result};
 use crate::events::{Level, Member};
 
@@ -62,6 +62,8 @@ pub struct InstanceEntry {
     pub state: &'static str,
     pub attempts: i64,
     pub error: Option<String>,
+    /// The node that acknowledged it, where nodes share the journal.
+    pub node: Option<String>,
 }
 
 fn state_name(state: i64) -> &'static str {
@@ -73,9 +75,10 @@ fn state_name(state: i64) -> &'static str {
     }
 }
 
+/// The last, `node`, is NULL in SQLite's journal (one node's): see `Reader::node_column`.
 const INSTANCE_COLUMNS: &str = "id, received, sop_class_uid, sop_instance_uid, patient_id,
     study_instance_uid, series_instance_uid, transfer_syntax_uid, path, held, bytes,
-    calling_ae, called_ae, peer, state, attempts, error";
+    calling_ae, called_ae, peer, state, attempts, error, {node}";
 
 /// A changed study or series whose completion timer runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,129 +92,165 @@ pub(super) struct Candidate {
 
 /// A connection for reading the journal (and for replaying failed deliveries).
 pub struct Index {
-    conn: Connection,
+    conn: RefCell<Reader>,
     root: PathBuf,
     held: PathBuf,
-    database: PathBuf,
+    location: Location,
 }
 
 impl Index {
-    /// The journal of `data_dir`, which must exist.
-    pub fn open(data_dir: &Path) -> Result<Index> {
+    /// The journal of `data_dir`, which must exist: its SQLite file, or the PostgreSQL
+    /// database `url` (paths in it are relative to `data_dir`).
+    pub fn open(data_dir: &Path, url: Option<&str>) -> Result<Index> {
         let root = std::fs::canonicalize(data_dir).map_err(Error::io(format!(
             "cannot use data_dir {}",
             data_dir.display()
         )))?;
-        let database = root.join(JOURNAL_DIR).join(DATABASE);
-        Index::connect(&root, &database)
+        let location = match url {
+            None => Location::Sqlite(root.join(JOURNAL_DIR).join(DATABASE)),
+            Some(url) => Location::Postgres(super::postgres::Cluster::parse(url, "status")?),
+        };
+        Index::connect(&root, &location, None)
     }
 
-    pub(super) fn connect(root: &Path, database: &Path) -> Result<Index> {
-        Ok(Index {
+    /// `leads`: the flag the node's heartbeat keeps (None: never leads, e.g. a status reader).
+    pub(super) fn connect(
+        root: &Path,
+        location: &Location,
+        leads: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Result<Index> {
+        let conn = match location {
             // A reader never asks for durability: it writes only replays.
-            conn: connect(database, false, false)?,
+            Location::Sqlite(database) => Reader::Sqlite(connect(database, false, false)?),
+            Location::Postgres(cluster) => Reader::Postgres(Box::new(Remote {
+                client: Some(cluster.open()?),
+                cluster: cluster.clone(),
+                leads: leads.unwrap_or_default(),
+            })),
+        };
+        Ok(Index {
+            conn: RefCell::new(conn),
             root: root.to_path_buf(),
             held: root.join(JOURNAL_DIR).join(HELD_DIR),
-            database: database.to_path_buf(),
+            location: location.clone(),
         })
     }
 
-    fn error(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
-        unusable(&self.database)
+    fn rows(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Vec<Value>>> {
+        let rows = self.conn.borrow_mut().rows(sql, args);
+        rows.map_err(|e| journal_error(&self.location, e))
     }
 
-    fn entry(&self, row: &SqlRow<'_>) -> rusqlite::Result<InstanceEntry> {
-        Ok(InstanceEntry {
-            id: row.get(0)?,
-            received: row.get(1)?,
-            sop_class_uid: row.get(2)?,
-            sop_instance_uid: row.get(3)?,
-            patient_id: row.get(4)?,
-            study_instance_uid: row.get(5)?,
-            series_instance_uid: row.get(6)?,
-            transfer_syntax_uid: row.get(7)?,
-            path: self.root.join(row.get::<_, String>(8)?),
-            held: row.get::<_, Option<String>>(9)?.map(|n| self.held.join(n)),
-            bytes: row.get::<_, i64>(10)?.max(0) as u64,
-            calling_ae: row.get(11)?,
-            called_ae: row.get(12)?,
-            peer: row.get(13)?,
-            state: state_name(row.get(14)?),
-            attempts: row.get(15)?,
-            error: row.get(16)?,
-        })
+    fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64> {
+        let changed = self.conn.borrow_mut().execute(sql, args);
+        changed.map_err(|e| journal_error(&self.location, e))
     }
 
-    fn entries(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<InstanceEntry>> {
-        let mut statement = self.conn.prepare_cached(sql).map_err(self.error())?;
-        let rows = statement
-            .query_map(args, |row| self.entry(row))
-            .map_err(self.error())?;
-        rows.collect::<rusqlite::Result<_>>().map_err(self.error())
+    fn entry(&self, row: Vec<Value>) -> InstanceEntry {
+        let mut c = Cells::new(row);
+        InstanceEntry {
+            id: c.int(),
+            received: c.real(),
+            sop_class_uid: c.string(),
+            sop_instance_uid: c.string(),
+            patient_id: c.text(),
+            study_instance_uid: c.text(),
+            series_instance_uid: c.text(),
+            transfer_syntax_uid: c.string(),
+            path: self.root.join(c.string()),
+            held: c.text().map(|n| self.held.join(n)),
+            bytes: c.int().max(0) as u64,
+            calling_ae: c.string(),
+            called_ae: c.string(),
+            peer: c.string(),
+            state: state_name(c.int()),
+            attempts: c.int(),
+            error: c.text(),
+            node: c.text(),
+        }
+    }
+
+    fn entries(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<InstanceEntry>> {
+        let sql = sql.replace("{node}", self.conn.borrow().node_column());
+        let rows = self.rows(&sql, args)?;
+        Ok(rows.into_iter().map(|row| self.entry(row)).collect())
+    }
+
+    /// Whether read errors are a shared server gone for a while (waited out), not a file.
+    pub(super) fn is_remote(&self) -> bool {
+        self.conn.borrow().is_remote()
+    }
+
+    /// Whether this node runs the completion timers (always, with SQLite).
+    pub(super) fn leads(&self) -> bool {
+        self.conn.borrow().leads()
     }
 
     /// Every study, oldest arrival first.
     pub fn studies(&self) -> Result<Vec<StudySummary>> {
-        let mut statement = self
-            .conn
-            .prepare_cached(
+        let modalities = self.conn.borrow().distinct_list("i.modality");
+        let rows = self.rows(
+            &format!(
                 "SELECT i.study_instance_uid, MAX(i.patient_id), MAX(i.accession_number),
-                    MAX(i.study_date), IFNULL(GROUP_CONCAT(DISTINCT i.modality), ''),
+                    MAX(i.study_date), COALESCE({modalities}, ''),
                     COUNT(DISTINCT i.series_instance_uid), COUNT(DISTINCT i.path),
-                    MAX(i.received), SUM(i.state = 1), SUM(i.state = 3),
-                    IFNULL((SELECT events FROM groups g
+                    MAX(i.received), COUNT(*) FILTER (WHERE i.state = 1),
+                    COUNT(*) FILTER (WHERE i.state = 3),
+                    COALESCE((SELECT events FROM groups g
                             WHERE g.level = 'study' AND g.uid = i.study_instance_uid), 0)
                  FROM instances i WHERE i.study_instance_uid IS NOT NULL
-                 GROUP BY i.study_instance_uid ORDER BY MIN(i.id)",
-            )
-            .map_err(self.error())?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok(StudySummary {
-                    study_instance_uid: row.get(0)?,
-                    patient_id: row.get(1)?,
-                    accession_number: row.get(2)?,
-                    study_date: row.get(3)?,
-                    modalities: row.get(4)?,
-                    series: row.get(5)?,
-                    instances: row.get(6)?,
-                    last_received: row.get(7)?,
-                    pending: row.get(8)?,
-                    failed: row.get(9)?,
-                    events: row.get(10)?,
-                })
+                 GROUP BY i.study_instance_uid ORDER BY MIN(i.id)"
+            ),
+            &[],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let mut c = Cells::new(row);
+                StudySummary {
+                    study_instance_uid: c.string(),
+                    patient_id: c.text(),
+                    accession_number: c.text(),
+                    study_date: c.text(),
+                    modalities: c.string(),
+                    series: c.int(),
+                    instances: c.int(),
+                    last_received: c.real(),
+                    pending: c.int(),
+                    failed: c.int(),
+                    events: c.int(),
+                }
             })
-            .map_err(self.error())?;
-        rows.collect::<rusqlite::Result<_>>().map_err(self.error())
+            .collect())
     }
 
     /// The series of one study, or of all, oldest arrival first.
     pub fn series(&self, study: Option<&str>) -> Result<Vec<SeriesSummary>> {
-        let mut statement = self
-            .conn
-            .prepare_cached(
-                "SELECT series_instance_uid, study_instance_uid, MAX(modality),
-                    COUNT(DISTINCT path), MAX(received), SUM(state = 1), SUM(state = 3)
-                 FROM instances
-                 WHERE series_instance_uid IS NOT NULL AND study_instance_uid IS NOT NULL
-                    AND (?1 IS NULL OR study_instance_uid = ?1)
-                 GROUP BY study_instance_uid, series_instance_uid ORDER BY MIN(id)",
-            )
-            .map_err(self.error())?;
-        let rows = statement
-            .query_map([study], |row| {
-                Ok(SeriesSummary {
-                    series_instance_uid: row.get(0)?,
-                    study_instance_uid: row.get(1)?,
-                    modality: row.get(2)?,
-                    instances: row.get(3)?,
-                    last_received: row.get(4)?,
-                    pending: row.get(5)?,
-                    failed: row.get(6)?,
-                })
+        let rows = self.rows(
+            "SELECT series_instance_uid, study_instance_uid, MAX(modality),
+                COUNT(DISTINCT path), MAX(received), COUNT(*) FILTER (WHERE state = 1),
+                COUNT(*) FILTER (WHERE state = 3)
+             FROM instances
+             WHERE series_instance_uid IS NOT NULL AND study_instance_uid IS NOT NULL
+                AND (CAST(?1 AS TEXT) IS NULL OR study_instance_uid = ?1)
+             GROUP BY study_instance_uid, series_instance_uid ORDER BY MIN(id)",
+            &[Arg::Text(study)],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let mut c = Cells::new(row);
+                SeriesSummary {
+                    series_instance_uid: c.string(),
+                    study_instance_uid: c.string(),
+                    modality: c.text(),
+                    instances: c.int(),
+                    last_received: c.real(),
+                    pending: c.int(),
+                    failed: c.int(),
+                }
             })
-            .map_err(self.error())?;
-        rows.collect::<rusqlite::Result<_>>().map_err(self.error())
+            .collect())
     }
 
     /// Journal rows in arrival order, filtered by study, series and delivery state.
@@ -236,12 +275,12 @@ impl Index {
         self.entries(
             &format!(
                 "SELECT {INSTANCE_COLUMNS} FROM instances
-                 WHERE (?1 IS NULL OR study_instance_uid = ?1)
-                    AND (?2 IS NULL OR series_instance_uid = ?2)
-                    AND (?3 IS NULL OR state = ?3)
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR study_instance_uid = ?1)
+                    AND (CAST(?2 AS TEXT) IS NULL OR series_instance_uid = ?2)
+                    AND (CAST(?3 AS BIGINT) IS NULL OR state = ?3)
                  ORDER BY id"
             ),
-            params![study, series, state],
+            &[Arg::Text(study), Arg::Text(series), Arg::Int(state)],
         )
     }
 
@@ -249,41 +288,43 @@ impl Index {
     /// how many. A running server replays through its own writer instead.
     pub fn replay(&self, ids: Option<&[i64]>) -> Result<i64> {
         let changed = match ids {
-            None => self
-                .conn
-                .execute("UPDATE instances SET state = 1 WHERE state = 3", []),
-            Some(ids) => {
-                let mut update = self
-                    .conn
-                    .prepare_cached("UPDATE instances SET state = 1 WHERE id = ?1 AND state = 3")
-                    .map_err(self.error())?;
-                ids.iter()
-                    .try_fold(0, |n, id| Ok(n + update.execute([id])?))
-            }
+            None => self.execute("UPDATE instances SET state = 1 WHERE state = 3", &[])?,
+            Some(ids) => ids.iter().try_fold(0, |n, id| {
+                let sql = "UPDATE instances SET state = 1 WHERE id = ?1 AND state = 3";
+                Ok::<_, Error>(n + self.execute(sql, &[Arg::Int(Some(*id))])?)
+            })?,
         };
-        changed.map(|n| n as i64).map_err(self.error())
+        Ok(changed as i64)
     }
 
     /// The newest row's id (0 for an empty journal).
     pub(super) fn last_id(&self) -> Result<i64> {
-        self.conn
-            .query_row("SELECT IFNULL(MAX(id), 0) FROM instances", [], |r| r.get(0))
-            .map_err(self.error())
+        let rows = self.rows("SELECT COALESCE(MAX(id), 0) FROM instances", &[])?;
+        Ok(rows.first().and_then(|r| r.first()).map_or(0, Value::int))
     }
 
-    /// Up to `limit` pending rows with ids in (after, through], in order.
+    /// Up to `limit` pending rows (of this node, where nodes share the journal) with ids in
+    /// (after, through], in order.
     pub(super) fn pending(
         &self,
         after: i64,
         through: i64,
         limit: usize,
     ) -> Result<Vec<InstanceEntry>> {
+        let node = self.conn.borrow().node().map(str::to_owned);
+        let own = if node.is_some() { "AND node = ?4" } else { "" };
+        let mut args = vec![
+            Arg::Int(Some(after)),
+            Arg::Int(Some(through)),
+            Arg::Int(Some(limit as i64)),
+        ];
+        args.extend(node.as_deref().map(|n| Arg::Text(Some(n))));
         self.entries(
             &format!(
                 "SELECT {INSTANCE_COLUMNS} FROM instances
-                 WHERE state = 1 AND id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3"
+                 WHERE state = 1 AND id > ?1 AND id <= ?2 {own} ORDER BY id LIMIT ?3"
             ),
-            params![after, through, limit as i64],
+            &args,
         )
     }
 
@@ -292,13 +333,13 @@ impl Index {
         Ok(self
             .entries(
                 &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?1 AND state = 1"),
-                [id],
+                &[Arg::Int(Some(id))],
             )?
             .pop())
     }
 
     /// Changed groups of the wanted levels whose instances all had their callbacks (none
-    /// pending), oldest first; only those of `study` when given.
+    /// pending, on any node), oldest first; only those of `study` when given.
     pub(super) fn candidates(
         &self,
         studies: bool,
@@ -306,58 +347,63 @@ impl Index {
         study: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Candidate>> {
-        let mut statement = self
-            .conn
-            .prepare_cached(
-                "SELECT level, uid, study_instance_uid, last_received, events FROM groups g
-                 WHERE changed = 1
-                    AND ((?1 AND level = 'study') OR (?2 AND level = 'series'))
-                    AND (?3 IS NULL OR study_instance_uid = ?3)
-                    AND NOT EXISTS (SELECT 1 FROM instances i
-                        WHERE i.study_instance_uid = g.study_instance_uid AND i.state = 1)
-                 ORDER BY last_received LIMIT ?4",
-            )
-            .map_err(self.error())?;
-        let rows = statement
-            .query_map(params![studies, series, study, limit as i64], |row| {
-                let level = match row.get::<_, String>(0)?.as_str() {
-                    "study" => Level::Study,
+        let rows = self.rows(
+            "SELECT level, uid, study_instance_uid, last_received, events FROM groups g
+             WHERE changed = 1
+                AND ((?1 AND level = 'study') OR (?2 AND level = 'series'))
+                AND (CAST(?3 AS TEXT) IS NULL OR study_instance_uid = ?3)
+                AND NOT EXISTS (SELECT 1 FROM instances i
+                    WHERE i.study_instance_uid = g.study_instance_uid AND i.state = 1)
+             ORDER BY last_received LIMIT ?4",
+            &[
+                Arg::Bool(studies),
+                Arg::Bool(series),
+                Arg::Text(study),
+                Arg::Int(Some(limit as i64)),
+            ],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let mut c = Cells::new(row);
+                let level = match c.text().as_deref() {
+                    Some("study") => Level::Study,
                     _ => Level::Series,
                 };
-                Ok(Candidate {
+                Candidate {
                     level,
-                    uid: row.get(1)?,
-                    study_instance_uid: row.get(2)?,
-                    last_received: row.get(3)?,
-                    events: row.get(4)?,
-                })
+                    uid: c.string(),
+                    study_instance_uid: c.string(),
+                    last_received: c.real(),
+                    events: c.int(),
+                }
             })
-            .map_err(self.error())?;
-        rows.collect::<rusqlite::Result<_>>().map_err(self.error())
+            .collect())
     }
 
     /// Rows waiting for delivery (pending: not yet delivered nor parked) and the arrival
     /// time of the oldest, for the backlog and lag metrics; through the waiting-rows index.
     pub fn backlog(&self) -> Result<(i64, Option<f64>)> {
-        self.conn
-            .query_row(
-                "SELECT COUNT(*), MIN(received) FROM instances WHERE state = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(self.error())
+        let rows = self.rows(
+            "SELECT COUNT(*), MIN(received) FROM instances WHERE state = 1",
+            &[],
+        )?;
+        let row = rows.first();
+        let count = row.and_then(|r| r.first()).map_or(0, Value::int);
+        let oldest = match row.and_then(|r| r.get(1)) {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(value.real()),
+        };
+        Ok((count, oldest))
     }
 
     /// Whether instances of `study` wait for their callbacks.
     pub(super) fn has_pending(&self, study: &str) -> Result<bool> {
-        self.conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM instances
-                    WHERE study_instance_uid = ?1 AND state = 1)",
-                [study],
-                |r| r.get(0),
-            )
-            .map_err(self.error())
+        let rows = self.rows(
+            "SELECT 1 FROM instances WHERE study_instance_uid = ?1 AND state = 1 LIMIT 1",
+            &[Arg::Text(Some(study))],
+        )?;
+        Ok(!rows.is_empty())
     }
 
     /// The instances of a study or series, one per file (the newest row of a replaced
@@ -367,42 +413,43 @@ impl Index {
             Level::Study => "study_instance_uid",
             Level::Series => "series_instance_uid",
         };
-        let mut statement = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT IFNULL(series_instance_uid, ''), sop_instance_uid, sop_class_uid,
-                    IFNULL(modality, ''), path, IFNULL(patient_id, ''), MAX(id)
-                 FROM instances WHERE {column} = ?1 GROUP BY path ORDER BY MAX(id)"
-            ))
-            .map_err(self.error())?;
+        let rows = self.rows(
+            &format!(
+                "SELECT COALESCE(series_instance_uid, ''), sop_instance_uid, sop_class_uid,
+                    COALESCE(modality, ''), path, COALESCE(patient_id, '')
+                 FROM instances WHERE id IN
+                    (SELECT MAX(id) FROM instances WHERE {column} = ?1 GROUP BY path)
+                 ORDER BY id"
+            ),
+            &[Arg::Text(Some(uid))],
+        )?;
         let mut patient = String::new();
-        let rows = statement
-            .query_map([uid], |row| {
-                patient = row.get(5)?;
-                Ok(Member {
-                    series_instance_uid: row.get(0)?,
-                    sop_instance_uid: row.get(1)?,
-                    sop_class_uid: row.get(2)?,
-                    modality: row.get(3)?,
-                    path: self.root.join(row.get::<_, String>(4)?),
-                })
+        let members = rows
+            .into_iter()
+            .map(|row| {
+                let mut c = Cells::new(row);
+                let member = Member {
+                    series_instance_uid: c.string(),
+                    sop_instance_uid: c.string(),
+                    sop_class_uid: c.string(),
+                    modality: c.string(),
+                    path: self.root.join(c.string()),
+                };
+                patient = c.string();
+                member
             })
-            .map_err(self.error())?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.error())?;
-        Ok((rows, patient))
+            .collect();
+        Ok((members, patient))
     }
 
     #[cfg(test)]
     pub(super) fn group_events(&self, level: Level, uid: &str) -> Option<(i64, bool)> {
-        use rusqlite::OptionalExtension;
-        self.conn
-            .query_row(
+        let rows = self
+            .rows(
                 "SELECT events, changed FROM groups WHERE level = ?1 AND uid = ?2",
-                params![level.as_str(), uid],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                &[Arg::Text(Some(level.as_str())), Arg::Text(Some(uid))],
             )
-            .optional()
-            .unwrap()
+            .unwrap();
+        rows.first().map(|r| (r[0].int(), r[1].int() != 0))
     }
 }

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,12 +25,16 @@ use rusqlite::{params, Connection, OpenFlags, Transaction, TransactionBehavior};
 use crate::error::{Error, Result};
 use crate::events::{EventQueue, Level};
 
+mod backend;
 mod feed;
 mod index;
+mod postgres;
 mod schema;
 
+pub use backend::Location;
 pub use feed::{Completer, Feed, Replayer, Timers};
 pub use index::{Index, InstanceEntry, SeriesSummary, StudySummary};
+pub use postgres::Cluster;
 pub use schema::VERSION;
 
 /// The journal's folder under `data_dir`, hidden like the spool's.
@@ -106,11 +111,14 @@ struct Queue {
 pub struct Journal {
     root: PathBuf,
     held: PathBuf,
-    database: PathBuf,
+    location: Location,
     queue: Mutex<Queue>,
     committed: Condvar,
     /// Only the committing thread locks it.
-    writer: Mutex<Writer>,
+    writer: Mutex<backend::Store>,
+    /// This node runs the completion timers (PostgreSQL: while it holds their lease).
+    leads: Arc<AtomicBool>,
+    heartbeat: Mutex<Option<postgres::Heartbeat>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -204,14 +212,22 @@ impl Journal {
             held: held.clone(),
             notify,
         };
-        Ok(Journal {
+        let location = Location::Sqlite(database);
+        let store = backend::Store::Sqlite(writer);
+        Ok(Journal::with_store(root, held, location, store))
+    }
+
+    fn with_store(root: &Path, held: PathBuf, location: Location, store: backend::Store) -> Self {
+        Journal {
             root: root.to_path_buf(),
             held,
-            database,
+            leads: Arc::new(AtomicBool::new(matches!(location, Location::Sqlite(_)))),
+            location,
             queue: Mutex::default(),
             committed: Condvar::new(),
-            writer: Mutex::new(writer),
-        })
+            writer: Mutex::new(store),
+            heartbeat: Mutex::default(),
+        }
     }
 
     /// Where the journal keeps the version acknowledged under `name` (unique per spool file).
@@ -221,7 +237,7 @@ impl Journal {
 
     /// A new connection for queries (and for the feed's reading), beside the writer.
     pub fn index(&self) -> Result<Index> {
-        Index::connect(&self.root, &self.database)
+        Index::connect(&self.root, &self.location, Some(Arc::clone(&self.leads)))
     }
 
     /// Queue `request` and see it committed: by this thread if no commit is under way (with
@@ -264,7 +280,7 @@ impl Journal {
 
     fn ask(&self, request: Request) -> Result<i64> {
         let answer = self.submit(request, true).unwrap_or(Ok(0));
-        answer.map_err(|e| journal_error(&self.database, e))
+        answer.map_err(|e| backend::journal_error(&self.location, e))
     }
 
     /// Journal one acknowledged instance; returns its row id once committed.
@@ -335,26 +351,7 @@ impl Writer {
                 tx.commit().map_err(|e| e.to_string())?;
                 Ok(answers)
             });
-        let answers = match result {
-            Ok(answers) => answers,
-            Err(e) => {
-                released.clear();
-                vec![Err(e); batch.len()]
-            }
-        };
-        // Only after the commit: a crash before it keeps the row pending and its version.
-        for name in released {
-            let _ = fs::remove_file(self.held.join(name));
-        }
-        if let Some(notify) = &self.notify {
-            notify.poke();
-        }
-        batch
-            .into_iter()
-            .zip(answers)
-            .filter(|((_, request), _)| request.answered())
-            .map(|((ticket, _), answer)| (ticket, answer))
-            .collect()
+        backend::settle(batch, result, released, &self.held, self.notify.as_deref())
     }
 }
 

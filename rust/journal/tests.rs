@@ -300,7 +300,7 @@ fn schema_versions_and_unusable_files_are_told() {
             }
         }
     }
-    let missing = Index::open(&root.join("nowhere"))
+    let missing = Index::open(&root.join("nowhere"), None)
         .err()
         .unwrap()
         .to_string();

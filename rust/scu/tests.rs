@@ -83,6 +83,7 @@ fn server_config(dir: &Path, policy: AcceptorPolicy) -> ServerConfig {
         duplicates: Duplicates::Replace,
         timers: None,
         node_id: "test".into(),
+        cluster: None,
     }
 }
 
