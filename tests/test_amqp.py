@@ -6,6 +6,7 @@ and they go once it takes them."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -284,3 +285,41 @@ def test_pika_is_not_imported_without_events(tmp_path: Path):
         "assert 'pika' not in sys.modules and 'dicom_inlet.amqp' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=TIMEOUT)
+
+
+def test_the_deployment_guides_consumer_gets_the_study_event(
+    rabbitmq: RabbitMQ, server_factory: Any, tmp_path: Path, capsys: Any
+):
+    guide = (Path(__file__).parent.parent / "docs" / "deployment.md").read_text()
+    section = guide.split("### Consuming the events", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None
+    exchange = f"guide-{uuid.uuid4().hex[:8]}"
+    code = (
+        match.group(1)
+        .replace("amqp://worker:secret@rabbit:5672/%2F", rabbitmq.url)
+        .replace('"dicom-inlet"', repr(exchange))
+        .replace('"ct-studies"', repr(f"{exchange}-studies"))
+        # Consumed below, one turn at a time, rather than for ever.
+        .replace("channel.start_consuming()\n", "")
+    )
+    worker: dict[str, Any] = {}
+    exec(compile(code, "docs/deployment.md", "exec"), worker)
+    sent = files(tmp_path, 2)
+    # Its queue takes study events only: instance events are dropped, not waited for.
+    sink = AmqpSink(rabbitmq.url, exchange=exchange, mandatory=False)
+    server = server_factory(events=sink, study_timeout=0.5)
+    assert statuses(send(server.port, sent)) == [0, 0]
+    study = delivery.instances(server.data_dir)[0].study_instance_uid
+    printed: list[str] = []
+
+    def consumed() -> bool:
+        worker["connection"].process_data_events(time_limit=0.5)
+        printed.append(capsys.readouterr().out)
+        return bool("".join(printed))
+
+    try:
+        assert wait_until(consumed, TIMEOUT * 3)
+    finally:
+        worker["connection"].close()
+    assert "".join(printed) == f"{study} 0 2 files\n"
