@@ -697,7 +697,7 @@ class StoreSCPServer:
         )
 
 
-def _events_sink(events: str | AmqpSink | None, journal: bool) -> AmqpSink | None:
+def _events_sink(events: str | AmqpSink | None, journal: bool | str) -> AmqpSink | None:
     if events is None:
         return None
     if not journal:
