@@ -194,13 +194,16 @@ impl Feed {
         let mut found = None;
         // Released studies first: due whatever their last arrival.
         for study in std::mem::take(&mut self.released) {
+            // Asked before the candidates: a delivery marked in between (another thread's,
+            // a broker's confirm) then still finds the study ready, not dropped.
+            let waiting = index.has_pending(&study)?;
             let candidates = index.candidates(timers.studies, timers.series, Some(&study), 64)?;
             let ready = candidates
                 .into_iter()
                 .find(|c| !self.handed.contains(&(c.level, c.uid.clone())));
             // Kept while it has one more group to fire (its series, say) or callbacks to wait
             // for: the writer's poke after their delivery brings it back here.
-            if ready.is_some() || index.has_pending(&study)? {
+            if ready.is_some() || waiting {
                 self.released.insert(study);
             }
             if found.is_none() {
