@@ -14,7 +14,7 @@ use crate::association::AcceptorPolicy;
 use crate::error::Error;
 use crate::events::{self, Event, Level};
 use crate::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
-use crate::journal::{Cluster, Feed, Replayer, Timers};
+use crate::journal::{Cluster, Completer, Feed, Replayer, Timers};
 use crate::layout::SortKey;
 use crate::scan::Element;
 use crate::server::{self, ServerConfig};
@@ -120,6 +120,7 @@ struct Server {
     /// Journal rows delivered, not yet marked so (see `next_events`).
     marks: Mutex<Vec<i64>>,
     replayer: Replayer,
+    completer: Completer,
     inner: server::Server,
 }
 
@@ -269,6 +270,7 @@ impl Server {
         Ok(Server {
             inner,
             replayer: events.replayer(),
+            completer: events.completer(),
             events: Mutex::new(events),
             marks: Mutex::default(),
         })
@@ -370,6 +372,14 @@ impl Server {
             .map(handlers::EchoRequest::from)
     }
 
+    /// Journal row `journal_id` was delivered other than through `next_events` (by the events
+    /// sink, once the broker confirmed it): mark it now.
+    fn delivered(&self, py: Python<'_>, journal_id: i64) {
+        if let Some(journal) = self.inner.journal() {
+            py.detach(|| journal.delivered(vec![journal_id]));
+        }
+    }
+
     /// The callbacks of journal row `journal_id` kept failing: park it with `error`.
     fn failed(&self, py: Python<'_>, journal_id: i64, attempts: u32, error: String) {
         if let Some(journal) = self.inner.journal() {
@@ -405,7 +415,9 @@ impl Server {
             if let (true, Some(journal)) = (done, self.inner.journal()) {
                 journal.completed(level, event.uid.clone(), event.last_received)?;
             }
-            lock(&self.events).completion_done(level, &event.uid);
+            // Not through the feed's lock: a sink's thread tells this while the consumer
+            // holds the feed, waiting for events.
+            self.completer.done(level, event.uid.clone());
             Ok::<_, Error>(())
         })
         .map_err(PyErr::from)
@@ -1457,6 +1469,11 @@ mod journal_index {
         #[pyo3(signature = (ids=None))]
         fn replay(&self, py: Python<'_>, ids: Option<Vec<i64>>) -> PyResult<i64> {
             Ok(py.detach(|| lock(&self.index).replay(ids.as_deref()))?)
+        }
+
+        /// Rows waiting for delivery, and the arrival time (Unix seconds) of the oldest.
+        fn backlog(&self, py: Python<'_>) -> PyResult<(i64, Option<f64>)> {
+            Ok(py.detach(|| lock(&self.index).backlog())?)
         }
     }
 

@@ -19,7 +19,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::file_meta::FileMeta;
 
@@ -35,6 +36,12 @@ const NODE_ID_MAX: usize = 64;
 const GATHER: usize = 64 * 1024;
 /// Spool ids are drawn for the whole process: servers of one process may share a spool area.
 static NEXT_SPOOL_ID: AtomicU64 = AtomicU64::new(0);
+/// This run among the runs of every node on the data_dir: the spool ids restart at 0 in each
+/// process (and a container's process id may be the same each time).
+static RUN: LazyLock<String> = LazyLock::new(|| {
+    let started = SystemTime::now().duration_since(UNIX_EPOCH);
+    format!("{:x}", started.map_or(0, |d| d.as_nanos()))
+});
 
 /// A node's spool area and the lock that says its node is alive. Servers of one process with
 /// the same node id share it (a second lock on the file would fail: flock is per open file).
@@ -468,10 +475,13 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// A name unique to this spool file across runs, for what the caller keeps of it.
+    /// A name unique to this spool file across runs and the nodes sharing the data_dir (its
+    /// node's area, this run, its id), for what the caller keeps of it in a shared folder.
     pub fn name(&self) -> String {
-        let name = self.path.file_stem().unwrap_or_default().to_string_lossy();
-        format!("{name}.dcm")
+        let id = self.path.file_stem().unwrap_or_default().to_string_lossy();
+        let node = self.path.parent().and_then(Path::file_name);
+        let node = node.unwrap_or_default().to_string_lossy();
+        format!("{node}-{}-{id}.dcm", *RUN)
     }
 
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
@@ -563,6 +573,21 @@ mod tests {
             assert!(fs::read(&path).unwrap().ends_with(body));
         }
         assert_eq!(spool_files(&root), 0);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn spool_names_name_their_node_and_run() {
+        // Two processes' spool ids both start at 0: the node and the run tell them apart in
+        // the journal's shared held folder.
+        let root = temp_root("names");
+        let a = Storage::open(&root, false, "node-a").unwrap();
+        let b = Storage::open(&root, false, "node-b").unwrap();
+        let (first, second) = (a.spool(&meta()).unwrap(), b.spool(&meta()).unwrap());
+        let (first, second) = (first.name(), second.name());
+        assert!(first.starts_with(&format!("node-a-{}-", *RUN)), "{first}");
+        assert!(second.starts_with(&format!("node-b-{}-", *RUN)), "{second}");
+        assert!(first.ends_with(".dcm") && first != second);
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -8,8 +8,10 @@ CI (``CI`` set) it fails them, since ``.ci/run`` installs the packages.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -140,3 +142,137 @@ def postgres() -> Iterator[Postgres]:
     finally:
         with contextlib.suppress(Exception):
             server.close()
+
+
+# RabbitMQ ----------------------------------------------------------------------------------
+
+RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+#: Erlang's port mapper daemon; each broker gets one of its own, on its own port.
+EPMD = Path("/usr/bin/epmd")
+
+
+class RabbitMQ:
+    """A RabbitMQ server of Debian's, in its own directory, on free loopback ports.
+
+    Its AMQP listener, its Erlang distribution port and its epmd all get free ports on
+    127.0.0.1 (the management plugin stays off: an empty plugins file); database, logs,
+    config and the Erlang cookie ($HOME) live in a temporary directory. It runs as root
+    well with these settings (Debian's wrapper in /usr/sbin would switch users: the script
+    behind it is started directly). :meth:`stop` and :meth:`start` keep its database, so
+    durable exchanges, queues and persistent messages survive a restart.
+    """
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="inlet-rabbitmq-"))
+        self.port = _free_port()
+        self.dist_port = _free_port()
+        self.epmd_port = _free_port()
+        self.node = f"inlet-{uuid.uuid4().hex[:8]}@localhost"
+        self.process: subprocess.Popen[bytes] | None = None
+        (self.root / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = {HOST}:{self.port}\n"
+            # The default guest user may connect on loopback only: that is where we are.
+            "loopback_users.guest = true\n"
+            # A disk alarm would block publishers; tmpfs may be small.
+            "disk_free_limit.absolute = 1MB\n"
+        )
+        (self.root / "enabled_plugins").write_text("[].\n")
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{HOST}:{self.port}/%2F"
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            HOME=str(self.root),
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_IP_ADDRESS=HOST,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            ERL_EPMD_PORT=str(self.epmd_port),
+            ERL_EPMD_ADDRESS=HOST,
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            RABBITMQ_MNESIA_BASE=str(self.root / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.root / "log"),
+            RABBITMQ_LOGS="-",
+            RABBITMQ_CONFIG_FILE=str(self.root / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(self.root / "advanced.config"),
+            RABBITMQ_CONF_ENV_FILE=str(self.root / "rabbitmq-env.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.root / "enabled_plugins"),
+            RABBITMQ_PID_FILE=str(self.root / "pid"),
+        )
+        return env
+
+    def _answers(self) -> bool:
+        """Whether the broker speaks AMQP yet (its listener opens last of all)."""
+        import pika
+
+        try:
+            socket.create_connection((HOST, self.port), timeout=TIMEOUT).close()
+            pika.BlockingConnection(pika.URLParameters(self.url)).close()
+        except Exception:
+            return False
+        return True
+
+    def start(self) -> None:
+        """Start it (again after :meth:`stop`) and return once it takes AMQP connections."""
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 (owned by the process)
+        # A session of its own: stop() signals the shell script and the Erlang VM together.
+        self.process = subprocess.Popen(
+            [str(RABBITMQ_SERVER)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=self._environment(),
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + TIMEOUT * 2
+        while not self._answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(self.log())
+            # Polling a starting broker; not a synchronisation between our own threads.
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """SIGTERM: the broker closes its connections and stops, as at a service restart."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=TIMEOUT * 2)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=TIMEOUT)
+
+    def log(self) -> str:
+        return (self.root / "server.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        self.stop()
+        # The broker's epmd outlives it (it daemonizes): ask the one on our port to go.
+        if EPMD.exists():
+            env = dict(os.environ, ERL_EPMD_PORT=str(self.epmd_port))
+            subprocess.run(
+                [str(EPMD), "-kill"], env=env, capture_output=True, timeout=TIMEOUT, check=False
+            )
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitMQ]:
+    """A RabbitMQ broker for the session; tests use exchanges and queues of their own."""
+    if not RABBITMQ_SERVER.is_file():
+        _missing(f"RabbitMQ ({RABBITMQ_SERVER}, Debian package rabbitmq-server)")
+    pytest.importorskip("pika")
+    # pika logs each refused connection with a traceback; the tests say what they wait for.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    broker = RabbitMQ()
+    try:
+        broker.start()
+        yield broker
+    finally:
+        with contextlib.suppress(Exception):
+            broker.close()

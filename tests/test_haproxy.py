@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -49,8 +50,9 @@ def haproxy() -> str:
 class Node:
     """One ``dicom-inlet serve`` process on fixed ports, so it can be started again."""
 
-    def __init__(self, index: int, data_dir: Path, cwd: Path) -> None:
+    def __init__(self, index: int, data_dir: Path, cwd: Path, extra: Sequence[str] = ()) -> None:
         self.name = f"n{index}"
+        self.extra = list(extra)
         self.port = free_port()
         self.metrics_port = free_port()
         self.data_dir = data_dir
@@ -60,7 +62,7 @@ class Node:
     def start(self) -> None:
         args = [str(self.data_dir), "--host", HOST, "--port", str(self.port)]
         args += ["--metrics-port", str(self.metrics_port), "--node-id", self.name]
-        args += ["--drain-delay", str(DRAIN_DELAY), "--shutdown-timeout", "120"]
+        args += ["--drain-delay", str(DRAIN_DELAY), "--shutdown-timeout", "120", *self.extra]
         self.process = ServeProcess(args, cwd=self.cwd)
         self.process.wait_for(LISTENING)
 

@@ -160,6 +160,35 @@ def test_drain_fails_readyz_first_then_stops(server_factory: Any, tmp_path: Path
         get(port, "/healthz")
 
 
+def test_backlog_and_lag_follow_undelivered_rows_and_readyz_needs_the_journal(
+    server_factory: Any, data_dir: Path, tmp_path: Path
+):
+    release = threading.Event()
+    server = server_factory(metrics_port=0, callbacks=[lambda ds: release.wait(TIMEOUT)])
+    port = server.metrics_port
+    assert value(port, "dicom_inlet_journal_backlog") == 0
+    src = write_file(make_dataset(rows=8, columns=8), tmp_path / "held.dcm")
+    assert statuses(send(server.port, [src])) == [0]
+    # The callback holds the row undelivered: it waits in the journal, and ages.
+    assert value(port, "dicom_inlet_journal_backlog") == 1
+    assert wait_until(lambda: value(port, "dicom_inlet_delivery_lag_seconds") > 0)
+    release.set()
+    assert wait_until(lambda: value(port, "dicom_inlet_journal_backlog") == 0)
+    assert value(port, "dicom_inlet_delivery_lag_seconds") == 0
+    assert value(port, "dicom_inlet_journal_up") == 1
+    # A journal gone (its volume unmounted, say): not ready, and the scrape says so.
+    journal = data_dir / ".journal"
+    journal.rename(tmp_path / "away")
+    try:
+        status, text = get(port, "/readyz")
+        assert status == 503
+        assert text.startswith("not ready: journal unreachable: no journal at "), text
+        assert value(port, "dicom_inlet_journal_up") == 0
+    finally:
+        (tmp_path / "away").rename(journal)
+    assert get(port, "/readyz") == (200, "ready\n")
+
+
 def test_metrics_are_not_imported_without_a_metrics_port(tmp_path: Path):
     code = (
         "import sys\n"

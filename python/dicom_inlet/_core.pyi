@@ -243,6 +243,8 @@ class Server:
         """Wait for the next event and take up to ``max - 1`` more already waiting with it;
         empty once shut down and drained. ``delivered``: journal rows whose callbacks
         returned, marked in batches (64, or after 5 ms without an event)."""
+    def delivered(self, journal_id: int) -> None:
+        """Mark journal row ``journal_id`` delivered now (the events sink, once confirmed)."""
     def failed(self, journal_id: int, attempts: int, error: str) -> None:
         """The callbacks of journal row ``journal_id`` kept failing: park it."""
     def replay(self, ids: list[int] | None = None) -> int:
@@ -419,6 +421,8 @@ class Journal:
         """Rows in arrival order, filtered by study, series and state."""
     def replay(self, ids: list[int] | None = None) -> int:
         """Failed deliveries (these ids, or all) back to pending for the next start."""
+    def backlog(self) -> tuple[int, float | None]:
+        """Rows waiting for delivery, and the arrival time (Unix seconds) of the oldest."""
 
 # The storage SCU.
 class AssociationError(ConnectionError):

@@ -358,6 +358,17 @@ def _add_serve_cluster(serve: argparse.ArgumentParser) -> None:
         help="with --journal URL: a silent node's study timers and undelivered instances "
         "are taken over by the others after this long (default: 10)",
     )
+    cluster.add_argument(
+        "--events",
+        metavar="URL",
+        help="publish instance and study events to RabbitMQ at this amqp:// URL, confirmed "
+        "before a row counts as delivered (needs dicom-inlet[amqp]; default: none)",
+    )
+    cluster.add_argument(
+        "--events-exchange",
+        metavar="NAME",
+        help="the durable topic exchange of --events (default: dicom-inlet)",
+    )
 
 
 def _server_tls(args: argparse.Namespace) -> ServerTLS | None:
@@ -374,6 +385,20 @@ def _journal(args: argparse.Namespace) -> bool | str:
     if args.journal is not None and args.no_journal:
         raise ValueError("--journal URL and --no-journal: give one")
     return args.journal if args.journal is not None else not args.no_journal
+
+
+def _events(args: argparse.Namespace) -> Any:
+    if args.events is None:
+        if args.events_exchange is not None:
+            raise ValueError("--events-exchange needs --events URL")
+        return None
+    try:
+        from dicom_inlet.amqp import DEFAULT_EXCHANGE, AmqpSink
+    except ImportError as error:
+        raise ImportError(
+            f"--events needs pika ({error}): pip install 'dicom-inlet[amqp]'"
+        ) from None
+    return AmqpSink(args.events, exchange=args.events_exchange or DEFAULT_EXCHANGE)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -416,6 +441,7 @@ def _serve(args: argparse.Namespace) -> int:
         drain_delay=args.drain_delay,
         echo_handler=args.echo_handler,
         journal_lease=args.journal_lease,
+        events=_events(args),
     )
     with console.server_status(server, enabled=sys.stderr.isatty() and not args.quiet):
         server.run(block=True)

@@ -27,6 +27,7 @@ from dicom_inlet import _core
 if TYPE_CHECKING:
     from pydicom import Dataset
 
+    from dicom_inlet.amqp import AmqpSink
     from dicom_inlet.part10 import StoredDataset
 
 __all__ = [
@@ -136,7 +137,9 @@ class Dispatcher:
     seconds, ``retries`` times; then the instance is parked as failed with the traceback
     (``dicom-inlet status --failed``, :func:`replay`). Once ``stop`` is set (shutdown), no
     more retries wait: an instance still failing stays pending and is delivered again at
-    the next start.
+    the next start. With a ``sink`` (events to a broker), an instance whose callbacks
+    returned (a completion event too) is handed to it, and it marks the row delivered once
+    the broker confirmed.
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class Dispatcher:
         stop: threading.Event,
         log_association: Callable[[_core.AssociationRecord], None],
         log_failure: Callable[[_core.FailedStore], None],
+        sink: AmqpSink | None = None,
     ) -> None:
         self.scp = scp
         self.callbacks = list(callbacks)
@@ -162,6 +166,7 @@ class Dispatcher:
         self.log_association = log_association
         self.log_failure = log_failure
         self._read: Callable[[_core.StoredInstance], StoredDataset] | None = None
+        self.sink = sink
 
     def run(self) -> None:
         # The events waiting are taken in one go; delivered marks go back with the next call
@@ -220,6 +225,10 @@ class Dispatcher:
             failure: str | None = traceback.format_exc()
         else:
             failure = self._call(self.callbacks, dataset, lambda: os.fspath(stored.path))
+            if failure is None and self.sink is not None and stored.journal_id is not None:
+                # The broker's confirm marks the row delivered, on the sink's thread.
+                self.sink.instance(self.scp, stored, dataset)
+                return False
             # A callback kept the data set: what it has not read yet is read now, while the
             # journal still holds the version acknowledged (it lets go once marked delivered).
             kept = weakref.ref(dataset)
@@ -245,6 +254,9 @@ class Dispatcher:
         failure = self._call(list(callbacks), completion, lambda: what)
         if failure is not None:
             logger.error("%s event failed; it comes again at the next start", what)
+        elif self.sink is not None:
+            self.sink.completion(self.scp, event, completion)
+            return
         self.scp.completed(event, failure is None)
 
 

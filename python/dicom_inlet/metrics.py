@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
@@ -20,6 +20,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dicom_inlet import _core
+
+if TYPE_CHECKING:
+    from dicom_inlet.amqp import AmqpSink
 
 __all__ = ["MAX_CALLING_AES", "Metrics"]
 
@@ -67,6 +70,67 @@ class _LiveTotals(Collector):
         yield from (open_now, stored, failed, received)
 
 
+class _Delivery(Collector):
+    """The journal's rows waiting for delivery and the broker's counts, read at each scrape:
+    a backlog that grows, or an oldest row that ages, is what an operator alerts on."""
+
+    def __init__(
+        self, backlog: Callable[[], tuple[int, float | None]] | None, sink: AmqpSink | None
+    ) -> None:
+        self._backlog = backlog
+        self._sink = sink
+
+    def collect(self) -> Iterator[Any]:
+        if self._backlog is not None:
+            waiting = GaugeMetricFamily(
+                "dicom_inlet_journal_backlog",
+                "Journal rows acknowledged and not yet delivered (callbacks or broker).",
+            )
+            lag = GaugeMetricFamily(
+                "dicom_inlet_delivery_lag_seconds",
+                "Age of the oldest journal row waiting for delivery (0: none waits).",
+            )
+            up = GaugeMetricFamily(
+                "dicom_inlet_journal_up", "1 if the journal answered this scrape, else 0."
+            )
+            try:
+                count, oldest = self._backlog()
+            except Exception:
+                up.add_metric([], 0)
+            else:
+                up.add_metric([], 1)
+                waiting.add_metric([], count)
+                lag.add_metric([], 0.0 if oldest is None else max(0.0, time.time() - oldest))
+            yield from (waiting, lag, up)
+        sink = self._sink
+        if sink is not None:
+            labels = ["exchange"]
+            published = CounterMetricFamily(
+                "dicom_inlet_broker_publishes",
+                "Events published to the broker (attempts, retries included).",
+                labels=labels,
+            )
+            confirmed = CounterMetricFamily(
+                "dicom_inlet_broker_confirms", "Events the broker confirmed.", labels=labels
+            )
+            failed = CounterMetricFamily(
+                "dicom_inlet_broker_failures",
+                "Publish attempts that failed: broker down, connection lost, nack, unroutable.",
+                labels=labels,
+            )
+            waiting_events = GaugeMetricFamily(
+                "dicom_inlet_broker_waiting",
+                "Events in memory waiting for the broker's confirm.",
+                labels=labels,
+            )
+            stats = sink.stats
+            published.add_metric([sink.exchange], stats.published)
+            confirmed.add_metric([sink.exchange], stats.confirmed)
+            failed.add_metric([sink.exchange], stats.failed)
+            waiting_events.add_metric([sink.exchange], sink.waiting())
+            yield from (published, confirmed, failed, waiting_events)
+
+
 class Metrics:
     """The metrics of one server and the HTTP endpoint that serves them.
 
@@ -74,6 +138,9 @@ class Metrics:
         stats: The running core server's totals (None while it is not running).
         ready: Why the server is not ready (None: ready), asked at each ``/readyz``.
         node_id: This node's id, exported as ``dicom_inlet_node_info``.
+        backlog: The journal's waiting rows and the arrival time of the oldest (None: no
+            journal).
+        sink: The broker sink whose counts to export, if any.
     """
 
     def __init__(
@@ -81,6 +148,8 @@ class Metrics:
         stats: Callable[[], _core.ServerStats | None],
         ready: Callable[[], str | None],
         node_id: str,
+        backlog: Callable[[], tuple[int, float | None]] | None = None,
+        sink: AmqpSink | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self._ready = ready
@@ -89,6 +158,7 @@ class Metrics:
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.registry.register(_LiveTotals(stats))
+        self.registry.register(_Delivery(backlog, sink))
         info = GaugeMetricFamily(
             "dicom_inlet_node_info", "This node's id (value 1).", labels=["node_id"]
         )

@@ -39,6 +39,7 @@ from dicom_inlet.tls import ServerTLS
 if TYPE_CHECKING:
     from pydicom import Dataset
 
+    from dicom_inlet.amqp import AmqpSink
     from dicom_inlet.metrics import Metrics
 
 __all__ = ["Callback", "CompletionCallback", "StoreSCPServer", "run_server"]
@@ -186,6 +187,11 @@ class StoreSCPServer:
         journal_lease: With a PostgreSQL journal, seconds a node's lease (and the timers'
             lease) lasts without a heartbeat (three a lease): how soon a dead node's
             undelivered instances and its study timers are taken over.
+        events: Publish instance and study events to RabbitMQ: an ``amqp://`` URL (exchange
+            ``dicom-inlet``) or an :class:`~dicom_inlet.amqp.AmqpSink`. Beside the callbacks,
+            after them; a row counts as delivered once the broker confirmed its event, and
+            while the broker is down or refuses, rows wait in the journal (never parked).
+            Needs the journal and ``pip install "dicom-inlet[amqp]"``.
     """
 
     def __init__(
@@ -230,6 +236,7 @@ class StoreSCPServer:
         drain_delay: float = 0.0,
         echo_handler: EchoHandler | None = None,
         journal_lease: float = 10.0,
+        events: str | AmqpSink | None = None,
     ) -> None:
         if db_session is not None:
             if isinstance(db_session, (list, tuple)):
@@ -320,6 +327,7 @@ class StoreSCPServer:
         if drain_delay < 0:
             raise ValueError("drain_delay must be a number of seconds, at least 0")
         self.drain_delay = drain_delay
+        self.events = _events_sink(events, journal)
         self._metrics: Metrics | None = None
         # Set by drain() and shutdown(): /readyz fails from then on.
         self._draining = False
@@ -404,7 +412,8 @@ class StoreSCPServer:
                 dimse_timeout=self.dimse_timeout,
                 max_instance_size=self.max_instance_size,
                 durable=self.durable,
-                emit_stored=bool(self.callbacks) and not self.callbacks_before_response,
+                emit_stored=(bool(self.callbacks) and not self.callbacks_before_response)
+                or self.events is not None,
                 event_queue=self.callback_queue_size,
                 handler_stage=self._handler_stage(),
                 handler_timeout=self.handler_timeout,
@@ -414,8 +423,9 @@ class StoreSCPServer:
                 journal=bool(self.journal),
                 duplicates=self.duplicates,
                 study_timeout=self.study_timeout,
-                study_events=bool(self.study_callbacks),
-                series_events=bool(self.series_callbacks),
+                study_events=bool(self.study_callbacks) or self.events is not None,
+                series_events=bool(self.series_callbacks)
+                or (self.events is not None and self.events.series),
                 events_on_release=self.events_on_release,
                 node_id=self.node_id,
                 echo_handler=self.echo_handler is not None,
@@ -433,7 +443,10 @@ class StoreSCPServer:
             if self.echo_handler is not None:
                 name = getattr(self.echo_handler, "__name__", repr(self.echo_handler))
                 self._echoes = EchoPool(self.scp, self.echo_handler, name, self.handler_threads)
-            callbacks = self.callbacks
+            # Run before the response already (with the events, the stored ones come here).
+            callbacks = [] if self.callbacks_before_response else self.callbacks
+            if self.events is not None:
+                self.events.start(self.node_id, self.data_dir, self.retry_backoff, self._stop)
             if self.metrics_port is not None:
                 self._metrics = self._serve_metrics(self.scp)
                 callbacks = [self._metrics.timed(c) for c in callbacks]
@@ -447,6 +460,7 @@ class StoreSCPServer:
                 stop=self._stop,
                 log_association=self._association_ended,
                 log_failure=self._store_failed,
+                sink=self.events,
             )
             self._dispatcher = threading.Thread(
                 target=dispatcher.run, name="dicom-inlet-callbacks", daemon=True
@@ -479,7 +493,8 @@ class StoreSCPServer:
             # Here, not at the top: a server without metrics does not load prometheus_client.
             from dicom_inlet.metrics import Metrics
 
-            metrics = Metrics(self._live_stats, self.ready, self.node_id)
+            backlog = self._journal_backlog if self.journal else None
+            metrics = Metrics(self._live_stats, self.ready, self.node_id, backlog, self.events)
             self.metrics_port = metrics.serve(self.node.ip or "0.0.0.0", self.metrics_port or 0)
         except BaseException as error:
             # Not half a node: without its health checks, the DICOM port closes too.
@@ -498,6 +513,11 @@ class StoreSCPServer:
         scp = self.scp or self._closing
         return None if scp is None else scp.stats()
 
+    def _journal_backlog(self) -> tuple[int, float | None]:
+        # A connection of its own each time: a journal moved or gone fails here, as it
+        # would for the next instance.
+        return _core.Journal(self.data_dir, self._journal_url).backlog()
+
     def ready(self) -> str | None:
         """Why this server would not take a new association now; None when it would.
 
@@ -507,7 +527,11 @@ class StoreSCPServer:
             return "draining"
         if self.scp is None:
             return "not running"
-        # Later: the journal's reachability, checked here.
+        if self.journal:
+            try:
+                self._journal_backlog()
+            except Exception as error:
+                return f"journal unreachable: {error}"
         return None
 
     def _handler_stage(self) -> str | None:
@@ -639,6 +663,8 @@ class StoreSCPServer:
         if dispatcher is not None:
             dispatcher.join()
         self._dispatcher = None
+        if self.events is not None:
+            self.events.close()
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
@@ -700,6 +726,19 @@ class StoreSCPServer:
             f"StoreSCPServer(aetitle={self.node.ae_title!r}, port={self.port}, "
             f"data_dir={self.data_dir!r}, sort_by={self.sort_by.name}, {state})"
         )
+
+
+def _events_sink(events: str | AmqpSink | None, journal: bool | str) -> AmqpSink | None:
+    if events is None:
+        return None
+    if not journal:
+        raise ValueError("events need the journal (journal=True): rows wait there for the broker")
+    try:
+        # Here, not at the top: a server without events does not load pika.
+        from dicom_inlet.amqp import sink_of
+    except ImportError as error:
+        raise ImportError(f"events need pika ({error}): pip install 'dicom-inlet[amqp]'") from None
+    return sink_of(events)
 
 
 def _default_node_id() -> str:

@@ -38,6 +38,8 @@ pub struct Feed {
     through: i64,
     backlog: VecDeque<InstanceEntry>,
     replays: Arc<Mutex<VecDeque<i64>>>,
+    /// Completion events done, told from other threads while this feed waits.
+    done: Arc<Mutex<Vec<(Level, String)>>>,
     timers: Option<Timers>,
     /// Studies whose association was released, due at once.
     released: HashSet<String>,
@@ -69,6 +71,7 @@ impl Feed {
             through,
             backlog: VecDeque::new(),
             replays: Arc::default(),
+            done: Arc::default(),
             timers,
             released: HashSet::new(),
             handed: HashSet::new(),
@@ -115,6 +118,10 @@ impl Feed {
 
     fn wait(&mut self, patience: Option<Instant>) -> Result<Next> {
         loop {
+            let done = std::mem::take(&mut *self.done.lock().unwrap_or_else(|p| p.into_inner()));
+            for (level, uid) in done {
+                self.completion_done(level, &uid);
+            }
             let backlog = self.next_backlog();
             if let Some(stored) = self.unless_away(backlog, None)? {
                 return Ok(Next::Event(Event::Stored(stored)));
@@ -184,6 +191,15 @@ impl Feed {
         }
     }
 
+    /// A way for other threads to tell a completion event done while this feed waits (a
+    /// broker's confirm arrives on the sink's thread while the consumer waits for events).
+    pub fn completer(&self) -> Completer {
+        Completer {
+            done: Arc::clone(&self.done),
+            queue: Arc::clone(&self.queue),
+        }
+    }
+
     /// A completion event was delivered (or given up on): it may come again only with a
     /// newer instance, as a revision.
     pub fn completion_done(&mut self, level: Level, uid: &str) {
@@ -225,13 +241,16 @@ impl Feed {
         let mut found = None;
         // Released studies first: due whatever their last arrival.
         for study in std::mem::take(&mut self.released) {
+            // Asked before the candidates: a delivery marked in between (another thread's,
+            // a broker's confirm) then still finds the study ready, not dropped.
+            let waiting = index.has_pending(&study)?;
             let candidates = index.candidates(timers.studies, timers.series, Some(&study), 64)?;
             let ready = candidates
                 .into_iter()
                 .find(|c| !self.handed.contains(&(c.level, c.uid.clone())));
             // Kept while it has one more group to fire (its series, say) or callbacks to wait
             // for: the writer's poke after their delivery brings it back here.
-            if ready.is_some() || index.has_pending(&study)? {
+            if ready.is_some() || waiting {
                 self.released.insert(study);
             }
             if found.is_none() {
@@ -296,6 +315,24 @@ impl Replayer {
     /// Deliver these rows again (set pending in the journal already), waking the feed.
     pub fn replay(&self, ids: impl IntoIterator<Item = i64>) {
         lock(&self.replays).extend(ids);
+        self.queue.poke();
+    }
+}
+
+/// Tells a feed from another thread that completion events are done.
+#[derive(Clone)]
+pub struct Completer {
+    done: Arc<Mutex<Vec<(Level, String)>>>,
+    queue: Arc<EventQueue>,
+}
+
+impl Completer {
+    /// As [`Feed::completion_done`], taken up by the feed at its next turn (woken now).
+    pub fn done(&self, level: Level, uid: String) {
+        self.done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((level, uid));
         self.queue.poke();
     }
 }

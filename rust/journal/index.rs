@@ -381,6 +381,22 @@ impl Index {
             .collect())
     }
 
+    /// Rows waiting for delivery (pending: not yet delivered nor parked) and the arrival
+    /// time of the oldest, for the backlog and lag metrics; through the waiting-rows index.
+    pub fn backlog(&self) -> Result<(i64, Option<f64>)> {
+        let rows = self.rows(
+            "SELECT COUNT(*), MIN(received) FROM instances WHERE state = 1",
+            &[],
+        )?;
+        let row = rows.first();
+        let count = row.and_then(|r| r.first()).map_or(0, Value::int);
+        let oldest = match row.and_then(|r| r.get(1)) {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(value.real()),
+        };
+        Ok((count, oldest))
+    }
+
     /// Whether instances of `study` wait for their callbacks.
     pub(super) fn has_pending(&self, study: &str) -> Result<bool> {
         let rows = self.rows(

@@ -22,7 +22,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OpenFlags, Transaction};
+use rusqlite::{params, Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::error::{Error, Result};
 use crate::events::{EventQueue, Level};
@@ -34,7 +34,7 @@ mod postgres;
 mod schema;
 
 pub use backend::Location;
-pub use feed::{Feed, Replayer, Timers};
+pub use feed::{Completer, Feed, Replayer, Timers};
 pub use index::{Index, InstanceEntry, SeriesSummary, StudySummary};
 pub use postgres::Cluster;
 pub use schema::VERSION;
@@ -343,9 +343,12 @@ impl Writer {
     fn commit(&mut self, batch: Vec<(u64, Request)>) -> Vec<(u64, Answer)> {
         let now = unix_now();
         let mut released = Vec::new();
+        // Immediate: with several nodes writing one journal, a deferred transaction whose
+        // first read came before another node's commit fails at its first write at once
+        // (SQLITE_BUSY_SNAPSHOT in WAL mode) instead of waiting its turn (busy_timeout).
         let result = self
             .conn
-            .transaction()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| e.to_string())
             .and_then(|tx| {
                 let answers = batch

@@ -307,3 +307,62 @@ fn schema_versions_and_unusable_files_are_told() {
     assert!(missing.contains("cannot use data_dir"), "{missing}");
     fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn backlog_counts_pending_rows_only_and_names_the_oldest() {
+    let root = temp_root("backlog");
+    let journal = Journal::open(&root, false, None).unwrap();
+    let index = journal.index().unwrap();
+    assert_eq!(index.backlog().unwrap(), (0, None));
+    for i in 0..4 {
+        journal
+            .record(row(&root, "1", "1.1", &i.to_string(), true))
+            .unwrap();
+    }
+    journal
+        .record(row(&root, "1", "1.1", "quiet", false))
+        .unwrap();
+    let first = index.instances(None, None, Some("pending")).unwrap()[0].received;
+    journal.delivered(vec![1]);
+    journal.failed(2, 3, "boom".into());
+    let (waiting, oldest) = index.backlog().unwrap();
+    assert_eq!(waiting, 2);
+    assert!(oldest.unwrap() >= first);
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_completion_told_done_from_another_thread_wakes_the_waiting_feed() {
+    let root = temp_root("completer");
+    let queue = Arc::new(EventQueue::new(4));
+    let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
+    journal.record(row(&root, "5", "5.1", "a", false)).unwrap();
+    let mut feed = Feed::new(
+        Arc::clone(&queue),
+        Some(journal.index().unwrap()),
+        false,
+        Some(timers(true, false, false)),
+    )
+    .unwrap();
+    let completer = feed.completer();
+    let first = next_completed(&mut feed).unwrap();
+    let (sender, received) = std::sync::mpsc::channel();
+    // The consumer waits in the feed (holding it) while a sink's thread gets the confirm.
+    let consumer = thread::spawn(move || {
+        sender.send(next_completed(&mut feed)).unwrap();
+    });
+    journal
+        .completed(Level::Study, "5".into(), first.last_received)
+        .unwrap();
+    // A late instance: due at once, but the first event is still handed out.
+    journal.record(row(&root, "5", "5.1", "b", false)).unwrap();
+    completer.done(Level::Study, "5".into());
+    let revision = received
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the feed took the completion up")
+        .unwrap();
+    assert_eq!((revision.revision, revision.members.len()), (1, 2));
+    queue.end();
+    consumer.join().unwrap();
+    fs::remove_dir_all(&root).unwrap();
+}
