@@ -205,11 +205,7 @@ def test_cluster_of_three_survives_kill_rolling_restart_and_broker_restart(
     gates = [threading.Event() for _ in GATES]
     senders: list[Sender] = []
     try:
-        for node in nodes:
-            node.start()
-        balancer = HAProxy(nodes, tmp_path)
-        for node in nodes:
-            balancer.wait_state(node.name, "UP")
+        balancer = HAProxy.in_front_of(nodes, tmp_path)
         senders = [
             (DcmtkSender if i % 2 == 0 else InletSender)(i, balancer.port, tmp_path / "src", gates)
             for i in range(SENDERS)

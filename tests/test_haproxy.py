@@ -115,6 +115,20 @@ backend nodes
             text=True,
         )
 
+    @classmethod
+    def in_front_of(cls, nodes: list[Node], tmp_path: Path) -> HAProxy:
+        """Start ``nodes`` and a balancer over them; returned once it sees every node UP."""
+        for node in nodes:
+            node.start()
+        balancer = cls(nodes, tmp_path)
+        try:
+            for node in nodes:
+                balancer.wait_state(node.name, "UP")
+        except BaseException:
+            balancer.stop()
+            raise
+        return balancer
+
     def states(self) -> dict[str, str]:
         """Each server's status (UP, DOWN, ...) from the stats socket; {} before it answers."""
         try:
@@ -223,11 +237,7 @@ def test_rolling_restart_behind_haproxy_loses_and_refuses_nothing(tmp_path: Path
     stop = threading.Event()
     senders: list[Sender] = []
     try:
-        for node in nodes:
-            node.start()
-        balancer = HAProxy(nodes, tmp_path)
-        for node in nodes:
-            balancer.wait_state(node.name, "UP")
+        balancer = HAProxy.in_front_of(nodes, tmp_path)
         senders = [
             (DcmtkSender if i % 2 == 0 else InletSender)(i, balancer.port, tmp_path / "src", stop)
             for i in range(4)
