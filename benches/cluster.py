@@ -48,12 +48,10 @@ def cpu_seconds(pid: int) -> float:
 
 def pika_rate(broker: RabbitMQ, count: int) -> float:
     """Confirmed persistent publishes per second, one at a time, ~600-byte bodies."""
+    exchange = f"bench-{uuid.uuid4().hex[:8]}"
+    broker.declare(exchange, exchange)
     connection = pika.BlockingConnection(pika.URLParameters(broker.url))
     channel = connection.channel()
-    exchange = f"bench-{uuid.uuid4().hex[:8]}"
-    channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-    channel.queue_declare(exchange, durable=True)
-    channel.queue_bind(exchange, exchange, routing_key="#")
     channel.confirm_delivery()
     body = json.dumps({"sop_instance_uid": "1.2.3" * 20, "path": "x" * 300}).encode()
     properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
@@ -101,12 +99,7 @@ def run_nodes(
         exchange = f"bench-{uuid.uuid4().hex[:6]}"
         extra += ["--events", broker.url, "--events-exchange", exchange]
         # A queue for the events: unroutable ones would wait (mandatory), and the run with them.
-        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-        channel = connection.channel()
-        channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-        channel.queue_declare(exchange, durable=True)
-        channel.queue_bind(exchange, exchange, routing_key="#")
-        connection.close()
+        broker.declare(exchange, exchange)
     started = [Node(i, data_dir, work, extra) for i in range(nodes)]
     balancer = None
     try:

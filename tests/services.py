@@ -182,6 +182,23 @@ class RabbitMQ:
     def url(self) -> str:
         return f"amqp://guest:guest@{HOST}:{self.port}/%2F"
 
+    def declare(
+        self, exchange: str, queue: str, *, bind: str | None = "#", **arguments: object
+    ) -> None:
+        """A durable topic ``exchange`` and a durable ``queue`` bound to it by ``bind`` (none
+        if None): where the server's events are published and read back."""
+        import pika  # type: ignore[import-untyped]
+
+        connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            channel = connection.channel()
+            channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+            channel.queue_declare(queue, durable=True, arguments=arguments or None)
+            if bind is not None:
+                channel.queue_bind(queue, exchange, routing_key=bind)
+        finally:
+            connection.close()
+
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(

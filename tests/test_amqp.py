@@ -34,11 +34,7 @@ class Broker:
         self.server = server
         self.exchange = f"inlet-{uuid.uuid4().hex[:8]}"
         self.queue = f"{self.exchange}-all"
-        with self._channel() as channel:
-            channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
-            channel.queue_declare(self.queue, durable=True, arguments=arguments or None)
-            if bind is not None:
-                channel.queue_bind(self.queue, self.exchange, routing_key=bind)
+        server.declare(self.exchange, self.queue, bind=bind, **arguments)
 
     def _channel(self) -> Any:
         broker = self

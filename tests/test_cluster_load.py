@@ -185,12 +185,7 @@ def test_cluster_of_three_survives_kill_rolling_restart_and_broker_restart(
     os.environ["PYTHONFAULTHANDLER"] = "1"
     exchange = f"cluster-{uuid.uuid4().hex[:8]}"
     queue = f"{exchange}-all"
-    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
-    channel = connection.channel()
-    channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-    channel.queue_declare(queue, durable=True)
-    channel.queue_bind(queue, exchange, routing_key="#")
-    connection.close()
+    rabbitmq.declare(exchange, queue)
 
     data_dir = tmp_path / "shared"
     extra = ["--events", rabbitmq.url, "--events-exchange", exchange]
