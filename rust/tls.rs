@@ -8,7 +8,6 @@
 use std::fmt;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,21 +17,27 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{UnbufferedServerConnection, WebPkiClientVerifier};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::{
-    CertificateError, ClientConfig, ClientConnection, ConnectionCommon, DigitallySignedStruct,
-    RootCertStore, ServerConfig, ServerConnection, SideData, SignatureScheme,
+    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore,
+    ServerConfig, SignatureScheme,
 };
 
 use crate::connection::read_timeout::{self, ReadTimeout};
 use crate::error::Error;
 
-/// Encrypted bytes read from the socket at once: rustls asks for at most 4 KiB per read, which
-/// would be a system call each. More (the plain path reads 256 KiB ahead) would save a few
-/// calls per instance (a TLS association makes as many per instance as a plain one,
-/// `benches/receive_cost.py strace --tls`) but is allocated for each handshake, before the
-/// peer has proved anything.
+/// Encrypted bytes the client reads from the socket at once: rustls asks for at most 4 KiB per
+/// read, which would be a system call each. More (the plain path reads 256 KiB ahead) would
+/// save a few calls per instance but is allocated for each handshake, before the peer has
+/// proved anything.
 const SOCKET_READ_AHEAD: usize = 64 * 1024;
+
+/// The server's buffer for encrypted bytes, read straight from the socket and decrypted in it:
+/// room for the largest handshake message rustls takes (64 KiB, in records of their own) and
+/// for several 16 KiB records per read afterwards. A peer's message that does not fit is
+/// refused, so this bounds the memory a handshake costs.
+const SERVER_INCOMING: usize = 80 * 1024;
 
 /// Server side: our certificate chain and key, and the CA certificates a client certificate
 /// must chain to (then one is required: mutual TLS).
@@ -255,11 +260,11 @@ impl Read for Socket {
     }
 }
 
-/// The socket under TLS: encrypted bytes read ahead ([`SOCKET_READ_AHEAD`]), writes direct.
-/// rustls encrypts a write 64 KiB at a time (the records it holds by default) and hands them
-/// over in one vectored write; holding more would save system calls but cost more than they
-/// do: glibc gives the freed records' pages back and faults them in again, tripling the CPU
-/// per byte encrypted (`benches/tls_cost.rs`).
+/// The client's socket under TLS: encrypted bytes read ahead ([`SOCKET_READ_AHEAD`]), writes
+/// direct. rustls encrypts a write 64 KiB at a time (the records it holds by default) and
+/// hands them over in one vectored write; holding more would save system calls but cost more
+/// than they do: glibc gives the freed records' pages back and faults them in again, tripling
+/// the CPU per byte encrypted (`benches/tls_cost.rs`).
 pub struct Buffered(BufReader<Socket>);
 
 impl Read for Buffered {
@@ -283,18 +288,316 @@ impl Write for Buffered {
     }
 }
 
-/// One association's byte stream: plain TCP, or TLS over TCP with `C` the rustls connection
-/// of our side. Reads and writes of the plain variant go straight to the socket.
-pub enum Stream<C> {
-    Plain(Socket),
-    Tls(Box<rustls::StreamOwned<C, Buffered>>),
+/// The client side of TLS: rustls's buffered connection, whose records leave in vectored
+/// writes without another copy.
+pub type ClientTls = rustls::StreamOwned<ClientConnection, Buffered>;
+
+/// What [`Stream`] needs of a TLS connection besides reading and writing.
+pub trait Tls: Read + Write {
+    fn socket(&self) -> &Socket;
+    fn socket_mut(&mut self) -> &mut Socket;
+    /// Send a close_notify alert.
+    fn close_notify(&mut self) -> io::Result<()>;
 }
 
-pub type ServerStream = Stream<ServerConnection>;
-pub type ClientStream = Stream<ClientConnection>;
+impl Tls for ClientTls {
+    fn socket(&self) -> &Socket {
+        self.sock.0.get_ref()
+    }
 
-impl<C> Stream<C> {
-    pub fn plain(tcp: TcpStream) -> Stream<C> {
+    fn socket_mut(&mut self) -> &mut Socket {
+        self.sock.0.get_mut()
+    }
+
+    fn close_notify(&mut self) -> io::Result<()> {
+        self.conn.send_close_notify();
+        self.flush()
+    }
+}
+
+/// The server side of TLS, on rustls's unbuffered API: encrypted bytes are read from the
+/// socket straight into our buffer ([`SERVER_INCOMING`]) and decrypted there, and each record's
+/// plaintext is copied once, into the reader's buffer. rustls's buffered connection copies the
+/// records from a read-ahead buffer into its own (4 KiB a read) and the plaintext out twice;
+/// on a receiver that is a quarter of its copying per byte (`benches/receive_cost.py callgrind
+/// --tls`). The client keeps the buffered connection: the unbuffered API copies each
+/// encrypted record once more on the way out.
+pub struct ServerTls {
+    conn: UnbufferedServerConnection,
+    sock: Socket,
+    /// Encrypted bytes received and not yet processed: `incoming[..received]`.
+    incoming: Vec<u8>,
+    received: usize,
+    /// Plaintext decrypted past what the last read asked for: `plain[taken..]`.
+    plain: Vec<u8>,
+    taken: usize,
+    /// Records to send (handshake flights, alerts, our PDUs encrypted).
+    outgoing: Vec<u8>,
+    peer_closed: bool,
+}
+
+/// What [`ServerTls::run`] drives the connection to.
+enum Goal<'a> {
+    Handshake,
+    /// Plaintext into this buffer, as much as has arrived once some has.
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+    CloseNotify,
+}
+
+/// What to do after one state of [`ServerTls::advance`].
+enum Next {
+    /// Process on: there may be more records, or rustls has more to send.
+    Process,
+    /// Nothing more without bytes from the peer.
+    Receive,
+    /// Application data may be sent.
+    Traffic,
+    /// The goal is met: bytes read or written.
+    Done(usize),
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl ServerTls {
+    fn accept(
+        tcp: TcpStream,
+        config: &Arc<ServerConfig>,
+        due: Option<Instant>,
+    ) -> Result<ServerTls, Handshake> {
+        let conn = UnbufferedServerConnection::new(Arc::clone(config)).map_err(Handshake::Tls)?;
+        let mut tls = ServerTls {
+            conn,
+            sock: Socket::new(tcp, due),
+            incoming: vec![0; SERVER_INCOMING],
+            received: 0,
+            plain: Vec::new(),
+            taken: 0,
+            outgoing: Vec::new(),
+            peer_closed: false,
+        };
+        tls.run(Goal::Handshake).map_err(Handshake::from)?;
+        // The caller sets the socket's timeouts for what follows.
+        tls.sock.due = None;
+        Ok(tls)
+    }
+
+    /// Drive the connection until `goal` is met, reading from the socket whenever rustls
+    /// needs more. Returns the bytes read or written.
+    fn run(&mut self, mut goal: Goal<'_>) -> io::Result<usize> {
+        loop {
+            if let Some(n) = self.advance(&mut goal)? {
+                return Ok(n);
+            }
+            if self.received == self.incoming.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS message larger than the receive buffer",
+                ));
+            }
+            match self.sock.read(&mut self.incoming[self.received..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.received += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Process what was received, sending what rustls asks to send, until `goal` is met
+    /// (Some) or more must be received (None).
+    fn advance(&mut self, goal: &mut Goal<'_>) -> io::Result<Option<usize>> {
+        let mut filled = 0;
+        loop {
+            let UnbufferedStatus { mut discard, state } = self
+                .conn
+                .process_tls_records(&mut self.incoming[..self.received]);
+            let next = match state {
+                Err(e) => {
+                    self.send_alert(discard);
+                    return Err(tls_error(e));
+                }
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record.map_err(tls_error)?;
+                        discard += record.discard;
+                        let into: &mut [u8] = match goal {
+                            Goal::Read(buf) => &mut buf[filled..],
+                            _ => &mut [],
+                        };
+                        let n = record.payload.len().min(into.len());
+                        into[..n].copy_from_slice(&record.payload[..n]);
+                        filled += n;
+                        self.plain.extend_from_slice(&record.payload[n..]);
+                    }
+                    Next::Process
+                }
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    let required = match encode.encode(&mut []) {
+                        Err(EncodeError::InsufficientSize(size)) => size.required_size,
+                        other => other.map_err(io::Error::other)?,
+                    };
+                    let start = self.outgoing.len();
+                    self.outgoing.resize(start + required, 0);
+                    let n = encode
+                        .encode(&mut self.outgoing[start..])
+                        .map_err(io::Error::other)?;
+                    self.outgoing.truncate(start + n);
+                    Next::Process
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    self.sock.tcp.write_all(&self.outgoing)?;
+                    self.outgoing.clear();
+                    transmit.done();
+                    Next::Process
+                }
+                Ok(ConnectionState::PeerClosed) => {
+                    self.peer_closed = true;
+                    Next::Process
+                }
+                Ok(ConnectionState::BlockedHandshake) => match goal {
+                    Goal::Read(_) if filled > 0 => Next::Done(filled),
+                    _ => Next::Receive,
+                },
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => match goal {
+                    Goal::Handshake => Next::Traffic,
+                    Goal::Read(_) if filled == 0 && !self.peer_closed => Next::Receive,
+                    Goal::Read(_) => Next::Done(filled),
+                    Goal::Write(data) => {
+                        let n = data.len();
+                        encrypt_into(&mut self.outgoing, |out| traffic.encrypt(data, out))?;
+                        Next::Done(n)
+                    }
+                    Goal::CloseNotify => {
+                        encrypt_into(&mut self.outgoing, |out| traffic.queue_close_notify(out))?;
+                        Next::Done(0)
+                    }
+                },
+                Ok(ConnectionState::Closed) => match goal {
+                    Goal::Read(_) => Next::Done(filled),
+                    Goal::CloseNotify => Next::Done(0),
+                    _ => return Err(io::ErrorKind::BrokenPipe.into()),
+                },
+                // Early data is off (rustls's default), so nothing else is expected.
+                Ok(other) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unexpected TLS state {other:?}"),
+                    ))
+                }
+            };
+            self.incoming.copy_within(discard..self.received, 0);
+            self.received -= discard;
+            let done = match next {
+                Next::Process => continue,
+                Next::Receive => None,
+                // A TLS 1.3 server may send before the client's Finished: the handshake (the
+                // client's certificate above all) is not done until that is read.
+                Next::Traffic if self.conn.is_handshaking() => None,
+                Next::Traffic => Some(0),
+                Next::Done(n) => Some(n),
+            };
+            if !self.outgoing.is_empty() {
+                self.sock.tcp.write_all(&self.outgoing)?;
+                self.outgoing.clear();
+            }
+            return Ok(done);
+        }
+    }
+
+    /// After an error, send the alert rustls queued to tell the peer why (best effort). The
+    /// error's discard must be done first: rustls's deframer keeps positions in the buffer.
+    fn send_alert(&mut self, discard: usize) {
+        self.incoming.copy_within(discard..self.received, 0);
+        self.received -= discard;
+        let status = self
+            .conn
+            .process_tls_records(&mut self.incoming[..self.received]);
+        // The queued alert comes first, before anything received is looked at.
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
+            let mut record = [0u8; 64];
+            if let Ok(n) = encode.encode(&mut record) {
+                self.outgoing.extend_from_slice(&record[..n]);
+            }
+        }
+        let _ = self.sock.tcp.write_all(&self.outgoing);
+        self.outgoing.clear();
+    }
+}
+
+/// Encrypt with `f` into the end of `out`, grown to the size rustls asks for.
+fn encrypt_into(
+    out: &mut Vec<u8>,
+    mut f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+) -> io::Result<()> {
+    let start = out.len();
+    let required = match f(&mut []) {
+        Err(EncryptError::InsufficientSize(size)) => size.required_size,
+        other => other.map_err(io::Error::other)?,
+    };
+    out.resize(start + required, 0);
+    let n = f(&mut out[start..]).map_err(io::Error::other)?;
+    out.truncate(start + n);
+    Ok(())
+}
+
+impl Read for ServerTls {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.taken < self.plain.len() {
+            let n = (self.plain.len() - self.taken).min(buf.len());
+            buf[..n].copy_from_slice(&self.plain[self.taken..self.taken + n]);
+            self.taken += n;
+            if self.taken == self.plain.len() {
+                self.plain.clear();
+                self.taken = 0;
+            }
+            return Ok(n);
+        }
+        if buf.is_empty() || self.peer_closed {
+            return Ok(0);
+        }
+        self.run(Goal::Read(buf))
+    }
+}
+
+impl Write for ServerTls {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.run(Goal::Write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Tls for ServerTls {
+    fn socket(&self) -> &Socket {
+        &self.sock
+    }
+
+    fn socket_mut(&mut self) -> &mut Socket {
+        &mut self.sock
+    }
+
+    fn close_notify(&mut self) -> io::Result<()> {
+        self.run(Goal::CloseNotify).map(|_| ())
+    }
+}
+
+/// One association's byte stream: plain TCP, or TLS over TCP with `T` our side's TLS
+/// connection. Reads and writes of the plain variant go straight to the socket.
+pub enum Stream<T> {
+    Plain(Socket),
+    Tls(Box<T>),
+}
+
+pub type ServerStream = Stream<ServerTls>;
+pub type ClientStream = Stream<ClientTls>;
+
+impl<T: Tls> Stream<T> {
+    pub fn plain(tcp: TcpStream) -> Stream<T> {
         Stream::Plain(Socket::new(tcp, None))
     }
 
@@ -302,7 +605,7 @@ impl<C> Stream<C> {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(socket) => &socket.tcp,
-            Stream::Tls(tls) => &tls.sock.0.get_ref().tcp,
+            Stream::Tls(tls) => &tls.socket().tcp,
         }
     }
 
@@ -310,35 +613,14 @@ impl<C> Stream<C> {
     pub fn set_due(&mut self, due: Option<Instant>) -> io::Result<()> {
         match self {
             Stream::Plain(socket) => socket.set_due(due),
-            Stream::Tls(tls) => tls.sock.0.get_mut().set_due(due),
+            Stream::Tls(tls) => tls.socket_mut().set_due(due),
         }
-    }
-}
-
-impl<C, S> Stream<C>
-where
-    C: DerefMut + Deref<Target = ConnectionCommon<S>>,
-    S: SideData + 'static,
-{
-    /// Run the TLS handshake of `conn` over `tcp`, every read done by `due`.
-    fn handshake(tcp: TcpStream, mut conn: C, due: Option<Instant>) -> Result<Self, Handshake> {
-        let mut sock = Buffered(BufReader::with_capacity(
-            SOCKET_READ_AHEAD,
-            Socket::new(tcp, due),
-        ));
-        while conn.is_handshaking() {
-            conn.complete_io(&mut sock).map_err(Handshake::from)?;
-        }
-        // The caller sets the socket's timeouts for what follows.
-        sock.0.get_mut().due = None;
-        Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, sock))))
     }
 
     /// End our sending side: a TLS close_notify alert, then a TCP half-close.
     pub fn close_write(&mut self) -> io::Result<()> {
         if let Stream::Tls(tls) = self {
-            tls.conn.send_close_notify();
-            tls.flush()?;
+            tls.close_notify()?;
         }
         self.tcp().shutdown(Shutdown::Write)
     }
@@ -364,14 +646,13 @@ impl ServerStream {
         config: &Arc<ServerConfig>,
         due: Option<Instant>,
     ) -> Result<Self, Handshake> {
-        let conn = ServerConnection::new(Arc::clone(config)).map_err(Handshake::Tls)?;
-        Self::handshake(tcp, conn, due)
+        ServerTls::accept(tcp, config, due).map(|tls| Stream::Tls(Box::new(tls)))
     }
 }
 
 impl ClientStream {
     /// Open TLS on `tcp` to `host`, whose certificate must name it (unless the configuration
-    /// says otherwise).
+    /// says otherwise), every handshake read done by `due`.
     pub fn connect(
         tcp: TcpStream,
         config: &Arc<ClientConfig>,
@@ -381,16 +662,21 @@ impl ClientStream {
         let name = ServerName::try_from(host.to_owned()).map_err(|_| {
             Handshake::Tls(rustls::Error::General(format!("bad host name {host:?}")))
         })?;
-        let conn = ClientConnection::new(Arc::clone(config), name).map_err(Handshake::Tls)?;
-        Self::handshake(tcp, conn, due)
+        let mut conn = ClientConnection::new(Arc::clone(config), name).map_err(Handshake::Tls)?;
+        let mut sock = Buffered(BufReader::with_capacity(
+            SOCKET_READ_AHEAD,
+            Socket::new(tcp, due),
+        ));
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).map_err(Handshake::from)?;
+        }
+        // The caller sets the socket's timeouts for what follows.
+        sock.0.get_mut().due = None;
+        Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, sock))))
     }
 }
 
-impl<C, S> Read for Stream<C>
-where
-    C: DerefMut + Deref<Target = ConnectionCommon<S>>,
-    S: SideData + 'static,
-{
+impl<T: Tls> Read for Stream<T> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(socket) => socket.read(buf),
@@ -399,11 +685,7 @@ where
     }
 }
 
-impl<C, S> Write for Stream<C>
-where
-    C: DerefMut + Deref<Target = ConnectionCommon<S>>,
-    S: SideData + 'static,
-{
+impl<T: Tls> Write for Stream<T> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(socket) => socket.tcp.write(buf),
