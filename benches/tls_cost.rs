@@ -6,7 +6,9 @@
 //! (`benches/receive_cost.py task-clock`) for the bound TLS sets on throughput. The sender's
 //! writes go with rustls's default of 64 KiB of records held, as `dicom_inlet::tls` keeps it,
 //! and with 1 MiB held, which costs more (glibc returns the freed records' pages to the kernel
-//! and faults them in again).
+//! and faults them in again). The receiver decrypts with rustls's buffered connection and with
+//! its unbuffered API, records decrypted where they were received and each record's plaintext
+//! copied once into the reader's buffer, as `dicom_inlet::tls`'s server does.
 //!
 //!     cargo bench --no-default-features --bench tls_cost
 //!
@@ -17,8 +19,12 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 
+use std::sync::Arc;
+
 use dicom_inlet::tls::{client_config, server_config, ClientFiles, ServerFiles};
 use rustls::pki_types::ServerName;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::ConnectionState;
 use rustls::{ClientConnection, ServerConnection};
 
 /// Bytes through each measurement.
@@ -98,8 +104,8 @@ fn main() {
     .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     let name = ServerName::try_from("127.0.0.1").unwrap();
-    let mut c = ClientConnection::new(client, name).unwrap();
-    let mut s = ServerConnection::new(server).unwrap();
+    let mut c = ClientConnection::new(Arc::clone(&client), name.clone()).unwrap();
+    let mut s = ServerConnection::new(Arc::clone(&server)).unwrap();
     let mut wire = Vec::new();
     while c.is_handshaking() || s.is_handshaking() {
         for _ in 0..2 {
@@ -167,5 +173,83 @@ fn main() {
             per_byte(decrypt),
             per_byte(copy)
         );
+    }
+    // The server's way: rustls's unbuffered API on the bytes as received.
+    let mut c = ClientConnection::new(client, name).unwrap();
+    let mut u = UnbufferedServerConnection::new(server).unwrap();
+    unbuffered_handshake(&mut c, &mut u);
+    let (mut decrypt, mut done) = (0, 0);
+    while done < TOTAL {
+        wire.clear();
+        let mut sent = 0;
+        while sent < chunk {
+            sent += c.writer().write(&plain[sent..]).unwrap();
+            while c.wants_write() {
+                c.write_tls(&mut wire).unwrap();
+            }
+        }
+        let t0 = cpu_ns();
+        let (mut got, mut start) = (0, 0);
+        while got < chunk {
+            let status = u.process_tls_records(&mut wire[start..]);
+            let mut discard = status.discard;
+            match status.state.unwrap() {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record.unwrap();
+                        discard += record.discard;
+                        let n = record.payload.len();
+                        out[got..got + n].copy_from_slice(record.payload);
+                        got += n;
+                    }
+                }
+                other => panic!("{other:?} with {got} of {chunk} bytes read"),
+            }
+            start += discard;
+        }
+        decrypt += cpu_ns() - t0;
+        done += chunk;
+    }
+    println!(
+        "unbuffered server; per byte, CPU ns: receiver decrypts {:.3}",
+        decrypt as f64 / done as f64
+    );
+}
+
+/// The handshake of a client and a server on rustls's unbuffered API, in memory.
+fn unbuffered_handshake(c: &mut ClientConnection, s: &mut UnbufferedServerConnection) {
+    let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+    let mut record = vec![0u8; 1 << 16];
+    while c.is_handshaking() || s.is_handshaking() {
+        while c.wants_write() {
+            c.write_tls(&mut to_server).unwrap();
+        }
+        loop {
+            let status = s.process_tls_records(&mut to_server);
+            let discard = status.discard;
+            let more = match status.state.unwrap() {
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    let n = encode.encode(&mut record).unwrap();
+                    to_client.extend_from_slice(&record[..n]);
+                    true
+                }
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    true
+                }
+                // Waiting for the client, or done.
+                _ => false,
+            };
+            to_server.drain(..discard);
+            if !more {
+                break;
+            }
+        }
+        let mut flight = &to_client[..];
+        while !flight.is_empty() {
+            c.read_tls(&mut flight).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        to_client.clear();
     }
 }
