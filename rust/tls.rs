@@ -940,4 +940,43 @@ mod tests {
         stream.close_write().unwrap();
         assert_eq!(sender.join().unwrap(), b"thanks");
     }
+
+    /// The largest handshake message rustls takes (64 KiB, over five records) fits the
+    /// server's buffer: it is parsed and refused for what it says, not for its size.
+    #[test]
+    fn the_largest_handshake_message_fits_the_server_buffer() {
+        let dir = std::env::temp_dir().join(format!("tls-unit-large-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = certificates(&dir);
+        let server = server_config(&ServerFiles { ca: None, ..files }).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A ClientHello of 0xffff bytes, all zeros after its header.
+        let mut message = vec![1, 0, 0xff, 0xff];
+        message.resize(4 + 0xffff, 0);
+        let mut records = Vec::new();
+        for fragment in message.chunks(1 << 14) {
+            records.extend_from_slice(&[0x16, 3, 3]);
+            records.extend_from_slice(&(fragment.len() as u16).to_be_bytes());
+            records.extend_from_slice(fragment);
+        }
+        assert!(records.len() > 64 * 1024 && records.len() < SERVER_INCOMING);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let mut tcp = TcpStream::connect(address).unwrap();
+            tcp.write_all(&records).unwrap();
+            let mut rest = Vec::new();
+            let _ = tcp.read_to_end(&mut rest);
+        });
+        let (tcp, _) = listener.accept().unwrap();
+        let due = Some(Instant::now() + std::time::Duration::from_secs(30));
+        match ServerStream::accept(tcp, &server, due) {
+            Err(Handshake::Tls(rustls::Error::InvalidMessage(why))) => {
+                assert_ne!(why, rustls::InvalidMessage::MessageTooLarge)
+            }
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("a ClientHello of zeros was accepted"),
+        }
+        peer.join().unwrap();
+    }
 }
