@@ -407,12 +407,15 @@ impl Server {
         .map_err(PyErr::from)
     }
 
-    /// A completion event was handled (or given up on: then it comes again at the next start
-    /// when `done` is false).
+    /// A completion event was handled (or, `done` false, given up on at shutdown: it stays
+    /// handed out, so this run, ending, does not give it again; the next start does).
     fn completed(&self, py: Python<'_>, event: &Completed, done: bool) -> PyResult<()> {
+        if !done {
+            return Ok(());
+        }
         let level = level(event.level)?;
         py.detach(|| {
-            if let (true, Some(journal)) = (done, self.inner.journal()) {
+            if let Some(journal) = self.inner.journal() {
                 journal.completed(level, event.uid.clone(), event.last_received)?;
             }
             // Not through the feed's lock: a sink's thread tells this while the consumer
