@@ -418,6 +418,10 @@ def test_a_failing_study_event_is_parked_listed_kept_over_a_restart_and_replayed
 
     # Replayed (with no server: due at the next start), it fires at once though the timeout
     # is an hour, the callback now succeeding; then it is listed no more.
+    with pytest.raises(ValueError, match="not both"):
+        delivery.replay(data_dir, [1], study=failed_uid)
+    assert main(["replay", os.fspath(data_dir), "--study", "1.2.3"]) == 0
+    assert capsys.readouterr().out.startswith("0 parked")
     assert main(["replay", os.fspath(data_dir), "--study", failed_uid]) == 0
     assert capsys.readouterr().out.startswith("1 parked")
     studies.failing.clear()
