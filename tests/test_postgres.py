@@ -354,3 +354,32 @@ def test_a_failing_study_event_is_parked_in_postgres_listed_and_replayed_on_a_ru
     finally:
         node.shutdown()
     assert calls.empty()
+
+
+def test_a_version_1_postgres_journal_migrates_when_a_node_opens_it(
+    postgres: Postgres,  # noqa: F811
+    tmp_path: Path,
+):
+    url = postgres.new_database()
+    data_dir = tmp_path / "shared"
+    node = StoreSCPServer(NODE, data_dir, journal=url, node_id="n0")
+    node.run(block=False)
+    node.shutdown()
+    # Back to what version 1 created (its groups without the parked columns).
+    postgres.psql(
+        url.rsplit("/", 1)[1],
+        "ALTER TABLE groups DROP COLUMN attempts, DROP COLUMN error, DROP COLUMN failed;"
+        "DROP INDEX groups_due;"
+        "CREATE INDEX groups_changed ON groups (last_received) WHERE changed = 1;"
+        "UPDATE journal_schema SET version = 1;",
+    )
+    assert one(postgres, url, "SELECT version FROM journal_schema") == [["1"]]
+    node = StoreSCPServer(NODE, data_dir, journal=url, node_id="n0")
+    node.run(block=False)
+    try:
+        assert node.parked_events() == []
+    finally:
+        node.shutdown()
+    assert one(postgres, url, "SELECT version FROM journal_schema") == [["2"]]
+    indexes = one(postgres, url, "SELECT indexname FROM pg_indexes WHERE tablename = 'groups'")
+    assert sorted(i for [i] in indexes) == ["groups_due", "groups_parked", "groups_pkey"]
