@@ -407,18 +407,64 @@ impl Server {
         .map_err(PyErr::from)
     }
 
-    /// A completion event was handled (or given up on: then it comes again at the next start
-    /// when `done` is false).
+    /// A completion event was handled (or, `done` false, given up on at shutdown: it stays
+    /// handed out, so this run, ending, does not give it again; the next start does).
     fn completed(&self, py: Python<'_>, event: &Completed, done: bool) -> PyResult<()> {
+        if !done {
+            return Ok(());
+        }
         let level = level(event.level)?;
         py.detach(|| {
-            if let (true, Some(journal)) = (done, self.inner.journal()) {
+            if let Some(journal) = self.inner.journal() {
                 journal.completed(level, event.uid.clone(), event.last_received)?;
             }
             // Not through the feed's lock: a sink's thread tells this while the consumer
             // holds the feed, waiting for events.
             self.completer.done(level, event.uid.clone());
             Ok::<_, Error>(())
+        })
+        .map_err(PyErr::from)
+    }
+
+    /// A completion event's callbacks kept failing: park it with `error` (its `attempts`)
+    /// until replayed; the feed may then fire the group's next event.
+    fn completion_failed(
+        &self,
+        py: Python<'_>,
+        event: &Completed,
+        attempts: u32,
+        error: String,
+    ) -> PyResult<()> {
+        let level = level(event.level)?;
+        py.detach(|| {
+            if let Some(journal) = self.inner.journal() {
+                let (uid, through) = (event.uid.clone(), event.last_received);
+                journal.parked(level, uid, through, attempts, error)?;
+            }
+            self.completer.done(level, event.uid.clone());
+            Ok::<_, Error>(())
+        })
+        .map_err(PyErr::from)
+    }
+
+    /// Fire parked completion events again now (those of `study`, that of `series`, or all);
+    /// returns how many.
+    #[pyo3(signature = (study=None, series=None))]
+    fn replay_events(
+        &self,
+        py: Python<'_>,
+        study: Option<String>,
+        series: Option<String>,
+    ) -> PyResult<i64> {
+        let Some(journal) = self.inner.journal() else {
+            return Err(Error::InvalidConfig("the journal is off".into()).into());
+        };
+        py.detach(|| {
+            let count = journal
+                .index()?
+                .replay_events(study.as_deref(), series.as_deref())?;
+            self.replayer.wake();
+            Ok::<_, Error>(count)
         })
         .map_err(PyErr::from)
     }
@@ -1386,6 +1432,21 @@ mod journal_index {
         node: Option<String>,
     }
 
+    /// A study or series completion event whose callbacks kept failing, parked.
+    #[pyclass(frozen, get_all, module = "dicom_inlet._core")]
+    struct ParkedEvent {
+        level: &'static str,
+        uid: String,
+        study_instance_uid: String,
+        last_received: f64,
+        /// Events delivered for it before: the revision it would have been.
+        events: i64,
+        attempts: i64,
+        error: Option<String>,
+        /// When it was parked (Unix seconds).
+        failed: f64,
+    }
+
     /// The journal of a data_dir, opened for reading (and replaying failed deliveries).
     #[pyclass(frozen, module = "dicom_inlet._core")]
     struct Journal {
@@ -1475,6 +1536,37 @@ mod journal_index {
         fn backlog(&self, py: Python<'_>) -> PyResult<(i64, Option<f64>)> {
             Ok(py.detach(|| lock(&self.index).backlog())?)
         }
+
+        /// Parked completion events, oldest parked first.
+        fn parked_events(&self, py: Python<'_>) -> PyResult<Vec<ParkedEvent>> {
+            let parked = py.detach(|| lock(&self.index).parked_events())?;
+            Ok(parked
+                .into_iter()
+                .map(|p| ParkedEvent {
+                    level: p.level.as_str(),
+                    uid: p.uid,
+                    study_instance_uid: p.study_instance_uid,
+                    last_received: p.last_received,
+                    events: p.events,
+                    attempts: p.attempts,
+                    error: p.error,
+                    failed: p.failed,
+                })
+                .collect())
+        }
+
+        /// Parked completion events (those of a study, that of a series, or all) due again
+        /// at once, at the next start; how many.
+        #[pyo3(signature = (study=None, series=None))]
+        fn replay_events(
+            &self,
+            py: Python<'_>,
+            study: Option<String>,
+            series: Option<String>,
+        ) -> PyResult<i64> {
+            let index = &self.index;
+            Ok(py.detach(|| lock(index).replay_events(study.as_deref(), series.as_deref()))?)
+        }
     }
 
     fn entry(e: journal::InstanceEntry) -> JournalEntry {
@@ -1505,6 +1597,7 @@ mod journal_index {
         m.add_class::<StudySummary>()?;
         m.add_class::<SeriesSummary>()?;
         m.add_class::<JournalEntry>()?;
+        m.add_class::<ParkedEvent>()?;
         m.add("JOURNAL_VERSION", journal::VERSION)?;
         Ok(())
     }

@@ -4,9 +4,11 @@ their revisions and restarts, association records under a full queue, the status
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,10 +19,13 @@ import pydicom
 import pytest
 from conftest import (
     HOST,
+    SCP_AET,
     SCU_AET,
     TIMEOUT,
+    dcmtk_tool,
     make_dataset,
     patient_layout,
+    run_tool,
     send,
     statuses,
     stored_files,
@@ -31,7 +36,7 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from server_process import ServerProcess
 
-from dicom_inlet import StoreSCPServer, delivery
+from dicom_inlet import StoreSCPServer, _core, delivery
 from dicom_inlet.cli import main
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -346,3 +351,132 @@ def test_journal_off_and_unusable_journal(server_factory, data_dir, tmp_path, ca
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "is unusable" in result.stderr
+
+
+class FailingStudies:
+    """Study callback noting ``(uid, revision, instances)`` of each call; raises for the
+    studies in ``failing``."""
+
+    def __init__(self, *failing: str) -> None:
+        self.calls: queue.Queue[tuple[str, int, int]] = queue.Queue()
+        self.failing = set(failing)
+
+    def __call__(self, event: delivery.Completion) -> None:
+        self.calls.put((event.uid, event.revision, len(event.instances)))
+        if event.uid in self.failing:
+            raise RuntimeError("the PACS forward refused")
+
+    def next(self) -> tuple[str, int, int]:
+        return self.calls.get(timeout=TIMEOUT)
+
+
+def storescu(port: int, paths: list[Path]) -> None:
+    result = run_tool(dcmtk_tool("storescu"), "-aec", SCP_AET, HOST, str(port), *paths)
+    assert result.returncode == 0, result.stderr
+
+
+def study_files(tmp_path: Path, name: str, count: int) -> tuple[str, list[Path]]:
+    uid = pydicom.uid.generate_uid()
+    datasets = [make_dataset(study_uid=uid, instance_number=i) for i in range(count)]
+    return uid, [write_file(ds, tmp_path / f"{name}{i}.dcm") for i, ds in enumerate(datasets)]
+
+
+def test_a_failing_study_event_is_parked_listed_kept_over_a_restart_and_replayed(
+    server_factory, data_dir, tmp_path, capsys
+):
+    failed_uid, failed_files = study_files(tmp_path, "a", 2)
+    studies = FailingStudies(failed_uid)
+    options: dict[str, Any] = {
+        "study_callbacks": [studies],
+        "callback_retries": 2,
+        "retry_backoff": 0.01,
+    }
+    server = server_factory(study_timeout=0.2, **options)
+    storescu(server.port, failed_files)
+    # The first call and two retries, then parked.
+    assert [studies.next() for _ in range(3)] == [(failed_uid, 0, 2)] * 3
+    assert wait_until(server.parked_events)
+    [parked] = server.parked_events()
+    assert (parked.level, parked.uid, parked.attempts, parked.events) == ("study", failed_uid, 3, 0)
+    assert "RuntimeError: the PACS forward refused" in (parked.error or "")
+    server.shutdown()
+    assert main(["status", os.fspath(data_dir), "--failed"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    [line] = [line for line in out if failed_uid in line]
+    assert line.split()[:3] == ["study", failed_uid, "3"]
+    assert line.endswith("RuntimeError: the PACS forward refused")
+    assert out[-1] == "1 parked events"
+
+    # After a restart it does not fire: a newer study's event comes first, where the older
+    # one would be due first (the timers go by last arrival) were it not parked.
+    server = server_factory(study_timeout=0.2, **options)
+    other_uid, other_files = study_files(tmp_path, "b", 1)
+    storescu(server.port, other_files)
+    assert studies.next() == (other_uid, 0, 1)
+    assert studies.calls.empty()
+    server.shutdown()
+
+    # Replayed (with no server: due at the next start), it fires at once though the timeout
+    # is an hour, the callback now succeeding; then it is listed no more.
+    with pytest.raises(ValueError, match="not both"):
+        delivery.replay(data_dir, [1], study=failed_uid)
+    assert main(["replay", os.fspath(data_dir), "--study", "1.2.3"]) == 0
+    assert capsys.readouterr().out.startswith("0 parked")
+    assert main(["replay", os.fspath(data_dir), "--study", failed_uid]) == 0
+    assert capsys.readouterr().out.startswith("1 parked")
+    studies.failing.clear()
+    server = server_factory(study_timeout=3600, **options)
+    assert studies.next() == (failed_uid, 0, 2)
+    assert wait_until(lambda: delivery.studies(data_dir)[0].events == 1)
+    assert server.parked_events() == delivery.parked_events(data_dir) == []
+    assert studies.calls.empty()
+
+
+def test_a_version_1_journal_migrates_and_parks_events(server_factory, data_dir, tmp_path):
+    studies = FailingStudies()
+    server = server_factory(study_callbacks=[studies], study_timeout=3600)
+    uid, files = study_files(tmp_path, "a", 2)
+    storescu(server.port, files)
+    server.shutdown()
+    # The journal as version 1 wrote it: its study waiting for its event.
+    with contextlib.closing(sqlite3.connect(data_dir / ".journal" / "journal.sqlite")) as db:
+        db.executescript(
+            """DROP INDEX groups_due; DROP INDEX groups_parked;
+            ALTER TABLE groups DROP COLUMN attempts; ALTER TABLE groups DROP COLUMN error;
+            ALTER TABLE groups DROP COLUMN failed;
+            CREATE INDEX groups_changed ON groups (last_received) WHERE changed = 1;
+            PRAGMA user_version = 1;"""
+        )
+    studies.failing.add(uid)
+    server = server_factory(
+        study_callbacks=[studies], study_timeout=0.2, callback_retries=0, retry_backoff=0.01
+    )
+    assert studies.next() == (uid, 0, 2)
+    assert wait_until(server.parked_events)
+    assert [(e.uid, e.attempts) for e in server.parked_events()] == [(uid, 1)]
+    with contextlib.closing(sqlite3.connect(data_dir / ".journal" / "journal.sqlite")) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (_core.JOURNAL_VERSION,)
+    assert _core.JOURNAL_VERSION >= 2
+    [summary] = delivery.studies(data_dir)
+    assert (summary.instances, summary.events) == (2, 0)
+
+
+def test_a_study_event_failing_at_shutdown_stays_due_for_the_next_start(
+    server_factory, data_dir, tmp_path
+):
+    uid, files = study_files(tmp_path, "a", 1)
+    studies = FailingStudies(uid)
+    retrying = {"callback_retries": 5, "retry_backoff": 3600}
+    server = server_factory(study_callbacks=[studies], study_timeout=0.2, **retrying)
+    storescu(server.port, files)
+    assert studies.next() == (uid, 0, 1)
+    # The shutdown cuts the hour's backoff short and ends: the event is neither parked nor
+    # given again by this run.
+    server.shutdown()
+    assert delivery.parked_events(data_dir) == []
+    while not studies.calls.empty():
+        assert studies.calls.get_nowait() == (uid, 0, 1)
+    studies.failing.clear()
+    server_factory(study_callbacks=[studies], study_timeout=0.2)
+    assert studies.next() == (uid, 0, 1)
+    assert wait_until(lambda: delivery.studies(data_dir)[0].events == 1)

@@ -282,3 +282,104 @@ def test_a_bad_journal_url_is_told_in_one_line(
         node.reader.join(TIMEOUT)
         lines = [line for line in node.text().splitlines() if line.strip()]
         assert len(lines) == 1 and said in lines[0], node.text()
+
+
+def test_a_failing_study_event_is_parked_in_postgres_listed_and_replayed_on_a_running_node(
+    postgres: Postgres,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+):
+    url = postgres.new_database()
+    data_dir = tmp_path / "shared"
+    failing = pydicom.uid.generate_uid()
+    calls: queue.Queue[str] = queue.Queue()
+    healthy = {"yes": False}
+
+    def on_study(event: delivery.Completion) -> None:
+        calls.put(event.uid)
+        if event.uid == failing and not healthy["yes"]:
+            raise RuntimeError("the PACS forward refused")
+
+    options: dict[str, Any] = {
+        "journal": url,
+        "journal_lease": 1.0,
+        "study_timeout": 0.2,
+        "study_callbacks": [on_study],
+        "callback_retries": 2,
+        "retry_backoff": 0.01,
+    }
+
+    def study(uid: str, name: str) -> list[Path]:
+        return [
+            write_file(make_dataset(study_uid=uid, instance_number=i), tmp_path / f"{name}{i}")
+            for i in range(2)
+        ]
+
+    def event_counts() -> dict[str, int]:
+        return {s.study_instance_uid: s.events for s in delivery.studies(data_dir, url)}
+
+    node = StoreSCPServer(NODE, data_dir, node_id="n0", **options)
+    node.run(block=False)
+    try:
+        assert statuses(send(node._bound_port, study(failing, "a"))) == [0, 0]
+        assert [calls.get(timeout=TIMEOUT) for _ in range(3)] == [failing] * 3
+        assert wait_until(node.parked_events)
+        [parked] = node.parked_events()
+        assert (parked.uid, parked.attempts) == (failing, 3)
+        assert "RuntimeError: the PACS forward refused" in (parked.error or "")
+    finally:
+        node.shutdown()
+    parked_row = f"SELECT changed, attempts FROM groups WHERE uid = '{failing}'"
+    assert one(postgres, url, parked_row) == [["2", "3"]]
+    assert main(["status", str(data_dir), "--failed", "--journal", url]) == 0
+    out = capsys.readouterr().out.splitlines()
+    [line] = [line for line in out if failing in line]
+    assert line.split()[:3] == ["study", failing, "3"]
+    assert out[-1] == "1 parked events"
+
+    # Restarted, the node fires a newer study first (the timers go by last arrival): the
+    # parked one does not fire; replayed on the running node, it fires once more.
+    node = StoreSCPServer(NODE, data_dir, node_id="n0", **options)
+    node.run(block=False)
+    try:
+        other = pydicom.uid.generate_uid()
+        assert statuses(send(node._bound_port, study(other, "b"))) == [0, 0]
+        assert calls.get(timeout=TIMEOUT) == other
+        assert calls.empty()
+        healthy["yes"] = True
+        assert node.replay(study=failing) == 1
+        assert calls.get(timeout=TIMEOUT) == failing
+        assert wait_until(lambda: not node.parked_events())
+        assert wait_until(lambda: event_counts() == {failing: 1, other: 1})
+    finally:
+        node.shutdown()
+    assert calls.empty()
+
+
+def test_a_version_1_postgres_journal_migrates_when_a_node_opens_it(
+    postgres: Postgres,  # noqa: F811
+    tmp_path: Path,
+):
+    url = postgres.new_database()
+    data_dir = tmp_path / "shared"
+    node = StoreSCPServer(NODE, data_dir, journal=url, node_id="n0")
+    node.run(block=False)
+    node.shutdown()
+    # Back to what version 1 created (its groups without the parked columns).
+    postgres.psql(
+        url.rsplit("/", 1)[1],
+        "ALTER TABLE groups DROP COLUMN attempts, DROP COLUMN error, DROP COLUMN failed;"
+        "DROP INDEX groups_due;"
+        "CREATE INDEX groups_changed ON groups (last_received) WHERE changed = 1;"
+        "UPDATE journal_schema SET version = 1;",
+    )
+    assert one(postgres, url, "SELECT version FROM journal_schema") == [["1"]]
+    node = StoreSCPServer(NODE, data_dir, journal=url, node_id="n0")
+    node.run(block=False)
+    try:
+        assert node.parked_events() == []
+    finally:
+        node.shutdown()
+    assert one(postgres, url, "SELECT version FROM journal_schema") == [["2"]]
+    indexes = one(postgres, url, "SELECT indexname FROM pg_indexes WHERE tablename = 'groups'")
+    assert sorted(i for [i] in indexes) == ["groups_due", "groups_parked", "groups_pkey"]

@@ -24,6 +24,7 @@ __all__ = [
     "FailedStore",
     "Journal",
     "JournalEntry",
+    "ParkedEvent",
     "ScuAssociation",
     "SentInstance",
     "SeriesSummary",
@@ -250,7 +251,13 @@ class Server:
     def replay(self, ids: list[int] | None = None) -> int:
         """Deliver failed instances again (these journal ids, or all); how many."""
     def completed(self, event: Completed, done: bool) -> None:
-        """A completion event was handled (``done``) or given up on."""
+        """A completion event was handled (``done``), or given up on at shutdown (then it
+        is not given again by this run; the next start fires it)."""
+    def completion_failed(self, event: Completed, attempts: int, error: str) -> None:
+        """A completion event's callbacks kept failing: park it until replayed."""
+    def replay_events(self, study: str | None = None, series: str | None = None) -> int:
+        """Fire parked completion events again now (those of ``study``, that of ``series``,
+        or all); how many."""
     def shutdown(self, timeout: float) -> None:
         """Stop accepting, let open associations finish for ``timeout`` s, abort the rest."""
     def abort_associations(self) -> None:
@@ -423,6 +430,34 @@ class Journal:
         """Failed deliveries (these ids, or all) back to pending for the next start."""
     def backlog(self) -> tuple[int, float | None]:
         """Rows waiting for delivery, and the arrival time (Unix seconds) of the oldest."""
+    def parked_events(self) -> list[ParkedEvent]:
+        """Parked completion events, oldest parked first."""
+    def replay_events(self, study: str | None = None, series: str | None = None) -> int:
+        """Parked completion events (those of a study, that of a series, or all) due again
+        at once, at the next start; how many."""
+
+@final
+class ParkedEvent:
+    """A study or series completion event whose callbacks kept failing, parked."""
+
+    @property
+    def level(self) -> str: ...
+    @property
+    def uid(self) -> str: ...
+    @property
+    def study_instance_uid(self) -> str: ...
+    @property
+    def last_received(self) -> float: ...
+    @property
+    def events(self) -> int:
+        """Events delivered for it before: the revision it would have been."""
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def failed(self) -> float:
+        """When it was parked (Unix seconds)."""
 
 # The storage SCU.
 class AssociationError(ConnectionError):

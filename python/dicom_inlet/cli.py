@@ -722,24 +722,32 @@ def _add_journal_commands(commands: Any) -> None:
         help="list what a data_dir has received, from its journal",
         description="Print the studies of DATA_DIR's journal as a table: series and "
         "instances, last arrival, and deliveries pending or failed; with --failed, the "
-        "parked instances whose callbacks kept failing.",
+        "parked instances and study/series completion events whose callbacks kept failing.",
     )
     status.add_argument("data_dir", metavar="DATA_DIR", help="the storage root")
     status.add_argument(
-        "--failed", action="store_true", help="list parked instances and their last error"
+        "--failed",
+        action="store_true",
+        help="list parked instances and completion events and their last error",
     )
     status.add_argument("--journal", metavar="URL", help="the PostgreSQL journal of the nodes")
     status.set_defaults(run=_status)
     replay = commands.add_parser(
         "replay",
-        help="deliver parked instances again at the next start",
-        description="Set DATA_DIR's parked deliveries (all, or --id) back to pending: the "
-        "next 'serve' on DATA_DIR runs their callbacks again.",
+        help="deliver parked instances and completion events again at the next start",
+        description="Set DATA_DIR's parked deliveries (all, or --id, or those of --study or "
+        "--series) back to pending: the next 'serve' on DATA_DIR runs their callbacks again, "
+        "a replayed study or series event at once.",
     )
     replay.add_argument("data_dir", metavar="DATA_DIR", help="the storage root")
-    replay.add_argument(
+    which = replay.add_mutually_exclusive_group()
+    which.add_argument(
         "--id", dest="ids", type=int, action="append", metavar="N", help="only this journal id"
     )
+    which.add_argument(
+        "--study", metavar="UID", help="the study's parked event, series events and instances"
+    )
+    which.add_argument("--series", metavar="UID", help="the series' parked event and instances")
     replay.add_argument("--journal", metavar="URL", help="the PostgreSQL journal of the nodes")
     replay.set_defaults(run=_replay)
 
@@ -750,8 +758,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    count = delivery.replay(args.data_dir, args.ids, args.journal)
-    print(f"{count} parked instances pending again")
+    count = delivery.replay(
+        args.data_dir, args.ids, args.journal, study=args.study, series=args.series
+    )
+    print(f"{count} parked instances and events pending again")
     return 0
 
 

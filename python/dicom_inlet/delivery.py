@@ -36,10 +36,12 @@ __all__ = [
     "Completion",
     "Dispatcher",
     "JournalEntry",
+    "ParkedEvent",
     "SeriesSummary",
     "StudySummary",
     "instances",
     "parked",
+    "parked_events",
     "replay",
     "run_command",
     "series",
@@ -56,6 +58,7 @@ _BATCH = 64
 StudySummary: TypeAlias = _core.StudySummary
 SeriesSummary: TypeAlias = _core.SeriesSummary
 JournalEntry: TypeAlias = _core.JournalEntry
+ParkedEvent: TypeAlias = _core.ParkedEvent
 
 
 @dataclass(frozen=True)
@@ -134,12 +137,12 @@ class Dispatcher:
     """Feed a running core server's events to the callbacks, on one thread, in order.
 
     A raising callback is called again (only it) after ``backoff``, ``2 * backoff``, ...
-    seconds, ``retries`` times; then the instance is parked as failed with the traceback
-    (``dicom-inlet status --failed``, :func:`replay`). Once ``stop`` is set (shutdown), no
-    more retries wait: an instance still failing stays pending and is delivered again at
-    the next start. With a ``sink`` (events to a broker), an instance whose callbacks
-    returned (a completion event too) is handed to it, and it marks the row delivered once
-    the broker confirmed.
+    seconds, ``retries`` times; then the instance (or study/series completion event) is
+    parked as failed with the traceback (``dicom-inlet status --failed``, :func:`replay`).
+    Once ``stop`` is set (shutdown), no more retries wait: an instance or event still
+    failing stays due and comes again at the next start. With a ``sink`` (events to a
+    broker), an instance whose callbacks returned (a completion event too) is handed to it,
+    and it marks the row delivered once the broker confirmed.
     """
 
     def __init__(
@@ -252,8 +255,17 @@ class Dispatcher:
         callbacks = self.study_callbacks if event.level == "study" else self.series_callbacks
         what = f"{event.level} {event.uid}"
         failure = self._call(list(callbacks), completion, lambda: what)
+        if failure is not None and not self.stop.is_set():
+            self.scp.completion_failed(event, self.retries + 1, failure)
+            logger.error(
+                "%s event parked as failed; 'dicom-inlet replay DATA_DIR --%s %s' fires it again",
+                what,
+                event.level,
+                event.uid,
+            )
+            return
         if failure is not None:
-            logger.error("%s event failed; it comes again at the next start", what)
+            logger.error("%s event failed at shutdown; it comes again at the next start", what)
         elif self.sink is not None:
             self.sink.completion(self.scp, event, completion)
             return
@@ -322,38 +334,101 @@ def parked(data_dir: str | os.PathLike[str], journal: str | None = None) -> list
     return instances(data_dir, state="failed", journal=journal)
 
 
+def parked_events(
+    data_dir: str | os.PathLike[str], journal: str | None = None
+) -> list[ParkedEvent]:
+    """Study and series completion events whose callbacks kept failing, oldest parked first,
+    with their tracebacks in ``error``: not fired again until replayed (a new instance of
+    the study makes a new event, listing everything, which supersedes the parked one)."""
+    return _core.Journal(data_dir, journal).parked_events()
+
+
 def replay(
-    data_dir: str | os.PathLike[str], ids: Sequence[int] | None = None, journal: str | None = None
+    data_dir: str | os.PathLike[str],
+    ids: Sequence[int] | None = None,
+    journal: str | None = None,
+    *,
+    study: str | None = None,
+    series: str | None = None,
 ) -> int:
-    """Parked instances (these journal ids, or all) back to pending: the next start of a
-    server on ``data_dir`` delivers them. Returns how many. A running server replays at once
-    with :meth:`StoreSCPServer.replay`."""
-    return _core.Journal(data_dir, journal).replay(None if ids is None else list(ids))
+    """Parked deliveries back to pending: the next start of a server on ``data_dir``
+    delivers them (replayed completion events fire at once, not after another
+    ``study_timeout``). With ``ids``, those instances; with ``study`` (``series``), its
+    parked instances and events (the study's series' too); with neither, all. Returns how
+    many. A running server replays at once with :meth:`StoreSCPServer.replay`."""
+    journal_ = _core.Journal(data_dir, journal)
+    return _replay_with(journal_, journal_.replay, journal_.replay_events, ids, study, series)
+
+
+def _replay_with(
+    journal: _core.Journal,
+    instances: Callable[[list[int] | None], int],
+    events: Callable[[str | None, str | None], int],
+    ids: Sequence[int] | None,
+    study: str | None,
+    series: str | None,
+) -> int:
+    """:func:`replay`'s choice of what to replay, done by ``instances`` and ``events`` (a
+    journal's, or a running server's)."""
+    if ids is not None and (study is not None or series is not None):
+        raise ValueError("replay journal ids, or a study or series, not both")
+    if ids is not None:
+        return instances(list(ids))
+    if study is None and series is None:
+        return instances(None) + events(None, None)
+    failed = journal.instances(study, series, "failed")
+    return instances([entry.id for entry in failed]) + events(study, series)
 
 
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _last_line(error: str | None) -> str:
+    lines = (error or "").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _table(rows: list[list[str]], what: str) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    return [*lines, f"{len(rows) - 1} {what}"]
+
+
 def status_table(
     data_dir: str | os.PathLike[str], *, failed: bool = False, journal: str | None = None
 ) -> str:
     """The journal of ``data_dir`` (or the PostgreSQL ``journal`` URL) as a text table: one
-    line per study (or, with ``failed``, per parked instance with its last error line)."""
+    line per study (or, with ``failed``, per parked instance, then per parked completion
+    event, each with its last error line)."""
     if failed:
         rows = [["ID", "RECEIVED", "SOP INSTANCE UID", "ATTEMPTS", "ERROR", "PATH"]]
         for entry in parked(data_dir, journal):
-            last = (entry.error or "").strip().splitlines()
             rows.append(
                 [
                     str(entry.id),
                     _when(entry.received),
                     entry.sop_instance_uid,
                     str(entry.attempts),
-                    last[-1] if last else "",
+                    _last_line(entry.error),
                     os.fspath(entry.path),
                 ]
             )
+        events = [["LEVEL", "UID", "ATTEMPTS", "PARKED", "ERROR"]]
+        for event in parked_events(data_dir, journal):
+            events.append(
+                [
+                    event.level,
+                    event.uid,
+                    str(event.attempts),
+                    _when(event.failed),
+                    _last_line(event.error),
+                ]
+            )
+        parked_lines = ["", *_table(events, "parked events")]
     else:
         rows = [
             [
@@ -386,11 +461,6 @@ def status_table(
                     str(study.events),
                 ]
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+        parked_lines = []
     what = "parked instances" if failed else "studies"
-    lines.append(f"{len(rows) - 1} {what}")
-    return "\n".join(lines)
+    return "\n".join([*_table(rows, what), *parked_lines])

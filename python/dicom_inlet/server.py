@@ -20,7 +20,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from dicom_inlet import _core
-from dicom_inlet.delivery import Completion, Dispatcher, JournalEntry
+from dicom_inlet.delivery import Completion, Dispatcher, JournalEntry, ParkedEvent, _replay_with
 from dicom_inlet.handlers import (
     EchoHandler,
     EchoPool,
@@ -687,16 +687,33 @@ class StoreSCPServer:
         """Instances whose callbacks kept failing, with the traceback in ``error``."""
         return _core.Journal(self.data_dir, self._journal_url).instances(state="failed")
 
-    def replay(self, ids: Iterable[int] | None = None) -> int:
-        """Deliver parked instances again now (these journal ids, or all); how many.
+    def parked_events(self) -> list[ParkedEvent]:
+        """Study and series completion events whose callbacks kept failing, with the
+        traceback in ``error``; not fired again until replayed."""
+        return _core.Journal(self.data_dir, self._journal_url).parked_events()
+
+    def replay(
+        self,
+        ids: Iterable[int] | None = None,
+        *,
+        study: str | None = None,
+        series: str | None = None,
+    ) -> int:
+        """Deliver parked deliveries again now; how many. With ``ids``, those instances; with
+        ``study`` (``series``), its parked instances and completion events (the study's
+        series' too); with neither, all. A replayed event fires at once, not after another
+        ``study_timeout``.
 
         Raises:
             RuntimeError: The server is not running (use :func:`dicom_inlet.delivery.replay`).
+            ValueError: Both ids and a study or series.
         """
         scp = self.scp
         if scp is None:
             raise RuntimeError("this StoreSCPServer is not running")
-        return scp.replay(None if ids is None else list(ids))
+        journal = _core.Journal(self.data_dir, self._journal_url)
+        chosen = None if ids is None else list(ids)
+        return _replay_with(journal, scp.replay, scp.replay_events, chosen, study, series)
 
     def _association_ended(self, record: _core.AssociationRecord) -> None:
         _log_association(record)

@@ -265,7 +265,7 @@ impl Feed {
                 .into_iter()
                 .find(|c| !self.handed.contains(&(c.level, c.uid.clone())));
             match waiting {
-                Some(c) if c.last_received + timeout <= now => found = Some(c),
+                Some(c) if c.replayed || c.last_received + timeout <= now => found = Some(c),
                 Some(c) => next_due = Some(c.last_received + timeout - now),
                 None => {}
             }
@@ -315,6 +315,11 @@ impl Replayer {
     /// Deliver these rows again (set pending in the journal already), waking the feed.
     pub fn replay(&self, ids: impl IntoIterator<Item = i64>) {
         lock(&self.replays).extend(ids);
+        self.queue.poke();
+    }
+
+    /// Parked completion events were replayed in the journal: the feed looks at its timers.
+    pub fn wake(&self) {
         self.queue.poke();
     }
 }

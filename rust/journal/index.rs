@@ -88,6 +88,31 @@ pub(super) struct Candidate {
     pub study_instance_uid: String,
     pub last_received: f64,
     pub events: i64,
+    /// A parked event replayed: due at once.
+    pub replayed: bool,
+}
+
+/// A study or series completion event whose callbacks kept failing, parked until replayed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParkedEvent {
+    pub level: Level,
+    pub uid: String,
+    pub study_instance_uid: String,
+    pub last_received: f64,
+    /// Completion events delivered for it before (its revision).
+    pub events: i64,
+    pub attempts: i64,
+    /// The last traceback.
+    pub error: Option<String>,
+    /// When it was parked (Unix seconds).
+    pub failed: f64,
+}
+
+fn level_of(name: Option<String>) -> Level {
+    match name.as_deref() {
+        Some("study") => Level::Study,
+        _ => Level::Series,
+    }
 }
 
 /// A connection for reading the journal (and for replaying failed deliveries).
@@ -297,6 +322,45 @@ impl Index {
         Ok(changed as i64)
     }
 
+    /// Parked completion events, oldest parked first.
+    pub fn parked_events(&self) -> Result<Vec<ParkedEvent>> {
+        let rows = self.rows(
+            "SELECT level, uid, study_instance_uid, last_received, events, attempts, error,
+                failed
+             FROM groups WHERE changed = 2 ORDER BY failed",
+            &[],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let mut c = Cells::new(row);
+                ParkedEvent {
+                    level: level_of(c.text()),
+                    uid: c.string(),
+                    study_instance_uid: c.string(),
+                    last_received: c.real(),
+                    events: c.int(),
+                    attempts: c.int(),
+                    error: c.text(),
+                    failed: c.real(),
+                }
+            })
+            .collect())
+    }
+
+    /// Parked completion events due again at once (those of `study`, that of `series`, or
+    /// all); how many. The timers of a running server (woken by its caller) or of the next
+    /// start fire them: a reader's write, not the writer's, so it works without a server.
+    pub fn replay_events(&self, study: Option<&str>, series: Option<&str>) -> Result<i64> {
+        let changed = self.execute(
+            "UPDATE groups SET changed = 3
+             WHERE changed = 2 AND (CAST(?1 AS TEXT) IS NULL OR study_instance_uid = ?1)
+                AND (CAST(?2 AS TEXT) IS NULL OR (level = 'series' AND uid = ?2))",
+            &[Arg::Text(study), Arg::Text(series)],
+        )?;
+        Ok(changed as i64)
+    }
+
     /// The newest row's id (0 for an empty journal).
     pub(super) fn last_id(&self) -> Result<i64> {
         let rows = self.rows("SELECT COALESCE(MAX(id), 0) FROM instances", &[])?;
@@ -348,13 +412,14 @@ impl Index {
         limit: usize,
     ) -> Result<Vec<Candidate>> {
         let rows = self.rows(
-            "SELECT level, uid, study_instance_uid, last_received, events FROM groups g
-             WHERE changed = 1
+            "SELECT level, uid, study_instance_uid, last_received, events, changed = 3
+             FROM groups g
+             WHERE changed IN (1, 3)
                 AND ((?1 AND level = 'study') OR (?2 AND level = 'series'))
                 AND (CAST(?3 AS TEXT) IS NULL OR study_instance_uid = ?3)
                 AND NOT EXISTS (SELECT 1 FROM instances i
                     WHERE i.study_instance_uid = g.study_instance_uid AND i.state = 1)
-             ORDER BY last_received LIMIT ?4",
+             ORDER BY changed = 3 DESC, last_received LIMIT ?4",
             &[
                 Arg::Bool(studies),
                 Arg::Bool(series),
@@ -366,16 +431,13 @@ impl Index {
             .into_iter()
             .map(|row| {
                 let mut c = Cells::new(row);
-                let level = match c.text().as_deref() {
-                    Some("study") => Level::Study,
-                    _ => Level::Series,
-                };
                 Candidate {
-                    level,
+                    level: level_of(c.text()),
                     uid: c.string(),
                     study_instance_uid: c.string(),
                     last_received: c.real(),
                     events: c.int(),
+                    replayed: c.int() != 0,
                 }
             })
             .collect())

@@ -35,7 +35,7 @@ mod schema;
 
 pub use backend::Location;
 pub use feed::{Completer, Feed, Replayer, Timers};
-pub use index::{Index, InstanceEntry, SeriesSummary, StudySummary};
+pub use index::{Index, InstanceEntry, ParkedEvent, SeriesSummary, StudySummary};
 pub use postgres::Cluster;
 pub use schema::VERSION;
 
@@ -90,6 +90,15 @@ enum Request {
         level: Level,
         uid: String,
         through: f64,
+    },
+    /// A completion event for everything up to `through` kept failing: parked with its last
+    /// error, unless newer instances make a new event (which then supersedes it).
+    Parked {
+        level: Level,
+        uid: String,
+        through: f64,
+        attempts: u32,
+        error: String,
     },
 }
 
@@ -329,6 +338,25 @@ impl Journal {
         })
         .map(drop)
     }
+
+    /// The completion event of `uid` up to `through` kept failing: park it with `error`.
+    pub fn parked(
+        &self,
+        level: Level,
+        uid: String,
+        through: f64,
+        attempts: u32,
+        error: String,
+    ) -> Result<()> {
+        self.ask(Request::Parked {
+            level,
+            uid,
+            through,
+            attempts,
+            error,
+        })
+        .map(drop)
+    }
 }
 
 struct Writer {
@@ -432,10 +460,28 @@ fn apply(
             ..
         } => tx
             .prepare_cached(
-                "UPDATE groups SET events = events + 1, changed = (last_received > ?3)
+                "UPDATE groups SET events = events + 1, changed = (last_received > ?3),
+                    attempts = 0, error = NULL, failed = NULL
                  WHERE level = ?1 AND uid = ?2",
             )
             .and_then(|mut s| s.execute(params![level.as_str(), uid, through]))
+            .map(|_| 0)
+            .map_err(sql),
+        Request::Parked {
+            level,
+            uid,
+            through,
+            attempts,
+            error,
+        } => tx
+            .prepare_cached(
+                "UPDATE groups SET changed = CASE WHEN last_received > ?3 THEN 1 ELSE 2 END,
+                    attempts = attempts + ?4, error = ?5, failed = ?6
+                 WHERE level = ?1 AND uid = ?2",
+            )
+            .and_then(|mut s| {
+                s.execute(params![level.as_str(), uid, through, attempts, error, now])
+            })
             .map(|_| 0)
             .map_err(sql),
     }

@@ -84,6 +84,13 @@ const MIGRATIONS: &[&str] = &[
         node TEXT NOT NULL,
         expires DOUBLE PRECISION NOT NULL
     );",
+    // 2: parked completion events on their groups, as in SQLite's version 2.
+    "ALTER TABLE groups ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE groups ADD COLUMN error TEXT;
+    ALTER TABLE groups ADD COLUMN failed DOUBLE PRECISION;
+    DROP INDEX groups_changed;
+    CREATE INDEX groups_due ON groups (last_received) WHERE changed IN (1, 3);
+    CREATE INDEX groups_parked ON groups (failed) WHERE changed = 2;",
 ];
 
 /// The version this build writes.
@@ -534,9 +541,31 @@ fn apply(
         } => tx
             .execute(
                 "UPDATE groups SET events = events + 1,
-                    changed = CASE WHEN last_received > $3 THEN 1 ELSE 0 END
+                    changed = CASE WHEN last_received > $3 THEN 1 ELSE 0 END,
+                    attempts = 0, error = NULL, failed = NULL
                  WHERE level = $1 AND uid = $2",
                 &[&level.as_str(), uid, through],
+            )
+            .map(|_| 0),
+        Request::Parked {
+            level,
+            uid,
+            through,
+            attempts,
+            error,
+        } => tx
+            .execute(
+                "UPDATE groups SET changed = CASE WHEN last_received > $3 THEN 1 ELSE 2 END,
+                    attempts = attempts + $4, error = $5, failed = $6
+                 WHERE level = $1 AND uid = $2",
+                &[
+                    &level.as_str(),
+                    uid,
+                    through,
+                    &i64::from(*attempts),
+                    error,
+                    &unix_now(),
+                ],
             )
             .map(|_| 0),
     }

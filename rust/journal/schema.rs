@@ -9,6 +9,11 @@ pub const PENDING: i64 = 1;
 pub const DELIVERED: i64 = 2;
 pub const FAILED: i64 = 3;
 
+// A `groups` row's `changed`: 0 its last event is done; 1 instances arrived since, due once
+// quiet for the timeout; 2 (version 2) its event's callbacks kept failing: parked, not fired
+// again until replayed or until a new instance makes a new event (listing everything, it
+// supersedes the parked one); 3 a parked event replayed, due at once.
+
 /// Migration `n` takes a journal from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
     // 1: one row per acknowledged instance, and the studies/series their timers run on.
@@ -48,6 +53,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (level, uid)
     ) WITHOUT ROWID;
     CREATE INDEX groups_changed ON groups (last_received) WHERE changed = 1;",
+    // 2: a completion event whose callbacks kept failing is parked on its group (changed 2)
+    // with its attempts, last traceback and when; a replayed one is due at once (3). The
+    // timers' index covers both states it fires; the parked list has its own, both small.
+    "ALTER TABLE groups ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE groups ADD COLUMN error TEXT;
+    ALTER TABLE groups ADD COLUMN failed REAL;
+    DROP INDEX groups_changed;
+    CREATE INDEX groups_due ON groups (last_received) WHERE changed IN (1, 3);
+    CREATE INDEX groups_parked ON groups (failed) WHERE changed = 2;",
 ];
 
 /// The version this build writes.
@@ -72,4 +86,53 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
             .map_err(|e| format!("migration to version {}: {e}", version + 1))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::{migrate, MIGRATIONS, VERSION};
+
+    #[test]
+    fn a_version_1_journal_migrates_keeping_its_rows_and_timers() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+            INSERT INTO groups (level, uid, study_instance_uid, last_received, changed, events)
+                VALUES ('study', '1', '1', 10.0, 1, 2), ('study', '2', '2', 5.0, 0, 1);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        let rows: Vec<(String, i64, i64, i64, Option<String>)> = conn
+            .prepare("SELECT uid, changed, events, attempts, error FROM groups ORDER BY uid")
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [("1".into(), 1, 2, 0, None), ("2".into(), 0, 1, 0, None)]
+        );
+        // The due study is found through the timers' new index.
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT uid FROM groups WHERE changed IN (1, 3)
+                 ORDER BY changed = 3 DESC, last_received",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("groups_due"), "{plan}");
+        // Run again, nothing to do.
+        migrate(&mut conn).unwrap();
+    }
 }

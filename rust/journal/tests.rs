@@ -366,3 +366,92 @@ fn a_completion_told_done_from_another_thread_wakes_the_waiting_feed() {
     consumer.join().unwrap();
     fs::remove_dir_all(&root).unwrap();
 }
+
+/// A feed of `journal` with the study timers on, `timeout` long, its queue ended.
+fn study_feed(journal: &Journal, timeout: Duration) -> Feed {
+    let queue = Arc::new(EventQueue::new(4));
+    queue.end();
+    let timers = Timers {
+        timeout,
+        ..timers(true, false, false)
+    };
+    Feed::new(queue, Some(journal.index().unwrap()), false, Some(timers)).unwrap()
+}
+
+#[test]
+fn a_parked_completion_waits_for_its_replay_then_fires_at_once() {
+    let root = temp_root("parked");
+    let queue = Arc::new(EventQueue::new(4));
+    let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
+    journal.record(row(&root, "8", "8.1", "a", false)).unwrap();
+    let mut feed = study_feed(&journal, Duration::ZERO);
+    let first = next_completed(&mut feed).unwrap();
+    let error = "Traceback\nRuntimeError: down".to_owned();
+    journal
+        .parked(
+            Level::Study,
+            "8".into(),
+            first.last_received,
+            3,
+            error.clone(),
+        )
+        .unwrap();
+    feed.completion_done(Level::Study, "8");
+    // Parked: neither this feed nor the next start's fires it again.
+    assert!(next_completed(&mut feed).is_none());
+    assert!(next_completed(&mut study_feed(&journal, Duration::ZERO)).is_none());
+    let index = journal.index().unwrap();
+    let [parked] = &index.parked_events().unwrap()[..] else {
+        panic!("one parked event expected")
+    };
+    assert_eq!(
+        (
+            parked.level,
+            parked.uid.as_str(),
+            parked.attempts,
+            parked.events
+        ),
+        (Level::Study, "8", 3, 0)
+    );
+    assert_eq!(parked.error.as_deref(), Some(error.as_str()));
+    assert!(parked.failed >= parked.last_received);
+    // Replayed: due at once, though the timeout is an hour; the same revision.
+    assert_eq!(index.replay_events(Some("other"), None).unwrap(), 0);
+    assert_eq!(index.replay_events(Some("8"), None).unwrap(), 1);
+    assert!(index.parked_events().unwrap().is_empty());
+    let mut feed = study_feed(&journal, Duration::from_secs(3600));
+    let again = next_completed(&mut feed).unwrap();
+    assert_eq!((again.uid.as_str(), again.revision), ("8", 0));
+    journal
+        .completed(Level::Study, "8".into(), again.last_received)
+        .unwrap();
+    assert_eq!(index.group_events(Level::Study, "8"), Some((1, false)));
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_new_instance_supersedes_a_parked_completion() {
+    let root = temp_root("superseded");
+    let queue = Arc::new(EventQueue::new(4));
+    let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
+    journal.record(row(&root, "9", "9.1", "a", false)).unwrap();
+    let first = next_completed(&mut study_feed(&journal, Duration::ZERO)).unwrap();
+    let through = first.last_received;
+    journal
+        .parked(Level::Study, "9".into(), through, 1, "e".into())
+        .unwrap();
+    journal.record(row(&root, "9", "9.1", "b", false)).unwrap();
+    // The new event lists everything: the parked one is no longer listed, and the next
+    // is still the first revision (none was delivered).
+    let index = journal.index().unwrap();
+    assert!(index.parked_events().unwrap().is_empty());
+    let next = next_completed(&mut study_feed(&journal, Duration::ZERO)).unwrap();
+    assert_eq!((next.revision, next.members.len()), (0, 2));
+    // Parked while a newer instance arrived (during the retries): that one's event is due.
+    journal
+        .parked(Level::Study, "9".into(), through, 1, "e".into())
+        .unwrap();
+    assert!(index.parked_events().unwrap().is_empty());
+    assert!(next_completed(&mut study_feed(&journal, Duration::ZERO)).is_some());
+    fs::remove_dir_all(&root).unwrap();
+}
