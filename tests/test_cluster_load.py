@@ -291,9 +291,12 @@ def test_cluster_of_three_survives_kill_rolling_restart_and_broker_restart(
     assert all(len(nodes_of[s.study]) >= 2 for s in senders), nodes_of
     # Study events. Each study's newest lists all of it (waited for above). With the
     # PostgreSQL journal one node at a time fires them: revisions 0, 1, 2... each listing
-    # more than the one before (late instances only); a broker restart may repeat an
-    # unconfirmed one, the same revision with the same instances. With SQLite every node's
-    # timers fire, so one study may get the same revision from several nodes.
+    # more than the one before (late instances only). An event the broker had not confirmed
+    # when its node went away (kill, restart) comes again from the next leader with the same
+    # revision (never delivered, it was not counted) and lists what arrived meanwhile too: a
+    # revision may repeat, never listing fewer than before nor more than the next. With
+    # SQLite every node's timers fire, so one study may get the same revision from several
+    # nodes.
     by_study: dict[str, dict[int, set[int]]] = {}
     for body in events:
         if body["event"] == "study":
@@ -303,6 +306,6 @@ def test_cluster_of_three_survives_kill_rolling_restart_and_broker_restart(
     if journal_url is not None:
         for study, counts in by_study.items():
             assert sorted(counts) == list(range(len(counts))), (study, counts)
-            assert all(len(c) == 1 for c in counts.values()), (study, counts)
-            sizes = [min(counts[r]) for r in sorted(counts)]
-            assert sizes == sorted(set(sizes)), (study, sizes)
+            for revision in range(len(counts) - 1):
+                later = counts[revision + 1]
+                assert max(counts[revision]) < min(later), (study, counts)
