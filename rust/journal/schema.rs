@@ -48,6 +48,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (level, uid)
     ) WITHOUT ROWID;
     CREATE INDEX groups_changed ON groups (last_received) WHERE changed = 1;",
+    // 2: the next row id not reserved yet: nodes sharing the journal take blocks of ids for
+    // the rows they log before committing them.
+    "CREATE TABLE id_blocks (next INTEGER NOT NULL);
+    INSERT INTO id_blocks SELECT coalesce(max(id), 0) + 1 FROM instances;",
 ];
 
 /// The version this build writes.
