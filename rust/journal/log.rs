@@ -211,7 +211,8 @@ impl Log {
 
 /// Commit the rows of every log in `dir` whose run is gone (its lock can be taken; running
 /// nodes' logs, this run's included, are skipped), then remove it; how many logs. Files left
-/// half-created (never renamed, so never appended to) go too.
+/// half-created by a crash (never renamed, so never appended to) go too, once older than a
+/// sweep: a younger one may be a running node's, between its creation and its lock.
 pub(super) fn recover(
     dir: &Path,
     mut commit: impl FnMut(Vec<Logged>) -> Result<(), String>,
@@ -226,7 +227,11 @@ pub(super) fn recover(
         let path = entry.map_err(|e| failed(dir, e))?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let log = !name.starts_with('.') && name.ends_with(SUFFIX);
-        let half_created = name.starts_with('.') && name.ends_with(".new");
+        let half_created = name.starts_with('.')
+            && name.ends_with(".new")
+            && fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > SWEEP);
         if !log && !half_created {
             continue;
         }
@@ -276,6 +281,7 @@ pub(super) fn ingest(
         queue.idle = false;
         if queue.pending.is_empty() {
             if queue.stop {
+                drop(queue);
                 // Everything is committed: nothing for a later start to take up.
                 log.close(ingested);
                 return;
@@ -628,7 +634,10 @@ mod tests {
             dead.path()
             // Dropped: its lock goes, as with a killed process.
         };
-        fs::write(dir.join(".half.1-2.log.new"), b"").unwrap();
+        let half = fs::File::create(dir.join(".half.1-2.log.new")).unwrap();
+        half.set_modified(SystemTime::now() - 2 * SWEEP).unwrap();
+        // A younger one may be a node's being created: left alone.
+        fs::write(dir.join(".young.1-2.log.new"), b"").unwrap();
         let mut seen = Vec::new();
         let count = recover(&dir, |rows| {
             seen.extend(rows.into_iter().map(|r| r.id));
@@ -637,11 +646,13 @@ mod tests {
         .unwrap();
         assert_eq!((count, seen), (1, vec![2, 3]));
         assert!(!dead.exists() && live.path().exists());
-        let left: Vec<_> = fs::read_dir(&dir)
+        let mut left: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
-        assert_eq!(left, [live.path()]);
+        left.sort();
+        assert_eq!(left, [dir.join(".young.1-2.log.new"), live.path()]);
+        fs::remove_file(dir.join(".young.1-2.log.new")).unwrap();
         // A failed commit keeps the log for the next try.
         let again = Log::open(&dir, "dead", false).unwrap().path();
         assert!(recover(&dir, |_| Err("disk full".into())).is_err());

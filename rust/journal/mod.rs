@@ -326,7 +326,6 @@ impl Journal {
                 logs.display()
             )))?;
         let shared = Arc::new(Shared::default());
-        lock(&shared.queue).idle = true;
         let thread = {
             let (shared, log) = (Arc::clone(&shared), Arc::clone(&log));
             // With durable, a log is trimmed only once the rows it held are on disk.
