@@ -39,6 +39,9 @@ const NONE: u32 = u32::MAX;
 /// or `BATCH` rows came: a busy server commits a batch, not a row, at a time (a commit costs
 /// about ten rows' inserts), and the index lags by nothing a person notices.
 const GATHER: Duration = Duration::from_millis(4);
+/// The same with `durable`: each commit's pages are flushed again by the next instance's
+/// flush of the file system, so fewer commits between flushes (instances come every few ms).
+const GATHER_DURABLE: Duration = Duration::from_millis(50);
 pub(super) const BATCH: usize = 512;
 /// Before the ingest tries again after a failed commit.
 const RETRY: Duration = Duration::from_secs(1);
@@ -258,13 +261,10 @@ fn due(queue: &Queue) -> bool {
 
 /// The ingest thread: commit what the association threads queue, a batch at a time, until
 /// the journal stops and nothing is left; trim the log behind it and sweep for logs of runs
-/// that are gone. `settle` makes the commits durable (before a log is trimmed).
-pub(super) fn ingest(
-    shared: &Shared,
-    mut writer: Writer,
-    log: &Log,
-    settle: &dyn Fn(&Writer) -> io::Result<()>,
-) {
+/// that are gone. With `durable`, it gathers longer, and a log is trimmed only once the rows
+/// it held are flushed to disk.
+pub(super) fn ingest(shared: &Shared, mut writer: Writer, log: &Log, durable: bool) {
+    let gather = if durable { GATHER_DURABLE } else { GATHER };
     let dir = log.dir.clone();
     let mut ingested = 0;
     let mut swept = Instant::now();
@@ -297,7 +297,7 @@ pub(super) fn ingest(
             // Woken early only by a row making the batch full or a request waiting.
             queue = shared
                 .work
-                .wait_timeout_while(queue, GATHER, |q| !due(q))
+                .wait_timeout_while(queue, gather, |q| !due(q))
                 .map_or_else(|p| p.into_inner().0, |(q, _)| q);
         }
         let batch = std::mem::take(&mut queue.pending);
@@ -317,7 +317,10 @@ pub(super) fn ingest(
                 drop(queue);
                 // A failed trim leaves the file as it is: it is trimmed at a later batch, or
                 // committed again (harmlessly) at the next start.
-                let _ = log.trim(ingested, || settle(&writer));
+                let _ = log.trim(ingested, || match durable {
+                    true => writer.flush(),
+                    false => Ok(()),
+                });
                 queue = lock(&shared.queue);
             }
             Err((error, batch)) => {

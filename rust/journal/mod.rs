@@ -328,14 +328,9 @@ impl Journal {
         let shared = Arc::new(Shared::default());
         let thread = {
             let (shared, log) = (Arc::clone(&shared), Arc::clone(&log));
-            // With durable, a log is trimmed only once the rows it held are on disk.
-            let settle = move |writer: &Writer| match durable {
-                true => writer.flush(),
-                false => Ok(()),
-            };
             std::thread::Builder::new()
                 .name("dicom-inlet-journal".into())
-                .spawn(move || log::ingest(&shared, writer, &log, &settle))
+                .spawn(move || log::ingest(&shared, writer, &log, durable))
                 .map_err(Error::io("cannot start the journal's ingest thread"))?
         };
         let ingest = Ingest {
