@@ -394,6 +394,7 @@ impl Server {
             return Err(Error::InvalidConfig("the journal is off".into()).into());
         };
         py.detach(|| {
+            journal.sync()?;
             let failed = journal.index()?.instances(None, None, Some("failed"))?;
             let chosen: Vec<i64> = failed
                 .iter()
@@ -479,6 +480,15 @@ impl Server {
     /// End the grace of a shutdown under way (or of the next one): abort open associations now.
     fn abort_associations(&self) {
         self.inner.abort_open_associations();
+    }
+
+    /// Wait until the journal committed everything recorded and marked so far, so that its
+    /// index (another connection's included) shows it.
+    fn sync_journal(&self, py: Python<'_>) -> PyResult<()> {
+        match self.inner.journal() {
+            Some(journal) => py.detach(|| journal.sync()).map_err(PyErr::from),
+            None => Ok(()),
+        }
     }
 }
 

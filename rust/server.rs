@@ -420,7 +420,7 @@ fn open_journal(
     }
     let notify = config.timers.as_ref().map(|_| Arc::clone(events));
     let journal = match &config.cluster {
-        None => Journal::open(root, config.durable, notify)?,
+        None => Journal::open(root, &config.node_id, config.durable, notify)?,
         Some(cluster) => Journal::open_postgres(root, cluster, notify)?,
     };
     let feed = Feed::new(

@@ -74,7 +74,7 @@ pub fn check_node_id(node_id: &str) -> Result<(), String> {
 /// it, or it is gone and not to be created. The lock is only taken as the file still at
 /// `path`: a node cleaning a dead area unlinks the lock file while it holds it, and a lock on
 /// the unlinked file would guard nothing.
-fn try_lock_file(path: &Path, create: bool) -> io::Result<Option<File>> {
+pub(crate) fn try_lock_file(path: &Path, create: bool) -> io::Result<Option<File>> {
     loop {
         let opened = File::options()
             .read(true)

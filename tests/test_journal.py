@@ -103,6 +103,49 @@ def test_kill_9_during_1000_instances_then_restart_runs_every_acknowledged_callb
     assert not any((data_dir / ".journal" / "held").iterdir())
 
 
+def test_kill_9_while_rows_are_only_in_the_log_then_restart_runs_every_callback(tmp_path):
+    data_dir, log = tmp_path / "data", tmp_path / "callbacks.log"
+    study = pydicom.uid.generate_uid()
+    paths = [
+        write_file(make_dataset(study_uid=study, rows=8, columns=8), tmp_path / "src" / f"{i}.dcm")
+        for i in range(41)
+    ]
+    # Callbacks slower than the test: none returns before the kill.
+    server = ServerProcess(data_dir, callback_log=log, callback_delay=TIMEOUT * 100)
+    # The first instance reserves the node's block of row ids, and is committed at release.
+    assert statuses(send(server.port, paths[:1])) == [0]
+    database = sqlite3.connect(
+        data_dir / ".journal" / "journal.sqlite", isolation_level=None, timeout=TIMEOUT
+    )
+    # Another writer holds the database: the server's ingest cannot commit, so the rows
+    # acknowledged now are only in its log when it dies.
+    database.execute("BEGIN EXCLUSIVE")
+    ae = AE(ae_title=SCU_AET)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
+    ae.add_requested_context(CT_IMAGE_STORAGE, [EXPLICIT_LE])
+    assoc = ae.associate(HOST, server.port, ae_title="ANY-SCP")
+    assert assoc.is_established
+    told = [assoc.send_c_store(path) for path in paths[1:]]
+    assert statuses(told) == [0] * 40
+    server.kill()
+    assoc.abort()
+    ae.shutdown()
+    assert database.execute("SELECT count(*) FROM instances").fetchone() == (1,)
+    database.execute("ROLLBACK")
+    database.close()
+    acknowledged = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}
+
+    with ServerProcess(data_dir, callback_log=log):
+        assert wait_until(lambda: acknowledged <= set(log_lines(log)), timeout=120)
+    entries = delivery.instances(data_dir)
+    assert {e.sop_instance_uid for e in entries} == acknowledged
+    assert {e.state for e in entries} == {"delivered"}
+    assert len({e.id for e in entries}) == len(entries) == 41
+    # The dead run's log was committed and removed; the second run removed its own.
+    assert not any((data_dir / ".journal" / "log").iterdir())
+    assert not any((data_dir / ".journal" / "held").iterdir())
+
+
 def test_duplicate_uid_callbacks_read_the_version_each_acknowledged(server_factory, data_dir):
     first_path, second_path = (
         get_testdata_file("MR_small.dcm"),

@@ -266,6 +266,8 @@ class Server:
         """Wait for the next instance awaiting a verdict; None once shut down (or no handler)."""
     def next_echo_request(self) -> EchoRequest | None:
         """Wait for the next C-ECHO awaiting its status; None once shut down (or no handler)."""
+    def sync_journal(self) -> None:
+        """Wait until the journal committed everything recorded and marked so far."""
 
 @final
 class StoreRequest:

@@ -221,9 +221,21 @@ pub(crate) fn serve(
         }
     }
     record.duration = started.elapsed();
+    // Its instances are in the index before its end is told (completion on release).
+    if record.outcome != Outcome::Released {
+        sync_journal(shared, &record);
+    }
     // Never waits for room, never dropped: a stuck callback neither pins finished
     // associations (and their slots) nor loses their log lines.
     events.push_record(record);
+}
+
+/// Wait for the journal to commit what the association recorded (its rows are logged at once
+/// and committed within milliseconds). A failing commit leaves them logged, for later.
+fn sync_journal(shared: &Shared, record: &AssociationRecord) {
+    if let (true, Some(journal)) = (record.instances > 0, &shared.journal) {
+        let _ = journal.sync();
+    }
 }
 
 /// TLS over the accepted socket (PS3.15 Annex B), the handshake done by `due` on this
@@ -358,6 +370,8 @@ impl Connection<'_> {
                         self.record.detail = Some("released during a message".into());
                     }
                     self.settle(association)?;
+                    // Its instances are in the index once the sender sees the release.
+                    sync_journal(self.shared, &self.record);
                     pdu::encode_release_rp(&mut self.out);
                     self.flush()?;
                     self.record.outcome = Outcome::Released;

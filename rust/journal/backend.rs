@@ -11,7 +11,7 @@ use std::sync::Arc;
 use postgres::types::{ToSql, Type};
 
 use super::postgres::Cluster;
-use super::{Answer, Request, Writer};
+use super::{Answer, Request};
 use crate::error::Error;
 use crate::events::EventQueue;
 
@@ -35,7 +35,6 @@ impl fmt::Display for Location {
 
 /// The committing side of either engine.
 pub(super) enum Store {
-    Sqlite(Writer),
     Postgres(Box<super::postgres::Writer>),
 }
 
@@ -43,7 +42,6 @@ impl Store {
     /// Apply a batch in one transaction; the answers of the requests that want one.
     pub fn commit(&mut self, batch: Vec<(u64, Request)>) -> Vec<(u64, Answer)> {
         match self {
-            Store::Sqlite(writer) => writer.commit(batch),
             Store::Postgres(writer) => writer.commit(batch),
         }
     }

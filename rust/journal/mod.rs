@@ -3,23 +3,29 @@
 //! never forgotten; the source of at-least-once callbacks and study completion events, and
 //! the index of what has arrived.
 //!
-//! One connection writes, and whoever brings a request while no commit is under way commits
-//! everything waiting in one transaction (group commit, as databases do it): associations
-//! finishing instances at the same time share one commit, each waiting for the commit holding
-//! its own row. The committing thread is the association's own, so an instance costs a few
-//! row inserts and no thread hand-over: a dedicated writer thread, measured, cost two context
-//! switches per commit and a quarter of the small-instance rate on two cores. A commit
-//! survives a crash of the process but not of the machine (synchronous=NORMAL); with
-//! `durable`, the storage's flush of the file system before each answer makes it durable too
-//! (one flush shared by files, names and rows), or, with the journal on another file system,
-//! each commit is fsynced (FULL).
+//! With SQLite, a row is acknowledged once it is in this run's row log (`log.rs`): one
+//! append on the association's thread, before its C-STORE-RSP, with an id from a block the
+//! node reserved in the database. One ingest thread commits the logged rows behind it, a
+//! batch every few milliseconds, with the delivery marks and other requests in the order they
+//! came; a start (and a sweep each minute) commits what runs that are gone logged. An append
+//! survives a crash of the process but not of the machine; with `durable`, the storage's
+//! flush of the file system before each answer makes it durable too (one flush shared by
+//! files, names and rows), or, with the journal on another file system, each append is
+//! flushed. Readers see a row once it is committed: within milliseconds, and before its
+//! association's A-RELEASE-RP ([`Journal::sync`]).
+//!
+//! With PostgreSQL (remote, rows claimed across nodes), whoever brings a request while no
+//! commit is under way commits everything waiting in one transaction (group commit), each
+//! association waiting for the commit holding its own row.
 
 use std::collections::HashMap;
 use std::fs;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OpenFlags, Transaction, TransactionBehavior};
@@ -30,6 +36,8 @@ use crate::events::{EventQueue, Level};
 mod backend;
 mod feed;
 mod index;
+// pub(crate): the fuzz target reads logs too.
+pub(crate) mod log;
 mod postgres;
 mod schema;
 
@@ -46,9 +54,16 @@ const DATABASE: &str = "journal.sqlite";
 const HELD_DIR: &str = "held";
 /// How long a connection (the status command, say) waits for another's write lock.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The row logs, one per run, in the journal's folder.
+const LOG_DIR: &str = "log";
+/// Row ids a node reserves at a time (one small transaction each; gaps are fine).
+const ID_BLOCK: i64 = 4096;
+/// Logged rows waiting for the ingest beyond which instances are refused: its commits fail
+/// (a full disk, say), and memory must not grow without end meanwhile.
+const MAX_BACKLOG: usize = 100_000;
 
 /// What the journal records of one acknowledged instance.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Row {
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
@@ -74,8 +89,14 @@ pub struct Row {
 type Answer = std::result::Result<i64, String>;
 
 enum Request {
-    /// Answered with the row id.
+    /// Answered with the row id (PostgreSQL).
     Record(Box<Row>),
+    /// A row in the log, to commit (SQLite).
+    Logged(Box<log::Logged>),
+    /// Reserve a block of this many row ids; answered with the first.
+    Reserve(i64),
+    /// Answered once everything queued before it is committed.
+    Sync,
     /// Rows whose callbacks returned, marked in one go.
     Delivered(Vec<i64>),
     Failed {
@@ -103,9 +124,13 @@ enum Request {
 }
 
 impl Request {
-    /// Marks are not waited for: lost in a crash, an instance is only delivered once more.
+    /// Marks are not waited for (lost in a crash, an instance is only delivered once more),
+    /// nor logged rows (the log keeps them).
     fn answered(&self) -> bool {
-        !matches!(self, Request::Delivered(_) | Request::Failed { .. })
+        !matches!(
+            self,
+            Request::Logged(_) | Request::Delivered(_) | Request::Failed { .. }
+        )
     }
 }
 
@@ -117,6 +142,65 @@ struct Queue {
     answers: HashMap<u64, Answer>,
     /// A thread is committing: it takes what comes meanwhile before it stops.
     committing: bool,
+    /// The ingest waits for work: the next request wakes it.
+    idle: bool,
+    /// The journal is closing: the ingest commits what is left and ends.
+    stop: bool,
+}
+
+/// What the association threads and the ingest thread share.
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    committed: Condvar,
+    /// The ingest waits on it for work.
+    work: Condvar,
+    /// Logged rows not committed yet.
+    backlog: AtomicUsize,
+}
+
+impl Shared {
+    /// Queue `request` for the ingest thread; with `wait`, its answer once committed.
+    fn hand_over(&self, request: Request, wait: bool) -> Option<Answer> {
+        let mut queue = lock(&self.queue);
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.pending.push((ticket, request));
+        // Waking it only when idle, or to end its gathering early: a busy ingest takes what
+        // came at its next batch.
+        if queue.idle || wait || queue.pending.len() == log::BATCH {
+            queue.idle = false;
+            self.work.notify_one();
+        }
+        if !wait {
+            return None;
+        }
+        loop {
+            if let Some(answer) = queue.answers.remove(&ticket) {
+                return Some(answer);
+            }
+            queue = self
+                .committed
+                .wait(queue)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Who commits.
+enum Committer {
+    /// PostgreSQL: the thread bringing a request while no commit is under way. Only the
+    /// committing thread locks it.
+    Group(Mutex<backend::Store>),
+    /// SQLite: the ingest thread, behind the row log.
+    Ingest(Ingest),
+}
+
+struct Ingest {
+    log: Arc<log::Log>,
+    /// Row ids reserved and not handed out yet.
+    ids: Mutex<Range<i64>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 /// The open journal of one server.
@@ -124,10 +208,8 @@ pub struct Journal {
     root: PathBuf,
     held: PathBuf,
     location: Location,
-    queue: Mutex<Queue>,
-    committed: Condvar,
-    /// Only the committing thread locks it.
-    writer: Mutex<backend::Store>,
+    shared: Arc<Shared>,
+    committer: Committer,
     /// This node runs the completion timers (PostgreSQL: while it holds their lease).
     leads: Arc<AtomicBool>,
     heartbeat: Mutex<Option<postgres::Heartbeat>>,
@@ -195,10 +277,17 @@ fn connect(database: &Path, durable: bool, create: bool) -> Result<Connection> {
 }
 
 impl Journal {
-    /// Open the journal of `root` (the canonical data_dir), creating it if missing. `notify`
-    /// is poked after each commit, for the completion timers (which it also turns on). Held links
-    /// that no undelivered row names (left by a crash between link and commit) are removed.
-    pub fn open(root: &Path, durable: bool, notify: Option<Arc<EventQueue>>) -> Result<Journal> {
+    /// Open the journal of `root` (the canonical data_dir) for node `node`, creating it if
+    /// missing. `notify` is poked after each commit, for the completion timers (which it also
+    /// turns on). The rows of runs that are gone and left their logs are committed first; then
+    /// held links that no undelivered row names (left by a crash between link and log) are
+    /// removed.
+    pub fn open(
+        root: &Path,
+        node: &str,
+        durable: bool,
+        notify: Option<Arc<EventQueue>>,
+    ) -> Result<Journal> {
         let dir = root.join(JOURNAL_DIR);
         let held = dir.join(HELD_DIR);
         fs::create_dir_all(&held).map_err(Error::io(format!(
@@ -206,7 +295,19 @@ impl Journal {
             held.display()
         )))?;
         let database = dir.join(DATABASE);
-        let conn = connect(&database, durable && !same_file_system(root, &dir), true)?;
+        let logs = dir.join(LOG_DIR);
+        // The log, not the database, is what a sender's answer waits for: commits need no
+        // flush of their own until the log they empty is trimmed.
+        let conn = connect(&database, false, true)?;
+        let mut writer = Writer {
+            conn,
+            root: root.to_path_buf(),
+            held: held.clone(),
+            notify,
+        };
+        log::recover(&logs, |rows| writer.ingest(rows))
+            .map_err(|e| journal_error(&database, format!("recovering its log: {e}")))?;
+        let conn = &writer.conn;
         let mut keep = std::collections::HashSet::new();
         {
             let mut rows = conn
@@ -225,26 +326,56 @@ impl Journal {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        let writer = Writer {
-            conn,
-            root: root.to_path_buf(),
-            held: held.clone(),
-            notify,
+        // The storage's flush covers appends on its file system.
+        let sync_appends = durable && !same_file_system(root, &dir);
+        let log = log::Log::open(&logs, node, sync_appends)
+            .map(Arc::new)
+            .map_err(Error::io(format!(
+                "cannot create the journal's log in {}",
+                logs.display()
+            )))?;
+        let shared = Arc::new(Shared::default());
+        let thread = {
+            let (shared, log) = (Arc::clone(&shared), Arc::clone(&log));
+            std::thread::Builder::new()
+                .name("dicom-inlet-journal".into())
+                .spawn(move || log::ingest(&shared, writer, &log, durable))
+                .map_err(Error::io("cannot start the journal's ingest thread"))?
+        };
+        let ingest = Ingest {
+            log,
+            ids: Mutex::new(0..0),
+            thread: Some(thread),
         };
         let location = Location::Sqlite(database);
-        let store = backend::Store::Sqlite(writer);
-        Ok(Journal::with_store(root, held, location, store))
+        Ok(Journal::with(
+            root,
+            held,
+            location,
+            shared,
+            Committer::Ingest(ingest),
+        ))
     }
 
     fn with_store(root: &Path, held: PathBuf, location: Location, store: backend::Store) -> Self {
+        let committer = Committer::Group(Mutex::new(store));
+        Journal::with(root, held, location, Arc::default(), committer)
+    }
+
+    fn with(
+        root: &Path,
+        held: PathBuf,
+        location: Location,
+        shared: Arc<Shared>,
+        committer: Committer,
+    ) -> Self {
         Journal {
             root: root.to_path_buf(),
             held,
             leads: Arc::new(AtomicBool::new(matches!(location, Location::Sqlite(_)))),
             location,
-            queue: Mutex::default(),
-            committed: Condvar::new(),
-            writer: Mutex::new(store),
+            shared,
+            committer,
             heartbeat: Mutex::default(),
         }
     }
@@ -259,10 +390,15 @@ impl Journal {
         Index::connect(&self.root, &self.location, Some(Arc::clone(&self.leads)))
     }
 
-    /// Queue `request` and see it committed: by this thread if no commit is under way (with
-    /// everything else waiting), else by the committing one. With `wait`, returns its answer.
+    /// Queue `request` and see it committed: by the ingest thread (SQLite), or by this
+    /// thread if no commit is under way (with everything else waiting), else by the committing
+    /// one. With `wait`, returns its answer.
     fn submit(&self, request: Request, wait: bool) -> Option<Answer> {
-        let mut queue = lock(&self.queue);
+        let writer = match &self.committer {
+            Committer::Group(writer) => writer,
+            Committer::Ingest(_) => return self.shared.hand_over(request, wait),
+        };
+        let mut queue = lock(&self.shared.queue);
         let ticket = queue.next_ticket;
         queue.next_ticket += 1;
         queue.pending.push((ticket, request));
@@ -275,12 +411,12 @@ impl Journal {
                 while !queue.pending.is_empty() {
                     let batch = std::mem::take(&mut queue.pending);
                     drop(queue);
-                    let answers = lock(&self.writer).commit(batch);
-                    queue = lock(&self.queue);
+                    let answers = lock(writer).commit(batch);
+                    queue = lock(&self.shared.queue);
                     queue.answers.extend(answers);
                 }
                 queue.committing = false;
-                self.committed.notify_all();
+                self.shared.committed.notify_all();
                 if !wait {
                     return None;
                 }
@@ -291,6 +427,7 @@ impl Journal {
                 return None;
             }
             queue = self
+                .shared
                 .committed
                 .wait(queue)
                 .unwrap_or_else(|p| p.into_inner());
@@ -302,10 +439,52 @@ impl Journal {
         answer.map_err(|e| backend::journal_error(&self.location, e))
     }
 
-    /// Journal one acknowledged instance; returns its row id once committed.
+    /// Journal one acknowledged instance; returns its row id once it is logged (SQLite: the
+    /// ingest commits it shortly after) or committed (PostgreSQL).
     pub fn record(&self, row: Row) -> std::result::Result<i64, String> {
-        self.submit(Request::Record(Box::new(row)), true)
-            .unwrap_or(Ok(0))
+        let Committer::Ingest(ingest) = &self.committer else {
+            return self
+                .submit(Request::Record(Box::new(row)), true)
+                .unwrap_or(Ok(0));
+        };
+        if self.shared.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
+            return Err("the journal's commits are behind (are they failing?)".into());
+        }
+        let id = {
+            let mut ids = lock(&ingest.ids);
+            if ids.is_empty() {
+                let first = self.submit(Request::Reserve(ID_BLOCK), true);
+                let first = first.unwrap_or(Ok(0))?;
+                *ids = first..first + ID_BLOCK;
+            }
+            let id = ids.start;
+            ids.start += 1;
+            id
+        };
+        let logged = log::Logged {
+            id,
+            received: unix_now(),
+            row,
+        };
+        let queued = |logged| {
+            self.shared.backlog.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .hand_over(Request::Logged(Box::new(logged)), false);
+        };
+        ingest
+            .log
+            .append(logged, queued)
+            .map_err(|e| format!("cannot append to {}: {e}", ingest.log.path().display()))?;
+        Ok(id)
+    }
+
+    /// Wait until everything journaled before is committed, so the index shows it
+    /// (PostgreSQL: it is already).
+    pub fn sync(&self) -> Result<()> {
+        match self.committer {
+            Committer::Ingest(_) => self.ask(Request::Sync).map(drop),
+            Committer::Group(_) => Ok(()),
+        }
     }
 
     /// These instances' callbacks returned: mark them delivered and let their held versions go.
@@ -359,6 +538,19 @@ impl Journal {
     }
 }
 
+impl Drop for Journal {
+    /// The ingest commits what is queued, then stops.
+    fn drop(&mut self) {
+        if let Committer::Ingest(ingest) = &mut self.committer {
+            lock(&self.shared.queue).stop = true;
+            self.shared.work.notify_one();
+            if let Some(thread) = ingest.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
 struct Writer {
     conn: Connection,
     root: PathBuf,
@@ -367,9 +559,42 @@ struct Writer {
 }
 
 impl Writer {
-    /// Apply a batch in one transaction; the answers of the requests that want one.
-    fn commit(&mut self, batch: Vec<(u64, Request)>) -> Vec<(u64, Answer)> {
-        let now = unix_now();
+    /// Commit the rows of a log left by a run that is gone (each one once: committed
+    /// already, it is ignored).
+    fn ingest(&mut self, rows: Vec<log::Logged>) -> std::result::Result<(), String> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let batch = rows
+            .into_iter()
+            .map(|row| (0, Request::Logged(Box::new(row))))
+            .collect();
+        self.commit(batch).map(drop).map_err(|(e, _)| e)
+    }
+
+    /// Flush what was committed to disk (the WAL holds it until a checkpoint; committed
+    /// with synchronous=NORMAL, it is not flushed on its own).
+    fn flush(&self) -> std::io::Result<()> {
+        let database = self.conn.path().map(PathBuf::from).unwrap_or_default();
+        let mut wal = database.clone().into_os_string();
+        wal.push("-wal");
+        for file in [PathBuf::from(wal), database] {
+            match fs::File::open(&file) {
+                Ok(f) => f.sync_data()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a batch in one transaction: the answers of the requests that want one, or the
+    /// error with the batch, to try again.
+    #[allow(clippy::type_complexity)]
+    fn commit(
+        &mut self,
+        batch: Vec<(u64, Request)>,
+    ) -> std::result::Result<Vec<(u64, Answer)>, (String, Vec<(u64, Request)>)> {
         let mut released = Vec::new();
         // Immediate: with several nodes writing one journal, a deferred transaction whose
         // first read came before another node's commit fails at its first write at once
@@ -379,17 +604,29 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| e.to_string())
             .and_then(|tx| {
-                let answers = batch
-                    .iter()
-                    .map(|(_, request)| {
-                        let groups = self.notify.is_some();
-                        apply(&tx, &self.root, now, request, groups, &mut released)
-                    })
-                    .collect::<Vec<_>>();
+                let groups = self.notify.is_some();
+                let mut answers = Vec::with_capacity(batch.len());
+                for (_, request) in &batch {
+                    let answer = apply(&tx, &self.root, request, groups, &mut released);
+                    // A logged row not committed is tried again, never dropped.
+                    if let (Request::Logged(_), Err(e)) = (request, &answer) {
+                        return Err(e.clone());
+                    }
+                    answers.push(answer);
+                }
                 tx.commit().map_err(|e| e.to_string())?;
                 Ok(answers)
             });
-        backend::settle(batch, result, released, &self.held, self.notify.as_deref())
+        match result {
+            Ok(answers) => Ok(backend::settle(
+                batch,
+                Ok(answers),
+                released,
+                &self.held,
+                self.notify.as_deref(),
+            )),
+            Err(e) => Err((e, batch)),
+        }
     }
 }
 
@@ -398,14 +635,25 @@ impl Writer {
 fn apply(
     tx: &Transaction<'_>,
     root: &Path,
-    now: f64,
     request: &Request,
     groups: bool,
     released: &mut Vec<String>,
 ) -> std::result::Result<i64, String> {
     let sql = |e: rusqlite::Error| e.to_string();
     match request {
-        Request::Record(row) => insert(tx, root, now, row, groups).map_err(sql),
+        Request::Record(_) => Err("an SQLite journal takes rows through its log".into()),
+        Request::Logged(logged) => insert(tx, root, logged, groups).map_err(sql),
+        // Above the highest id committed too: journals written before the counter, or
+        // rows recovered from elsewhere, never collide with a new block.
+        Request::Reserve(count) => tx
+            .prepare_cached(
+                "UPDATE id_blocks SET next = max(next,
+                    (SELECT coalesce(max(id), 0) + 1 FROM instances)) + ?1
+                 RETURNING next - ?1",
+            )
+            .and_then(|mut s| s.query_row([count], |r| r.get(0)))
+            .map_err(sql),
+        Request::Sync => Ok(0),
         Request::Delivered(ids) => {
             for id in ids {
                 let held: Option<Option<String>> = tx
@@ -480,18 +728,26 @@ fn apply(
                  WHERE level = ?1 AND uid = ?2",
             )
             .and_then(|mut s| {
-                s.execute(params![level.as_str(), uid, through, attempts, error, now])
+                s.execute(params![
+                    level.as_str(),
+                    uid,
+                    through,
+                    attempts,
+                    error,
+                    unix_now()
+                ])
             })
             .map(|_| 0)
             .map_err(sql),
     }
 }
 
+/// Insert a logged row with its id, unless it is there already (committed before a crash
+/// left its log behind).
 fn insert(
     tx: &Transaction<'_>,
     root: &Path,
-    now: f64,
-    row: &Row,
+    log::Logged { id, received, row }: &log::Logged,
     groups: bool,
 ) -> rusqlite::Result<i64> {
     let state = if row.pending {
@@ -504,34 +760,41 @@ fn insert(
         .as_ref()
         .and_then(|h| h.file_name())
         .map(|n| n.to_string_lossy().into_owned());
-    tx.prepare_cached(
-        "INSERT INTO instances (received, sop_class_uid, sop_instance_uid, patient_id,
-            study_instance_uid, series_instance_uid, accession_number, modality, study_date,
-            path, bytes, transfer_syntax_uid, calling_ae, called_ae, peer, held, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-    )?
-    .execute(params![
-        now,
-        row.sop_class_uid,
-        row.sop_instance_uid,
-        row.patient_id,
-        row.study_instance_uid,
-        row.series_instance_uid,
-        row.accession_number,
-        row.modality,
-        row.study_date,
-        relative(root, &row.path),
-        row.bytes as i64,
-        row.transfer_syntax_uid,
-        row.calling_ae,
-        row.called_ae,
-        row.peer.map(|p| p.to_string()).unwrap_or_default(),
-        held,
-        state,
-    ])?;
-    let id = tx.last_insert_rowid();
-    let Some(study) = row.study_instance_uid.as_ref().filter(|_| groups) else {
-        return Ok(id);
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO instances (received, sop_class_uid, sop_instance_uid,
+            patient_id, study_instance_uid, series_instance_uid, accession_number, modality,
+            study_date, path, bytes, transfer_syntax_uid, calling_ae, called_ae, peer, held,
+            state, id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+            ?18)",
+        )?
+        .execute(params![
+            received,
+            row.sop_class_uid,
+            row.sop_instance_uid,
+            row.patient_id,
+            row.study_instance_uid,
+            row.series_instance_uid,
+            row.accession_number,
+            row.modality,
+            row.study_date,
+            relative(root, &row.path),
+            row.bytes as i64,
+            row.transfer_syntax_uid,
+            row.calling_ae,
+            row.called_ae,
+            row.peer.map(|p| p.to_string()).unwrap_or_default(),
+            held,
+            state,
+            id,
+        ])?;
+    let Some(study) = row
+        .study_instance_uid
+        .as_ref()
+        .filter(|_| groups && inserted > 0)
+    else {
+        return Ok(*id);
     };
     let mut group = tx.prepare_cached(
         "INSERT INTO groups (level, uid, study_instance_uid, last_received, changed)
@@ -539,11 +802,11 @@ fn insert(
          ON CONFLICT (level, uid) DO UPDATE SET last_received = excluded.last_received,
             changed = 1",
     )?;
-    group.execute(params![Level::Study.as_str(), study, study, now])?;
+    group.execute(params![Level::Study.as_str(), study, study, received])?;
     if let Some(series) = &row.series_instance_uid {
-        group.execute(params![Level::Series.as_str(), series, study, now])?;
+        group.execute(params![Level::Series.as_str(), series, study, received])?;
     }
-    Ok(id)
+    Ok(*id)
 }
 
 #[cfg(test)]

@@ -503,7 +503,7 @@ fn apply(
     released: &mut Vec<String>,
 ) -> std::result::Result<i64, postgres::Error> {
     match request {
-        Request::Record(_) => Ok(0),
+        Request::Record(_) | Request::Logged(_) | Request::Reserve(_) | Request::Sync => Ok(0),
         Request::Delivered(ids) => {
             let rows = tx.query(
                 "UPDATE instances i SET state = 2, held = NULL

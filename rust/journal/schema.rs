@@ -62,6 +62,10 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX groups_changed;
     CREATE INDEX groups_due ON groups (last_received) WHERE changed IN (1, 3);
     CREATE INDEX groups_parked ON groups (failed) WHERE changed = 2;",
+    // 3: the next row id not reserved yet: nodes sharing the journal take blocks of ids for
+    // the rows they log before committing them.
+    "CREATE TABLE id_blocks (next INTEGER NOT NULL);
+    INSERT INTO id_blocks SELECT coalesce(max(id), 0) + 1 FROM instances;",
 ];
 
 /// The version this build writes.

@@ -48,7 +48,7 @@ fn timers(studies: bool, series: bool, on_release: bool) -> Timers {
 #[test]
 fn rows_from_many_threads_are_all_committed_in_order_of_their_ids() {
     let root = temp_root("group");
-    let journal = Arc::new(Journal::open(&root, false, None).unwrap());
+    let journal = Arc::new(Journal::open(&root, "n1", false, None).unwrap());
     let workers: Vec<_> = (0..4)
         .map(|t| {
             let journal = Arc::clone(&journal);
@@ -68,6 +68,7 @@ fn rows_from_many_threads_are_all_committed_in_order_of_their_ids() {
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, (1..=200).collect::<Vec<_>>());
+    journal.sync().unwrap();
     let index = journal.index().unwrap();
     let pending = index.instances(None, None, Some("pending")).unwrap();
     assert_eq!(pending.len(), 200);
@@ -89,7 +90,7 @@ fn rows_from_many_threads_are_all_committed_in_order_of_their_ids() {
 fn undelivered_rows_survive_a_restart_and_failed_ones_wait_for_a_replay() {
     let root = temp_root("restart");
     {
-        let journal = Journal::open(&root, true, None).unwrap();
+        let journal = Journal::open(&root, "n1", true, None).unwrap();
         let recorder = &journal;
         for i in 0..5 {
             recorder
@@ -103,7 +104,7 @@ fn undelivered_rows_survive_a_restart_and_failed_ones_wait_for_a_replay() {
         journal.failed(2, 3, "Traceback: boom".into());
         // Dropped without any shutdown of the rows' deliveries: as after kill -9.
     }
-    let journal = Journal::open(&root, false, None).unwrap();
+    let journal = Journal::open(&root, "n1", false, None).unwrap();
     let queue = Arc::new(EventQueue::new(4));
     queue.end();
     let feed = Feed::new(
@@ -134,7 +135,7 @@ fn undelivered_rows_survive_a_restart_and_failed_ones_wait_for_a_replay() {
 #[test]
 fn held_versions_go_once_delivered_and_strays_at_open() {
     let root = temp_root("held");
-    let journal = Journal::open(&root, false, None).unwrap();
+    let journal = Journal::open(&root, "n1", false, None).unwrap();
     let held = journal.held_path("kept.dcm");
     fs::write(&held, b"acknowledged").unwrap();
     let stray = journal.held_path("stray.dcm");
@@ -147,10 +148,11 @@ fn held_versions_go_once_delivered_and_strays_at_open() {
         })
         .unwrap();
     drop(journal);
-    let journal = Journal::open(&root, false, None).unwrap();
+    let journal = Journal::open(&root, "n1", false, None).unwrap();
     assert!(held.exists() && !stray.exists());
-    // Committed (and the link removed) before delivered() returns, no thread being busy.
+    // Committed (and the link removed) by the ingest.
     journal.delivered(vec![id]);
+    journal.sync().unwrap();
     assert!(!held.exists());
     fs::remove_dir_all(&root).unwrap();
 }
@@ -169,13 +171,14 @@ fn completion_events_list_their_instances_then_come_as_revisions() {
     let root = temp_root("completion");
     let queue = Arc::new(EventQueue::new(4));
     // With a queue to poke the timers are on: the journal keeps their rows.
-    let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
+    let journal = Journal::open(&root, "n1", false, Some(Arc::clone(&queue))).unwrap();
     let recorder = &journal;
     for (series, sop) in [("1.1", "a"), ("1.2", "b"), ("1.1", "a"), ("1.1", "c")] {
         recorder
             .record(row(&root, "1", series, sop, false))
             .unwrap();
     }
+    journal.sync().unwrap();
     queue.end();
     let index = journal.index().unwrap();
     let mut feed = Feed::new(
@@ -209,6 +212,7 @@ fn completion_events_list_their_instances_then_come_as_revisions() {
     assert_eq!(index.group_events(Level::Study, "1"), Some((1, false)));
     // A late instance: the study comes again, as revision 1, with all its instances.
     recorder.record(row(&root, "1", "1.3", "d", false)).unwrap();
+    journal.sync().unwrap();
     let revision = next_completed(&mut feed).unwrap();
     assert_eq!((revision.revision, revision.members.len()), (1, 4));
     fs::remove_dir_all(&root).unwrap();
@@ -218,9 +222,10 @@ fn completion_events_list_their_instances_then_come_as_revisions() {
 fn completion_waits_for_pending_callbacks_and_fires_on_release() {
     let root = temp_root("release");
     let queue = Arc::new(EventQueue::new(4));
-    let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
+    let journal = Journal::open(&root, "n1", false, Some(Arc::clone(&queue))).unwrap();
     let recorder = &journal;
     recorder.record(row(&root, "7", "7.1", "x", true)).unwrap();
+    journal.sync().unwrap();
     let mut feed = Feed::new(
         Arc::clone(&queue),
         Some(journal.index().unwrap()),
@@ -252,6 +257,7 @@ fn completion_waits_for_pending_callbacks_and_fires_on_release() {
     ));
     // Its callbacks have not returned yet: no event, though released and the hour not over.
     journal.delivered(vec![1]);
+    journal.sync().unwrap();
     queue.end();
     let mut levels = vec![];
     while let Some(c) = next_completed(&mut feed) {
@@ -268,7 +274,7 @@ fn completion_waits_for_pending_callbacks_and_fires_on_release() {
 #[test]
 fn schema_versions_and_unusable_files_are_told() {
     let root = temp_root("schema");
-    drop(Journal::open(&root, false, None).unwrap());
+    drop(Journal::open(&root, "n1", false, None).unwrap());
     let database = root.join(JOURNAL_DIR).join(DATABASE);
     let conn = rusqlite::Connection::open(&database).unwrap();
     let version: i64 = conn
@@ -278,7 +284,10 @@ fn schema_versions_and_unusable_files_are_told() {
     conn.execute_batch(&format!("PRAGMA user_version = {}", VERSION + 1))
         .unwrap();
     drop(conn);
-    let newer = Journal::open(&root, false, None).err().unwrap().to_string();
+    let newer = Journal::open(&root, "n1", false, None)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(newer.contains("newer than this dicom-inlet"), "{newer}");
     for garbage in [
         b"not a database at all, just some bytes".repeat(200),
@@ -288,7 +297,7 @@ fn schema_versions_and_unusable_files_are_told() {
             let _ = fs::remove_file(format!("{}{suffix}", database.display()));
         }
         fs::write(&database, &garbage).unwrap();
-        match Journal::open(&root, false, None) {
+        match Journal::open(&root, "n1", false, None) {
             // An empty file is a new database.
             Ok(_) => assert!(garbage.is_empty()),
             Err(e) => {
@@ -311,7 +320,7 @@ fn schema_versions_and_unusable_files_are_told() {
 #[test]
 fn backlog_counts_pending_rows_only_and_names_the_oldest() {
     let root = temp_root("backlog");
-    let journal = Journal::open(&root, false, None).unwrap();
+    let journal = Journal::open(&root, "n1", false, None).unwrap();
     let index = journal.index().unwrap();
     assert_eq!(index.backlog().unwrap(), (0, None));
     for i in 0..4 {
@@ -322,9 +331,11 @@ fn backlog_counts_pending_rows_only_and_names_the_oldest() {
     journal
         .record(row(&root, "1", "1.1", "quiet", false))
         .unwrap();
+    journal.sync().unwrap();
     let first = index.instances(None, None, Some("pending")).unwrap()[0].received;
     journal.delivered(vec![1]);
     journal.failed(2, 3, "boom".into());
+    journal.sync().unwrap();
     let (waiting, oldest) = index.backlog().unwrap();
     assert_eq!(waiting, 2);
     assert!(oldest.unwrap() >= first);
@@ -335,8 +346,9 @@ fn backlog_counts_pending_rows_only_and_names_the_oldest() {
 fn a_completion_told_done_from_another_thread_wakes_the_waiting_feed() {
     let root = temp_root("completer");
     let queue = Arc::new(EventQueue::new(4));
-    let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
+    let journal = Journal::open(&root, "n1", false, Some(Arc::clone(&queue))).unwrap();
     journal.record(row(&root, "5", "5.1", "a", false)).unwrap();
+    journal.sync().unwrap();
     let mut feed = Feed::new(
         Arc::clone(&queue),
         Some(journal.index().unwrap()),
@@ -356,6 +368,7 @@ fn a_completion_told_done_from_another_thread_wakes_the_waiting_feed() {
         .unwrap();
     // A late instance: due at once, but the first event is still handed out.
     journal.record(row(&root, "5", "5.1", "b", false)).unwrap();
+    journal.sync().unwrap();
     completer.done(Level::Study, "5".into());
     let revision = received
         .recv_timeout(Duration::from_secs(30))
@@ -382,8 +395,9 @@ fn study_feed(journal: &Journal, timeout: Duration) -> Feed {
 fn a_parked_completion_waits_for_its_replay_then_fires_at_once() {
     let root = temp_root("parked");
     let queue = Arc::new(EventQueue::new(4));
-    let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
+    let journal = Journal::open(&root, "n1", false, Some(Arc::clone(&queue))).unwrap();
     journal.record(row(&root, "8", "8.1", "a", false)).unwrap();
+    journal.sync().unwrap();
     let mut feed = study_feed(&journal, Duration::ZERO);
     let first = next_completed(&mut feed).unwrap();
     let error = "Traceback\nRuntimeError: down".to_owned();
@@ -430,17 +444,80 @@ fn a_parked_completion_waits_for_its_replay_then_fires_at_once() {
 }
 
 #[test]
+fn rows_only_in_the_log_of_a_killed_run_are_committed_at_the_next_start() {
+    let root = temp_root("killed");
+    let journal = Journal::open(&root, "n1", false, None).unwrap();
+    let first = journal.record(row(&root, "1", "1.1", "a", true)).unwrap();
+    drop(journal);
+    // What a kill -9 leaves: a log of rows committed or not, its lock gone with the
+    // process, and a record cut short by the kill (never acknowledged).
+    let logs = root.join(JOURNAL_DIR).join(LOG_DIR);
+    let dead = log::Log::open(&logs, "n1", false).unwrap();
+    for (id, sop) in [(first, "a"), (first + 1, "b"), (first + 2, "c")] {
+        let logged = log::Logged {
+            id,
+            received: 1.0e9 + id as f64,
+            row: row(&root, "1", "1.1", sop, true),
+        };
+        dead.append(logged, drop).unwrap();
+    }
+    let mut cut = Vec::new();
+    let torn = log::Logged {
+        id: first + 3,
+        received: 0.0,
+        row: row(&root, "1", "1.1", "d", true),
+    };
+    log::encode(&torn, &mut cut);
+    let mut file = fs::File::options().append(true).open(dead.path()).unwrap();
+    std::io::Write::write_all(&mut file, &cut[..cut.len() / 2]).unwrap();
+    let dead_path = dead.path();
+    // Closed without its ingest: the file stays, its lock goes.
+    drop((dead, file));
+    let journal = Journal::open(&root, "n1", false, None).unwrap();
+    let pending = journal
+        .index()
+        .unwrap()
+        .instances(None, None, Some("pending"))
+        .unwrap();
+    let found: Vec<_> = pending
+        .iter()
+        .map(|e| (e.id, e.sop_instance_uid.as_str(), e.received))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (first, "a", found[0].2),
+            (first + 1, "b", 1.0e9 + (first + 1) as f64),
+            (first + 2, "c", 1.0e9 + (first + 2) as f64)
+        ]
+    );
+    // The dead run's log is gone; this run's is the only one.
+    assert!(!dead_path.exists());
+    let left: Vec<_> = fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    match &journal.committer {
+        Committer::Ingest(ingest) => assert_eq!(left, [ingest.log.path()]),
+        Committer::Group(_) => unreachable!(),
+    }
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
 fn a_new_instance_supersedes_a_parked_completion() {
     let root = temp_root("superseded");
     let queue = Arc::new(EventQueue::new(4));
-    let journal = Journal::open(&root, false, Some(Arc::clone(&queue))).unwrap();
+    let journal = Journal::open(&root, "n1", false, Some(Arc::clone(&queue))).unwrap();
     journal.record(row(&root, "9", "9.1", "a", false)).unwrap();
+    journal.sync().unwrap();
     let first = next_completed(&mut study_feed(&journal, Duration::ZERO)).unwrap();
     let through = first.last_received;
     journal
         .parked(Level::Study, "9".into(), through, 1, "e".into())
         .unwrap();
     journal.record(row(&root, "9", "9.1", "b", false)).unwrap();
+    journal.sync().unwrap();
     // The new event lists everything: the parked one is no longer listed, and the next
     // is still the first revision (none was delivered).
     let index = journal.index().unwrap();
@@ -453,5 +530,40 @@ fn a_new_instance_supersedes_a_parked_completion() {
         .unwrap();
     assert!(index.parked_events().unwrap().is_empty());
     assert!(next_completed(&mut study_feed(&journal, Duration::ZERO)).is_some());
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn nodes_sharing_a_journal_take_distinct_ids_and_leave_each_others_live_logs_alone() {
+    let root = temp_root("nodes");
+    let a = Journal::open(&root, "a", false, None).unwrap();
+    let first = a.record(row(&root, "1", "1.1", "a1", true)).unwrap();
+    // The second node's start sees the first one's log held: not recovered, not removed.
+    let b = Journal::open(&root, "b", false, None).unwrap();
+    let second = b.record(row(&root, "1", "1.1", "b1", true)).unwrap();
+    let third = a.record(row(&root, "1", "1.1", "a2", true)).unwrap();
+    assert_eq!((first, third), (1, 2));
+    assert!(second > ID_BLOCK, "{second}: from a block of its own");
+    a.sync().unwrap();
+    b.sync().unwrap();
+    let logs = root.join(JOURNAL_DIR).join(LOG_DIR);
+    assert_eq!(fs::read_dir(&logs).unwrap().count(), 2);
+    let sops: Vec<_> = a
+        .index()
+        .unwrap()
+        .instances(None, None, Some("pending"))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.sop_instance_uid)
+        .collect();
+    assert_eq!(sops, ["a1", "a2", "b1"]);
+    // A node that stops removes its own log, all committed, and nothing of the other's.
+    drop(b);
+    assert_eq!(fs::read_dir(&logs).unwrap().count(), 1);
+    let c = Journal::open(&root, "c", false, None).unwrap();
+    assert_eq!(fs::read_dir(&logs).unwrap().count(), 2);
+    let next = c.record(row(&root, "1", "1.1", "c1", true)).unwrap();
+    assert!(next > 2 * ID_BLOCK, "{next}");
+    drop((a, c));
     fs::remove_dir_all(&root).unwrap();
 }
