@@ -686,7 +686,7 @@ class StoreSCPServer:
     def parked(self) -> list[JournalEntry]:
         """Instances whose callbacks kept failing, with the traceback in ``error``."""
         if self.scp is not None:
-            self.scp.sync_journal()  # marks are committed a few ms after they are made
+            self.scp.sync_journal()  # marks are committed ~20 ms after they are made
         return _core.Journal(self.data_dir, self._journal_url).instances(state="failed")
 
     def parked_events(self) -> list[ParkedEvent]:
