@@ -108,6 +108,17 @@ pub struct ParkedEvent {
     pub failed: f64,
 }
 
+/// The columns a listing of groups starts with: level, uid, study, last arrival, events.
+fn group_head(c: &mut Cells) -> (Level, String, String, f64, i64) {
+    (
+        level_of(c.text()),
+        c.string(),
+        c.string(),
+        c.real(),
+        c.int(),
+    )
+}
+
 fn level_of(name: Option<String>) -> Level {
     match name.as_deref() {
         Some("study") => Level::Study,
@@ -334,12 +345,13 @@ impl Index {
             .into_iter()
             .map(|row| {
                 let mut c = Cells::new(row);
+                let (level, uid, study_instance_uid, last_received, events) = group_head(&mut c);
                 ParkedEvent {
-                    level: level_of(c.text()),
-                    uid: c.string(),
-                    study_instance_uid: c.string(),
-                    last_received: c.real(),
-                    events: c.int(),
+                    level,
+                    uid,
+                    study_instance_uid,
+                    last_received,
+                    events,
                     attempts: c.int(),
                     error: c.text(),
                     failed: c.real(),
@@ -431,12 +443,13 @@ impl Index {
             .into_iter()
             .map(|row| {
                 let mut c = Cells::new(row);
+                let (level, uid, study_instance_uid, last_received, events) = group_head(&mut c);
                 Candidate {
-                    level: level_of(c.text()),
-                    uid: c.string(),
-                    study_instance_uid: c.string(),
-                    last_received: c.real(),
-                    events: c.int(),
+                    level,
+                    uid,
+                    study_instance_uid,
+                    last_received,
+                    events,
                     replayed: c.int() != 0,
                 }
             })
