@@ -1026,6 +1026,7 @@ mod handlers {
     use pyo3::exceptions::PyRuntimeError;
     use pyo3::prelude::*;
 
+    use super::Elements;
     use crate::error::Error;
     use crate::verdict::{Echo, HandlerConfig, Instance, Request, Stage, Verdict};
 
@@ -1074,6 +1075,8 @@ mod handlers {
         #[pyo3(get)]
         bytes: u64,
         #[pyo3(get)]
+        elements: Elements,
+        #[pyo3(get)]
         message_id: u16,
         #[pyo3(get)]
         context_id: u8,
@@ -1095,6 +1098,7 @@ mod handlers {
                 peer_host: r.peer.ip().to_string(),
                 peer_port: r.peer.port(),
                 bytes: r.bytes,
+                elements: Elements(i.elements),
                 message_id: i.message_id,
                 context_id: i.context_id,
             }

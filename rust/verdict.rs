@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::dimse::status;
 use crate::events::Receipt;
+use crate::scan::Element;
 use crate::store::Spool;
 
 /// A failed step: the status to answer and its Error Comment.
@@ -50,6 +51,9 @@ pub struct Instance {
     /// The complete Part 10 file to read: the spool file before publishing, the stored file
     /// after.
     pub file: PathBuf,
+    /// The attributes the scan captured, as encoded: the handler's data set serves them
+    /// without reading the file.
+    pub elements: Vec<Element>,
     pub message_id: u16,
     pub context_id: u8,
 }
@@ -376,6 +380,7 @@ mod tests {
                 bytes: 10,
             },
             file: PathBuf::from("spool"),
+            elements: Vec::new(),
             message_id: 1,
             context_id: 1,
         }

@@ -4,6 +4,7 @@ handlers of concurrent associations run in parallel; pacsanini's callback order.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import re
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 import pydicom
 import pytest
 from conftest import (
+    ALL_TEST_SYNTAXES,
     CT_IMAGE_STORAGE,
     HOST,
     SCP_AET,
@@ -153,6 +155,68 @@ def test_handler_sees_the_instance_lazily_and_where_it_will_be_stored(
     assert seen["path"].is_file()
     # Published: the deferred pixel data now comes from the stored file.
     assert seen["ds"].PixelData == ds.PixelData
+
+
+def test_a_data_set_kept_past_a_refusal_is_read_in_before_its_file_goes(
+    server_factory, data_dir, tmp_path
+):
+    kept: list[IncomingInstance] = []
+
+    def handler(instance: IncomingInstance) -> Verdict:
+        assert instance.dataset.SOPInstanceUID  # scanned: nothing read from the file yet
+        kept.append(instance)  # the instance, and with it its data set, outlives the handler
+        return Verdict(0xC000, "refused")
+
+    server = server_factory(handler=handler)
+    ds = make_dataset(rows=256, columns=256)
+    path = write_file(ds, tmp_path / "x.dcm")
+    assert statuses(send(server.port, [path], called_aet=SCP_AET)) == [0xC000]
+    assert stored_files(data_dir) == [] and incoming_entries(data_dir) == []
+    [instance] = kept
+    assert not instance.file.exists()
+    assert instance.dataset.PatientID == ds.PatientID
+    assert instance.dataset.PixelData == ds.PixelData
+
+
+@pytest.mark.parametrize("transfer_syntax", ALL_TEST_SYNTAXES, ids=lambda ts: ts.keyword)
+def test_handler_save_as_copies_an_unchanged_data_set_and_writes_every_change(
+    server_factory, tmp_path, transfer_syntax
+):
+    # pynetdicom's storage example: the file meta it is given, then save_as. Unchanged, the
+    # data set is written as received; changed in any way, the change is what is written.
+    out = tmp_path / "out"
+    out.mkdir()
+    metas: list[tuple[Any, Any]] = []
+
+    def handler(instance: IncomingInstance) -> Verdict:
+        ds = instance.dataset
+        ds.file_meta = meta = instance.file_meta
+        before = copy.deepcopy(meta)
+        ds.save_as(out / "as-received.dcm", enforce_file_format=True)
+        ds["Modality"].value = "MR"  # a scanned attribute, changed in place
+        ds.save_as(out / "modality.dcm", enforce_file_format=True)
+        ds.PatientName = "CHANGED^NAME"
+        ds.save_as(out / "name.dcm", enforce_file_format=True)
+        metas.append((before, meta))
+        return Verdict(0x0000)
+
+    server = server_factory(handler=handler)
+    ds = make_dataset(rows=256, columns=256)  # 128 KiB of pixel data: deferred
+    src = write_file(ds, tmp_path / "src" / "in.dcm", transfer_syntax)
+    assert statuses(send(server.port, [src])) == [0]
+
+    sent = pydicom.dcmread(src)
+    assert dataset_bytes(out / "as-received.dcm") == dataset_bytes(src)
+    written = pydicom.dcmread(out / "as-received.dcm")
+    assert written == sent
+    assert written.file_meta.TransferSyntaxUID == transfer_syntax
+    assert written.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    [(before, meta)] = metas
+    assert meta == before  # the caller's file meta is left as it was
+    sent.Modality = "MR"
+    assert pydicom.dcmread(out / "modality.dcm") == sent
+    sent.PatientName = "CHANGED^NAME"
+    assert pydicom.dcmread(out / "name.dcm") == sent
 
 
 def test_handler_that_stores_itself_keeps_no_file(server_factory, data_dir, tmp_path):

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,9 +119,12 @@ class _Request:
 class IncomingInstance(_Request):
     """A received instance, complete and checked against its C-STORE-RQ, awaiting a verdict.
 
-    The data set is read from the file only when :attr:`dataset` is first touched; values
-    larger than 64 KiB (pixel data) are read only when touched themselves, while the handler
-    runs. Once the instance is published, ``dataset.filename`` names the stored file.
+    :attr:`dataset` serves the attributes the core scanned (SOP Class and Instance, Study and
+    Series UIDs, Modality, Study Date) without reading the file; anything else reads the data
+    set once, values larger than 64 KiB (pixel data) only when touched themselves. Its
+    ``save_as`` copies the data set as received while nothing in it changed. A data set the
+    handler keeps is read in before the answer; once the instance is published,
+    ``dataset.filename`` names the stored file.
 
     Attributes:
         file: The complete Part 10 file as received (in ``data_dir/.incoming/`` until
@@ -158,10 +162,11 @@ class IncomingInstance(_Request):
 
     @functools.cached_property
     def dataset(self) -> Dataset:
-        """The data set as a pydicom ``FileDataset``, read on first access."""
-        from dicom_inlet.part10 import read_part10
+        """The data set as a pydicom ``FileDataset``, read as it is used (the attributes the
+        core scanned without reading the file; ``save_as`` unchanged copies the bytes)."""
+        from dicom_inlet.part10 import read_request
 
-        return read_part10(self.file, self.transfer_syntax_uid, self.bytes)
+        return read_request(self._request)
 
     @property
     def file_meta(self) -> FileMetaDataset:
@@ -259,14 +264,24 @@ def decide(
     if not 0 <= status <= 0xFFFF:
         logger.error("%s returned status %r, outside 0x0000-0xFFFF", name, status)
         verdict = Verdict(_STATUS_INVALID)
+    path, described = os.fspath(instance.path), repr(instance)
+    dataset = instance.__dict__.get("dataset")
+    if dataset is not None:
+        # Kept by the handler (itself or through its instance), the data set is read in
+        # while its file is still where it reads from: the answer moves or removes it.
+        kept = weakref.ref(dataset)
+        del dataset, instance
+        dataset = kept()
+        if dataset is not None:
+            dataset.read_all()
     if not request.answer(verdict.status, _comment(verdict.error_comment), verdict.keep):
         # The core answered 0xA700 when the timeout expired, and logged it then.
-        logger.info("%s answered %s after handler_timeout: too late", name, instance)
+        logger.info("%s answered %s after handler_timeout: too late", name, described)
         return
-    dataset = instance.__dict__.get("dataset")
     if dataset is not None and verdict.keep and is_stored(verdict.status):
-        # Deferred values are read from the stored file from now on.
-        dataset.filename = os.fspath(instance.path)
+        from dicom_inlet.part10 import moved
+
+        moved(dataset, path)
 
 
 class HandlerPool:

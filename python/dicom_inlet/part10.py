@@ -12,7 +12,7 @@ import functools
 import os
 from collections.abc import Iterator, MutableMapping, MutableSequence
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, BinaryIO, TypeAlias, TypeVar, cast
 
 import pydicom
 from pydicom import Dataset
@@ -20,8 +20,10 @@ from pydicom.charset import default_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_deferred_data_element
 from pydicom.fileutil import PathType
+from pydicom.filewriter import write_file_meta_info
 from pydicom.hooks import hooks, raw_element_value, raw_element_vr
 from pydicom.tag import BaseTag
 from pydicom.uid import (
@@ -35,7 +37,7 @@ from pydicom.values import convert_value
 
 from dicom_inlet import _core
 
-__all__ = ["StoredDataset", "read_part10", "read_stored", "write_dataset"]
+__all__ = ["StoredDataset", "moved", "read_request", "read_stored", "write_dataset"]
 
 # Values larger than this are read from the file only when a callback or handler touches them.
 _DEFER_SIZE = 64 * 1024
@@ -53,45 +55,68 @@ _D = TypeVar("_D", bound=Dataset)
 
 
 class _Stored:
-    """One stored instance's elements, read from its file once, on the first need.
+    """One received instance's elements, read from its file once, on the first need.
 
     Until then the data set holds only what the core's scan captured (``scanned``); the file
     meta and the data set are then read together from ``source`` (the journal's held link to
-    the acknowledged version, or the file itself), values over ``_DEFER_SIZE`` left in the file
-    until touched and read from ``source`` too.
+    the acknowledged version, a handler's spool file, or the stored file itself), values over
+    ``_DEFER_SIZE`` left in the file until touched and read from ``source`` too. What was read
+    is kept as read (``encoded``, ``read``) to tell whether the data set is still what was
+    received.
     """
 
-    __slots__ = ("charset", "data", "implicit", "instance", "little", "meta", "scanned")
+    __slots__ = (
+        "bytes",
+        "charset",
+        "data",
+        "encoded",
+        "filename",
+        "implicit",
+        "little",
+        "meta",
+        "read",
+        "scanned",
+        "source",
+        "syntax",
+    )
 
     def __init__(
-        self, instance: _core.StoredInstance, implicit: bool, little: bool, scanned: _Scanned
+        self,
+        received: _core.StoredInstance | _core.StoreRequest,
+        source: str,
+        filename: str,
     ) -> None:
-        self.instance = instance
-        self.implicit = implicit
-        self.little = little
-        self.scanned = scanned
+        self.source = source
+        self.filename = filename
+        self.syntax = syntax = received.transfer_syntax_uid
+        self.bytes = received.bytes
+        self.implicit = syntax == ImplicitVRLittleEndian
+        self.little = syntax != ExplicitVRBigEndian
+        self.encoded = {
+            tag: (vr, value)
+            for tag, vr, value in received.elements
+            if (vr or _dictionary_vr(tag)) in _CHARSET_FREE
+        }
+        self.scanned: _Scanned = dict(self.encoded)
         self.meta: dict[BaseTag, Element] | None = None
         self.data: dict[BaseTag, Element] | None = None
+        self.read: dict[BaseTag, RawDataElement] = {}
         self.charset: str | MutableSequence[str] = default_encoding
-
-    @property
-    def source(self) -> str:
-        held = self.instance.held
-        return os.fspath(self.instance.path if held is None else held)
 
     def load(self) -> dict[BaseTag, Element]:
         if self.data is not None:
             return self.data
         meta: Dataset
         data: Dataset
-        syntax = self.instance.transfer_syntax_uid
-        if syntax == DeflatedExplicitVRLittleEndian:
+        if self.syntax == DeflatedExplicitVRLittleEndian:
             # Inflated by pydicom, every value read: offsets into the deflated file mean nothing.
             whole = pydicom.dcmread(self.source)
             meta, data, charset = whole.file_meta, whole, whole.original_character_set
         else:
-            meta, data = _read(self.source, syntax, self.instance.bytes, _DEFER_SIZE)
+            meta, data = _read(self.source, self.syntax, self.bytes, _DEFER_SIZE)
             charset = data._character_set
+        # As read, nothing touched yet: every element is still raw.
+        self.read = cast("dict[BaseTag, RawDataElement]", dict(data._dict))
         loaded = dict(data._dict)
         # Elements already handed out stay the same objects (a change to one is kept).
         loaded.update((e.tag, e) for e in self.scanned.values() if isinstance(e, DataElement))
@@ -101,6 +126,37 @@ class _Stored:
     def read_value(self, raw: RawDataElement) -> RawDataElement:
         """A deferred value, from the same version of the file."""
         return read_deferred_data_element(open, self.source, None, raw)
+
+    def unchanged(self, ds: Dataset) -> bool:
+        """Whether ``ds`` still encodes to exactly the data set received: no element added
+        or removed, each as read, its deferred value read since, or converted to an equal
+        value."""
+        now = ds.__dict__["_dict"]
+        if isinstance(now, _Elements):
+            if self.data is None:
+                # Only scanned attributes were handed out.
+                return all(
+                    isinstance(elem, tuple) or elem == _convert(tag, *self.encoded[tag], self)
+                    for tag, elem in self.scanned.items()
+                )
+            now = self.data
+        read = self.read
+        if now.keys() != read.keys():
+            return False
+        for tag, elem in now.items():
+            first = read[tag]
+            if elem is first:
+                continue
+            if isinstance(elem, RawDataElement):
+                # A deferred value read since (read_deferred_data_element keeps the offset).
+                if first.value is not None or elem.value_tell != first.value_tell:
+                    return False
+            elif first.value is None or elem != convert_raw_data_element(
+                first, encoding=self.charset, ds=ds
+            ):
+                # Touched values over 64 KiB are not compared: writing them out is cheaper.
+                return False
+        return True
 
 
 class _Elements(MutableMapping[BaseTag, Element]):
@@ -117,7 +173,7 @@ class _Elements(MutableMapping[BaseTag, Element]):
         data = self._stored.load()
         return cast("dict[BaseTag, Element]", self._stored.meta) if self._meta else data
 
-    def __getitem__(self, tag: BaseTag) -> Element:
+    def _element(self, tag: BaseTag) -> Element:
         stored = self._stored
         if stored.data is None and not self._meta:
             scanned = stored.scanned.get(tag)
@@ -125,11 +181,21 @@ class _Elements(MutableMapping[BaseTag, Element]):
                 scanned = stored.scanned[tag] = _convert(tag, *scanned, stored)
             if scanned is not None:
                 return scanned
-        elements = self._all()
-        elem = elements[tag]
+        return self._all()[tag]
+
+    def __getitem__(self, tag: BaseTag) -> Element:
+        elem = self._element(tag)
         if isinstance(elem, RawDataElement) and elem.value is None and elem.length != 0:
-            elem = elements[tag] = stored.read_value(elem)
+            elem = self._all()[tag] = self._stored.read_value(elem)
         return elem
+
+    def get(self, tag: BaseTag, default: Any = None) -> Any:
+        """The element, a deferred value left in the file: ``Dataset.get_item`` reads it
+        through ``__getitem__`` unless told ``keep_deferred``."""
+        try:
+            return self._element(tag)
+        except KeyError:
+            return default
 
     def __contains__(self, tag: object) -> bool:
         stored = self._stored
@@ -161,13 +227,15 @@ class _Elements(MutableMapping[BaseTag, Element]):
 
 
 class StoredDataset(FileDataset):
-    """The ``pydicom`` ``FileDataset`` a callback gets: what ``dcmread`` of the stored file gives
-    (the version acknowledged, whatever came later under the same UID), read on first need.
+    """The ``pydicom`` ``FileDataset`` a callback or handler gets: what ``dcmread`` of the
+    received file gives (for a callback, the version acknowledged, whatever came later under
+    the same UID), read on first need.
 
     The attributes the core's scan captured whose decoding takes no character set (SOP Class
     and Instance UID, Study and Series Instance UID, Modality, Study Date) come from the scan
     without opening the file; touching anything else reads the file meta and the data set
     once, values over 64 KiB (pixel data) staying in the file until touched themselves.
+    :meth:`save_as` copies the data set as it was received while nothing in it has changed.
     """
 
     _stored: _Stored
@@ -187,7 +255,7 @@ class StoredDataset(FileDataset):
     @property
     def filename(self) -> PathType | None:
         if "_filename" not in self.__dict__:
-            self.__dict__["_filename"] = os.fspath(self._stored.instance.path)
+            self.__dict__["_filename"] = self._stored.filename
         return cast("PathType | None", self.__dict__["_filename"])
 
     @filename.setter
@@ -212,6 +280,76 @@ class StoredDataset(FileDataset):
             elements = ds.__dict__["_dict"]
             if isinstance(elements, _Elements):
                 ds.__dict__["_dict"] = elements.read_all()
+
+    def save_as(  # type: ignore[override]
+        self,
+        filename: str | os.PathLike[str] | Any,
+        /,
+        __write_like_original: bool | None = None,
+        *,
+        implicit_vr: bool | None = None,
+        little_endian: bool | None = None,
+        enforce_file_format: bool = False,
+        overwrite: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Write the data set as pydicom's ``Dataset.save_as`` does (same arguments, same
+        file meta handling). Unchanged, in the transfer syntax it was received in and
+        written to a path, its data set bytes are copied from the received file: that is
+        what pynetdicom's storage examples do with every instance (``ds.file_meta =
+        event.file_meta``, ``ds.save_as(...)``), and encoding each element again in Python
+        is most of what such a handler costs."""
+        stored = self._stored
+        meta = getattr(self, "file_meta", None)
+        preamble = self.preamble or bytes(_PREAMBLE_LEN)
+        as_received = (
+            isinstance(meta, FileMetaDataset)
+            and __write_like_original is None
+            and implicit_vr is None
+            and little_endian is None
+            and not kwargs
+            and isinstance(filename, str | os.PathLike)
+            and meta.get("TransferSyntaxUID") == stored.syntax
+            and (enforce_file_format or self.preamble)
+            and len(preamble) == _PREAMBLE_LEN
+            and stored.unchanged(self)
+        )
+        if not as_received:
+            super().save_as(
+                filename,
+                __write_like_original,
+                implicit_vr=implicit_vr,
+                little_endian=little_endian,
+                enforce_file_format=enforce_file_format,
+                overwrite=overwrite,
+                **kwargs,
+            )
+            return
+        # A new mapping of the same elements: the changes below replace elements, never change
+        # them, so the caller's file meta stays as it was (dcmwrite deep-copies, at ten times
+        # the cost).
+        meta = FileMetaDataset(dict(cast("FileMetaDataset", meta)._dict))
+        if enforce_file_format:
+            # As dcmwrite: the media storage UIDs follow the data set's; writing then requires
+            # a complete and valid file meta.
+            for element, keyword in (
+                ("MediaStorageSOPClassUID", "SOPClassUID"),
+                ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+            ):
+                value = self.get(keyword)
+                if meta.get(element) is None or (value and value != meta.get(element)):
+                    setattr(meta, element, value)
+        encoded = DicomBytesIO()
+        encoded.is_little_endian, encoded.is_implicit_VR = True, False
+        write_file_meta_info(encoded, meta, enforce_standard=enforce_file_format)
+        with (
+            open(stored.source, "rb") as source,
+            open(filename, "wb" if overwrite else "xb") as out,
+        ):
+            out.write(preamble + b"DICM" + encoded.getvalue())
+            out.flush()
+            start = os.fstat(source.fileno()).st_size - stored.bytes
+            _copy(source, out, start, stored.bytes)
 
 
 def _blank(cls: type[_D], state: dict[str, Any], fresh: list[tuple[str, Any]]) -> _D:
@@ -267,16 +405,28 @@ def read_stored(stored: _core.StoredInstance) -> StoredDataset:
     The link goes once the callbacks returned: the caller reads in whatever is left
     (:meth:`StoredDataset.read_all`) if the data set outlives them.
     """
-    syntax = stored.transfer_syntax_uid
-    implicit = syntax == ImplicitVRLittleEndian
-    little = syntax != ExplicitVRBigEndian
-    scanned: _Scanned = {
-        tag: (vr, value)
-        for tag, vr, value in stored.elements
-        if (vr or _dictionary_vr(tag)) in _CHARSET_FREE
-    }
-    source = _Stored(stored, implicit, little, scanned)
-    data_state, meta_state = _prototypes(implicit, little)
+    path = os.fspath(stored.path)
+    held = stored.held
+    return _lazy(_Stored(stored, path if held is None else os.fspath(held), path))
+
+
+def read_request(request: _core.StoreRequest) -> StoredDataset:
+    """The data set of an instance awaiting its handler's verdict, read as it is used, from
+    the file the core wrote (``request.file``: the spool file before publishing). The
+    caller points it at the stored file once published (:func:`moved`), or reads in
+    whatever is left (:meth:`StoredDataset.read_all`) before the spool file goes."""
+    file = os.fspath(request.file)
+    return _lazy(_Stored(request, file, file))
+
+
+def moved(ds: StoredDataset, path: str) -> None:
+    """The file ``ds`` reads from is now at ``path`` (a handler's instance, published)."""
+    ds._stored.source = ds._stored.filename = path
+    ds.filename = path
+
+
+def _lazy(source: _Stored) -> StoredDataset:
+    data_state, meta_state = _prototypes(source.implicit, source.little)
     meta = _blank(FileMetaDataset, *meta_state)
     meta.__dict__["_dict"] = _Elements(source, meta=True)
     ds = _blank(StoredDataset, *data_state)
@@ -284,24 +434,14 @@ def read_stored(stored: _core.StoredInstance) -> StoredDataset:
     return ds
 
 
-def read_part10(path: str | os.PathLike[str], syntax: str, data_set_bytes: int) -> FileDataset:
-    """Read a Part 10 file the core wrote (a handler's instance), values over 64 KiB deferred
-    until touched.
-
-    The core tells the transfer syntax and where the data set starts (it is the file's last
-    ``data_set_bytes`` bytes), so the preamble check and the transfer syntax lookup are
-    skipped: pydicom's per-file overhead, not the data set, is what a handler reading every
-    instance pays most for. A deflated data set goes through ``dcmread``, which inflates it.
-    """
-    path = os.fspath(path)
-    if syntax == DeflatedExplicitVRLittleEndian:
-        return pydicom.dcmread(path, defer_size=_DEFER_SIZE)
-    implicit = syntax == ImplicitVRLittleEndian
-    little = syntax != ExplicitVRBigEndian
-    meta, dataset = _read(path, syntax, data_set_bytes, _DEFER_SIZE)
-    read = FileDataset(path, dataset, bytes(_PREAMBLE_LEN), FileMetaDataset(meta), implicit, little)
-    read.set_original_encoding(implicit, little, dataset._character_set)
-    return read
+def _copy(source: BinaryIO, out: BinaryIO, offset: int, count: int) -> None:
+    """Copy ``count`` bytes of ``source`` from ``offset`` to the end of ``out`` in the kernel
+    (Linux's sendfile takes any file since 2.6.33)."""
+    while count:
+        sent = os.sendfile(out.fileno(), source.fileno(), offset, count)
+        if not sent:
+            raise EOFError(f"{source.name!r} ended {count} bytes early")
+        offset, count = offset + sent, count - sent
 
 
 def _read(

@@ -8,7 +8,7 @@ use crate::events::{FailedStore, Receipt, StoredInstance};
 use crate::file_meta::FileMeta;
 use crate::journal::Row;
 use crate::layout;
-use crate::scan::{Encoding, Scanner, SortAttributes};
+use crate::scan::{Element, Encoding, Scanner, SortAttributes};
 use crate::store::{Placed, Spool};
 use crate::verdict::{self, Failure, Instance, Verdict};
 use std::net::SocketAddr;
@@ -181,7 +181,9 @@ impl Connection<'_> {
             Ok(spool) => Sink::Spool(Box::new(Receiving {
                 spool,
                 scanner: Scanner::new(Encoding::for_transfer_syntax(&context.transfer_syntax))
-                    .keeping_elements(self.shared.config.emit_stored),
+                    .keeping_elements(
+                        self.shared.config.emit_stored || self.shared.verdicts.is_some(),
+                    ),
                 bytes: 0,
             })),
             Err(e) => Sink::Discard {
@@ -454,7 +456,7 @@ impl Connection<'_> {
                 let path = self.shared.storage.root().join(&relative);
                 verdicts.around_publish(
                     spool,
-                    |file| origin.instance(file, &path, self.peer, bytes),
+                    |file| origin.instance(file, &path, self.peer, bytes, &attrs.elements),
                     |spool| self.place(spool, &relative),
                 )
             }
@@ -569,10 +571,18 @@ impl Origin<'_> {
         }
     }
 
-    fn instance(&self, file: &Path, path: &Path, peer: SocketAddr, bytes: u64) -> Instance {
+    fn instance(
+        &self,
+        file: &Path,
+        path: &Path,
+        peer: SocketAddr,
+        bytes: u64,
+        elements: &[Element],
+    ) -> Instance {
         Instance {
             receipt: self.receipt(path, peer, bytes),
             file: file.to_path_buf(),
+            elements: elements.to_vec(),
             message_id: self.command.message_id.unwrap_or(0),
             context_id: self.context_id,
         }
