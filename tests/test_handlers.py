@@ -37,6 +37,8 @@ from conftest import (
     write_file,
 )
 from pydicom import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_inlet.handlers import HANDLER_FAILED, IncomingEcho, IncomingInstance, Verdict
@@ -213,6 +215,12 @@ def test_handler_save_as_copies_an_unchanged_data_set_and_writes_every_change(
     assert written.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     [(before, meta)] = metas
     assert meta == before  # the caller's file meta is left as it was
+    # The file meta written is what pydicom writes for it, byte for byte.
+    expected = DicomBytesIO()
+    expected.is_little_endian, expected.is_implicit_VR = True, False
+    write_file_meta_info(expected, before, enforce_standard=True)
+    header = (out / "as-received.dcm").read_bytes()[: 132 + expected.tell()]
+    assert header == bytes(128) + b"DICM" + expected.getvalue()
     sent.Modality = "MR"
     assert pydicom.dcmread(out / "modality.dcm") == sent
     sent.PatientName = "CHANGED^NAME"

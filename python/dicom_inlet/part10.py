@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from collections.abc import Iterator, MutableMapping, MutableSequence
+from collections.abc import Iterator, Mapping, MutableMapping, MutableSequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias, TypeVar, cast
 
@@ -19,11 +19,11 @@ from pydicom import Dataset
 from pydicom.charset import default_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import FileDataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_deferred_data_element
 from pydicom.fileutil import PathType
-from pydicom.filewriter import write_file_meta_info
+from pydicom.filewriter import write_data_element
 from pydicom.hooks import hooks, raw_element_value, raw_element_vr
 from pydicom.tag import BaseTag
 from pydicom.uid import (
@@ -37,7 +37,7 @@ from pydicom.values import convert_value
 
 from dicom_inlet import _core
 
-__all__ = ["StoredDataset", "moved", "read_request", "read_stored", "write_dataset"]
+__all__ = ["StoredDataset", "file_meta", "moved", "read_request", "read_stored", "write_dataset"]
 
 # Values larger than this are read from the file only when a callback or handler touches them.
 _DEFER_SIZE = 64 * 1024
@@ -328,7 +328,7 @@ class StoredDataset(FileDataset):
         # A new mapping of the same elements: the changes below replace elements, never change
         # them, so the caller's file meta stays as it was (dcmwrite deep-copies, at ten times
         # the cost).
-        meta = FileMetaDataset(dict(cast("FileMetaDataset", meta)._dict))
+        meta = file_meta(cast("FileMetaDataset", meta)._dict)
         if enforce_file_format:
             # As dcmwrite: the media storage UIDs follow the data set's; writing then requires
             # a complete and valid file meta.
@@ -339,14 +339,12 @@ class StoredDataset(FileDataset):
                 value = self.get(keyword)
                 if meta.get(element) is None or (value and value != meta.get(element)):
                     setattr(meta, element, value)
-        encoded = DicomBytesIO()
-        encoded.is_little_endian, encoded.is_implicit_VR = True, False
-        write_file_meta_info(encoded, meta, enforce_standard=enforce_file_format)
+        encoded = _encode_meta(meta, enforce_file_format)
         with (
             open(stored.source, "rb") as source,
             open(filename, "wb" if overwrite else "xb") as out,
         ):
-            out.write(preamble + b"DICM" + encoded.getvalue())
+            out.write(preamble + b"DICM" + encoded)
             out.flush()
             start = os.fstat(source.fileno()).st_size - stored.bytes
             _copy(source, out, start, stored.bytes)
@@ -432,6 +430,51 @@ def _lazy(source: _Stored) -> StoredDataset:
     ds = _blank(StoredDataset, *data_state)
     ds.__dict__.update(_dict=_Elements(source, meta=False), _stored=source, file_meta=meta)
     return ds
+
+
+def file_meta(elements: Mapping[BaseTag, Element]) -> FileMetaDataset:
+    """A ``FileMetaDataset`` of these group 0002 elements (not checked: the caller's are),
+    made without running pydicom's constructors."""
+    meta = _blank(FileMetaDataset, *_prototypes(False, True)[1])
+    meta.__dict__["_dict"] = dict(elements)
+    return meta
+
+
+# Encoded file meta elements by (tag, VR, value): most repeat from one file to the next.
+_ENCODED: dict[tuple[int, str, Any], bytes] = {}
+_ENCODED_MAX = 256
+_GROUP_LENGTH = 0x00020000
+
+
+def _encode_meta(meta: FileMetaDataset, enforce_standard: bool) -> bytes:
+    """What pydicom's ``write_file_meta_info`` writes for ``meta`` (PS3.10 §7.1: Explicit VR
+    Little Endian, the group length first), each distinct element encoded by pydicom once."""
+    validate_file_meta(meta, enforce_standard)
+    body = b"".join(
+        _encode_element(meta[tag]) for tag in sorted(meta.keys()) if tag != _GROUP_LENGTH
+    )
+    if not enforce_standard and _GROUP_LENGTH not in meta:
+        return body
+    meta.FileMetaInformationGroupLength = len(body)
+    return _encode_element(meta[_GROUP_LENGTH]) + body
+
+
+def _encode_element(elem: DataElement) -> bytes:
+    try:
+        key = (elem.tag, elem.VR, elem.value)
+        encoded = _ENCODED.get(key)
+    except TypeError:  # a multi-valued element: not hashable, encoded each time
+        key, encoded = None, None
+    if encoded is None:
+        buffer = DicomBytesIO()
+        buffer.is_little_endian, buffer.is_implicit_VR = True, False
+        write_data_element(buffer, elem)
+        encoded = buffer.getvalue()
+        if key is not None:
+            if len(_ENCODED) >= _ENCODED_MAX:
+                _ENCODED.clear()
+            _ENCODED[key] = encoded
+    return encoded
 
 
 def _copy(source: BinaryIO, out: BinaryIO, offset: int, count: int) -> None:

@@ -8,11 +8,15 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
+from pydicom.config import IGNORE
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from dicom_inlet import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_inlet.handlers import IncomingEcho, IncomingInstance
+from dicom_inlet.part10 import file_meta
 from dicom_inlet.pynetdicom import evt
 from dicom_inlet.pynetdicom.association import ServiceUser
 from dicom_inlet.pynetdicom.presentation import PresentationContextTuple
@@ -31,16 +35,28 @@ def create_file_meta(
 ) -> FileMetaDataset:
     """File meta information for a received data set, as pynetdicom builds it, naming
     dicom-inlet's implementation (PS3.10 §7.1)."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationGroupLength = 0  # set when written
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    values = (
+        (0x00020000, "UL", 0),  # set when written
+        (0x00020001, "OB", b"\x00\x01"),
+        (0x00020002, "UI", UID(sop_class_uid)),
+        (0x00020003, "UI", UID(sop_instance_uid)),
+        (0x00020010, "UI", UID(transfer_syntax)),
+        (0x00020012, "UI", _IMPLEMENTATION_CLASS_UID),
+        (0x00020013, "SH", IMPLEMENTATION_VERSION_NAME),
+    )
+    # The UIDs were checked by the core: built as pydicom's reader builds elements, unchecked
+    # (a handler gets one per instance; pydicom's checks cost more than the rest of it).
+    meta = file_meta(
+        {
+            BaseTag(tag): DataElement(tag, vr, value, validation_mode=IGNORE)
+            for tag, vr, value in values
+        }
+    )
     meta.set_original_encoding(False, True)
     return meta
+
+
+_IMPLEMENTATION_CLASS_UID = UID(IMPLEMENTATION_CLASS_UID)
 
 
 class C_STORE:
