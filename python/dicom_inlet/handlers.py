@@ -264,9 +264,10 @@ def decide(
     if not 0 <= status <= 0xFFFF:
         logger.error("%s returned status %r, outside 0x0000-0xFFFF", name, status)
         verdict = Verdict(_STATUS_INVALID)
-    path, described = os.fspath(instance.path), repr(instance)
+    described: object = instance
     dataset = instance.__dict__.get("dataset")
     if dataset is not None:
+        path, described = os.fspath(instance.path), repr(instance)
         # Kept by the handler (itself or through its instance), the data set is read in
         # while its file is still where it reads from: the answer moves or removes it.
         kept = weakref.ref(dataset)

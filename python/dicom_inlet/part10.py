@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from collections.abc import Iterator, Mapping, MutableMapping, MutableSequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, MutableSequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias, TypeVar, cast
 
@@ -70,24 +70,25 @@ class _Stored:
         "charset",
         "data",
         "encoded",
-        "filename",
         "implicit",
         "little",
+        "locate",
+        "located",
         "meta",
         "read",
         "scanned",
-        "source",
         "syntax",
     )
 
     def __init__(
         self,
         received: _core.StoredInstance | _core.StoreRequest,
-        source: str,
-        filename: str,
+        locate: Callable[[], tuple[str, str]],
     ) -> None:
-        self.source = source
-        self.filename = filename
+        # Where the file is (source, filename), asked on first need: the core's paths become
+        # pathlib objects in Python, which costs more than a callback reading two UIDs.
+        self.locate = locate
+        self.located: tuple[str, str] | None = None
         self.syntax = syntax = received.transfer_syntax_uid
         self.bytes = received.bytes
         self.implicit = syntax == ImplicitVRLittleEndian
@@ -102,6 +103,20 @@ class _Stored:
         self.data: dict[BaseTag, Element] | None = None
         self.read: dict[BaseTag, RawDataElement] = {}
         self.charset: str | MutableSequence[str] = default_encoding
+
+    @property
+    def source(self) -> str:
+        """The file the values are read from."""
+        if self.located is None:
+            self.located = self.locate()
+        return self.located[0]
+
+    @property
+    def filename(self) -> str:
+        """The file the data set's ``filename`` names."""
+        if self.located is None:
+            self.located = self.locate()
+        return self.located[1]
 
     def load(self) -> dict[BaseTag, Element]:
         if self.data is not None:
@@ -403,9 +418,12 @@ def read_stored(stored: _core.StoredInstance) -> StoredDataset:
     The link goes once the callbacks returned: the caller reads in whatever is left
     (:meth:`StoredDataset.read_all`) if the data set outlives them.
     """
-    path = os.fspath(stored.path)
-    held = stored.held
-    return _lazy(_Stored(stored, path if held is None else os.fspath(held), path))
+
+    def locate() -> tuple[str, str]:
+        path, held = os.fspath(stored.path), stored.held
+        return (path if held is None else os.fspath(held)), path
+
+    return _lazy(_Stored(stored, locate))
 
 
 def read_request(request: _core.StoreRequest) -> StoredDataset:
@@ -413,13 +431,17 @@ def read_request(request: _core.StoreRequest) -> StoredDataset:
     the file the core wrote (``request.file``: the spool file before publishing). The
     caller points it at the stored file once published (:func:`moved`), or reads in
     whatever is left (:meth:`StoredDataset.read_all`) before the spool file goes."""
-    file = os.fspath(request.file)
-    return _lazy(_Stored(request, file, file))
+
+    def locate() -> tuple[str, str]:
+        file = os.fspath(request.file)
+        return file, file
+
+    return _lazy(_Stored(request, locate))
 
 
 def moved(ds: StoredDataset, path: str) -> None:
     """The file ``ds`` reads from is now at ``path`` (a handler's instance, published)."""
-    ds._stored.source = ds._stored.filename = path
+    ds._stored.located = (path, path)
     ds.filename = path
 
 
