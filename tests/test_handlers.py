@@ -178,6 +178,9 @@ def test_a_data_set_kept_past_a_refusal_is_read_in_before_its_file_goes(
     assert not instance.file.exists()
     assert instance.dataset.PatientID == ds.PatientID
     assert instance.dataset.PixelData == ds.PixelData
+    # Its file gone, save_as writes what was read in.
+    instance.dataset.save_as(tmp_path / "kept.dcm", enforce_file_format=True)
+    assert pydicom.dcmread(tmp_path / "kept.dcm") == pydicom.dcmread(path)
 
 
 @pytest.mark.parametrize("transfer_syntax", ALL_TEST_SYNTAXES, ids=lambda ts: ts.keyword)

@@ -143,22 +143,22 @@ class _Stored:
         return read_deferred_data_element(open, self.source, None, raw)
 
     def unchanged(self, ds: Dataset) -> bool:
-        """Whether ``ds`` still encodes to exactly the data set received: no element added
-        or removed, each as read, its deferred value read since, or converted to an equal
-        value."""
-        now = ds.__dict__["_dict"]
-        if isinstance(now, _Elements):
-            if self.data is None:
-                # Only scanned attributes were handed out.
-                return all(
-                    isinstance(elem, tuple) or elem == _convert(tag, *self.encoded[tag], self)
-                    for tag, elem in self.scanned.items()
-                )
-            now = self.data
-        read = self.read
-        if now.keys() != read.keys():
+        """Whether ``ds`` still encodes to exactly the data set received, its file still
+        where it reads from: no element added or removed, each as read, its deferred value
+        read since, or converted to an equal value."""
+        if not isinstance(ds.__dict__["_dict"], _Elements):
+            # Read in (kept past its callbacks or handler): its file may be gone or replaced.
             return False
-        for tag, elem in now.items():
+        if self.data is None:
+            # Only scanned attributes were handed out.
+            return all(
+                isinstance(elem, tuple) or elem == _convert(tag, *self.encoded[tag], self)
+                for tag, elem in self.scanned.items()
+            )
+        read = self.read
+        if self.data.keys() != read.keys():
+            return False
+        for tag, elem in self.data.items():
             first = read[tag]
             if elem is first:
                 continue
