@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -157,6 +157,8 @@ struct Shared {
     work: Condvar,
     /// Logged rows not committed yet.
     backlog: AtomicUsize,
+    /// Where the ingest tells that its commits fail or resumed.
+    reports: OnceLock<Arc<EventQueue>>,
 }
 
 impl Shared {
@@ -388,6 +390,15 @@ impl Journal {
         }
     }
 
+    /// Tell `events` when the ingest's commits start failing (the rows wait in the log, the
+    /// index lags) and when they resume. PostgreSQL's commits need not: each
+    /// failure fails the store that waits for it, and the store's failure is reported.
+    pub fn report_to(&self, events: &Arc<EventQueue>) {
+        if let Committer::Ingest(_) = self.committer {
+            let _ = self.shared.reports.set(Arc::clone(events));
+        }
+    }
+
     /// Where the journal keeps the version acknowledged under `name` (unique per spool file).
     pub fn held_path(&self, name: &str) -> PathBuf {
         self.held.join(name)
@@ -580,10 +591,15 @@ impl Writer {
         self.commit(batch).map(drop).map_err(|(e, _)| e)
     }
 
+    /// The database file, as reports name it.
+    fn database(&self) -> String {
+        self.conn.path().unwrap_or_default().to_owned()
+    }
+
     /// Flush what was committed to disk (the WAL holds it until a checkpoint; committed
     /// with synchronous=NORMAL, it is not flushed on its own).
     fn flush(&self) -> std::io::Result<()> {
-        let database = self.conn.path().map(PathBuf::from).unwrap_or_default();
+        let database = PathBuf::from(self.database());
         let mut wal = database.clone().into_os_string();
         wal.push("-wal");
         for file in [PathBuf::from(wal), database] {

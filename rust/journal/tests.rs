@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::*;
-use crate::events::{AssociationRecord, Event, EventQueue, Outcome};
+use crate::events::{AssociationRecord, CommitState, Event, EventQueue, Outcome, Received};
 
 fn temp_root(name: &str) -> PathBuf {
     let dir =
@@ -566,4 +566,66 @@ fn nodes_sharing_a_journal_take_distinct_ids_and_leave_each_others_live_logs_alo
     assert!(next > 2 * ID_BLOCK, "{next}");
     drop((a, c));
     fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn failing_commits_are_reported_once_and_resumed_with_every_row() {
+    let root = temp_root("failing");
+    let journal = Journal::open(&root, "n1", false, None).unwrap();
+    let queue = Arc::new(EventQueue::new(4));
+    journal.report_to(&queue);
+    journal.record(row(&root, "1", "1.1", "0", false)).unwrap();
+    journal.sync().unwrap();
+    // Another program takes the table away: every commit of the ingest fails.
+    let database = root.join(JOURNAL_DIR).join(DATABASE);
+    let other = Connection::open(&database).unwrap();
+    other
+        .execute_batch("ALTER TABLE instances RENAME TO away")
+        .unwrap();
+    for sop in 1..=5 {
+        // Acknowledged all the same: the rows are in the log.
+        journal
+            .record(row(&root, "1", "1.1", &sop.to_string(), false))
+            .unwrap();
+    }
+    let next_report = || match queue.recv(None) {
+        Received::Event(Event::Journal(report)) => report,
+        other => panic!("{other:?}"),
+    };
+    let failing = next_report();
+    assert_eq!(failing.state, CommitState::Failing);
+    assert_eq!(failing.database, database.to_string_lossy());
+    assert_eq!(failing.log, journal_log(&journal));
+    assert!(failing.error.contains("no such table"), "{}", failing.error);
+    assert!((1..=5).contains(&failing.rows), "{}", failing.rows);
+    // Each sync is answered by a retry that failed too: no report of its own.
+    for _ in 0..2 {
+        assert!(journal
+            .sync()
+            .unwrap_err()
+            .to_string()
+            .contains("no such table"));
+    }
+    let mut more = Vec::new();
+    queue.take_ready(10, &mut more);
+    assert!(more.is_empty(), "{more:?}");
+    other
+        .execute_batch("ALTER TABLE away RENAME TO instances")
+        .unwrap();
+    journal.sync().unwrap();
+    let resumed = next_report();
+    assert_eq!((resumed.state, resumed.rows), (CommitState::Resumed, 5));
+    let count: i64 = other
+        .query_row("SELECT count(*) FROM instances", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 6);
+    drop(journal);
+    fs::remove_dir_all(&root).unwrap();
+}
+
+fn journal_log(journal: &Journal) -> PathBuf {
+    match &journal.committer {
+        Committer::Ingest(ingest) => ingest.log.path(),
+        Committer::Group(_) => panic!("not SQLite"),
+    }
 }
