@@ -228,12 +228,21 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// `path` relative to `root` as stored in the journal (instances are always under it).
-fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
+/// `path` relative to `root` as stored in the journal (instances are always under it, a
+/// join of the canonical root: its bytes start with the root's, which is cheaper to check
+/// than comparing components).
+fn relative<'p>(root: &Path, path: &'p Path) -> std::borrow::Cow<'p, str> {
+    use std::os::unix::ffi::OsStrExt;
+    let under = path
+        .as_os_str()
+        .as_bytes()
+        .strip_prefix(root.as_os_str().as_bytes())
+        .and_then(|rest| rest.strip_prefix(b"/"))
+        .map(|rest| Path::new(std::ffi::OsStr::from_bytes(rest)));
+    under
+        .or_else(|| path.strip_prefix(root).ok())
         .unwrap_or(path)
         .to_string_lossy()
-        .into_owned()
 }
 
 fn unusable(database: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -629,25 +638,31 @@ impl Writer {
             .map_err(|e| e.to_string())
             .and_then(|tx| {
                 let sql = |e: rusqlite::Error| e.to_string();
-                let mut touched = self.notify.is_some().then(Touched::default);
+                let mut rows = Rows {
+                    root: &self.root,
+                    insert: None,
+                    peer: None,
+                    touched: self.notify.is_some().then(Touched::default),
+                };
                 let mut answers = Vec::with_capacity(batch.len());
                 for (_, request) in &batch {
                     if let (Some(touched), Request::Completed { .. } | Request::Parked { .. }) =
-                        (&mut touched, request)
+                        (&mut rows.touched, request)
                     {
                         // In order: a completion reads what the rows before it changed.
                         touched.upsert(&tx).map_err(sql)?;
                     }
-                    let answer = apply(&tx, &self.root, request, touched.as_mut(), &mut released);
+                    let answer = apply(&tx, request, &mut rows, &mut released);
                     // A logged row not committed is tried again, never dropped.
                     if let (Request::Logged(_), Err(e)) = (request, &answer) {
                         return Err(e.clone());
                     }
                     answers.push(answer);
                 }
-                if let Some(touched) = &mut touched {
+                if let Some(touched) = &mut rows.touched {
                     touched.upsert(&tx).map_err(sql)?;
                 }
+                drop(rows);
                 tx.commit().map_err(sql)?;
                 Ok(answers)
             });
@@ -664,26 +679,17 @@ impl Writer {
     }
 }
 
-/// Apply one request; with `touched`, note the studies and series of the rows inserted,
-/// for the timers' rows (kept only while their events are on: two more B-tree pages per
-/// commit otherwise paid for nothing).
-fn apply<'a>(
-    tx: &Transaction<'_>,
-    root: &Path,
+/// Apply one request; logged rows through `rows`.
+fn apply<'a, 'tx>(
+    tx: &'tx Transaction<'_>,
     request: &'a Request,
-    touched: Option<&mut Touched<'a>>,
+    rows: &mut Rows<'a, 'tx>,
     released: &mut Vec<String>,
 ) -> std::result::Result<i64, String> {
     let sql = |e: rusqlite::Error| e.to_string();
     match request {
         Request::Record(_) => Err("an SQLite journal takes rows through its log".into()),
-        Request::Logged(logged) => {
-            let inserted = insert(tx, root, logged).map_err(sql)?;
-            if let (true, Some(touched)) = (inserted, touched) {
-                touched.add(&logged.row, logged.received);
-            }
-            Ok(logged.id)
-        }
+        Request::Logged(logged) => rows.insert(tx, logged).map(|()| logged.id).map_err(sql),
         // Above the highest id committed too: journals written before the counter, or
         // rows recovered from elsewhere, never collide with a new block.
         Request::Reserve(count) => tx
@@ -783,33 +789,54 @@ fn apply<'a>(
     }
 }
 
-/// Insert a logged row with its id, unless it is there already (committed before a crash
-/// left its log behind): whether it was inserted.
-fn insert(
-    tx: &Transaction<'_>,
-    root: &Path,
-    log::Logged { id, received, row }: &log::Logged,
-) -> rusqlite::Result<bool> {
-    let state = if row.pending {
-        schema::PENDING
-    } else {
-        schema::NOT_QUEUED
-    };
-    let held = row
-        .held
-        .as_ref()
-        .and_then(|h| h.file_name())
-        .map(|n| n.to_string_lossy().into_owned());
-    let inserted = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO instances (received, sop_class_uid, sop_instance_uid,
-            patient_id, study_instance_uid, series_instance_uid, accession_number, modality,
-            study_date, path, bytes, transfer_syntax_uid, calling_ae, called_ae, peer, held,
-            state, id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18)",
-        )?
-        .execute(params![
+/// What a batch's logged rows share: one statement, looked up once (the cache hashes its
+/// text), the text of the last peer (a batch's rows mostly come from a few associations),
+/// and with study or series events, the groups the rows touched.
+struct Rows<'a, 'tx> {
+    root: &'a Path,
+    insert: Option<rusqlite::CachedStatement<'tx>>,
+    peer: Option<(SocketAddr, String)>,
+    /// The timers' rows are kept only while their events are on: two more B-tree pages per
+    /// commit otherwise paid for nothing.
+    touched: Option<Touched<'a>>,
+}
+
+impl<'a, 'tx> Rows<'a, 'tx> {
+    /// Insert a logged row with its id, unless it is there already (committed before a
+    /// crash left its log behind).
+    fn insert(
+        &mut self,
+        tx: &'tx Transaction<'_>,
+        logged: &'a log::Logged,
+    ) -> rusqlite::Result<()> {
+        let log::Logged { id, received, row } = logged;
+        let state = if row.pending {
+            schema::PENDING
+        } else {
+            schema::NOT_QUEUED
+        };
+        let held = row
+            .held
+            .as_ref()
+            .and_then(|h| h.file_name())
+            .map(|n| n.to_string_lossy());
+        let peer = match (row.peer, &mut self.peer) {
+            (None, _) => "",
+            (Some(peer), Some((last, text))) if peer == *last => text,
+            (Some(peer), last) => &last.insert((peer, peer.to_string())).1,
+        };
+        let insert = match &mut self.insert {
+            Some(insert) => insert,
+            none => none.insert(tx.prepare_cached(
+                "INSERT OR IGNORE INTO instances (received, sop_class_uid, sop_instance_uid,
+                patient_id, study_instance_uid, series_instance_uid, accession_number,
+                modality, study_date, path, bytes, transfer_syntax_uid, calling_ae, called_ae,
+                peer, held, state, id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                ?17, ?18)",
+            )?),
+        };
+        let inserted = insert.execute(params![
             received,
             row.sop_class_uid,
             row.sop_instance_uid,
@@ -819,17 +846,21 @@ fn insert(
             row.accession_number,
             row.modality,
             row.study_date,
-            relative(root, &row.path),
+            relative(self.root, &row.path),
             row.bytes as i64,
             row.transfer_syntax_uid,
             row.calling_ae,
             row.called_ae,
-            row.peer.map(|p| p.to_string()).unwrap_or_default(),
+            peer,
             held,
             state,
             id,
         ])?;
-    Ok(inserted > 0)
+        if let (1.., Some(touched)) = (inserted, &mut self.touched) {
+            touched.add(row, *received);
+        }
+        Ok(())
+    }
 }
 
 /// The studies and series of the rows a batch inserted, each upserted once with its last

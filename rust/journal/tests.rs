@@ -629,3 +629,18 @@ fn journal_log(journal: &Journal) -> PathBuf {
         Committer::Group(_) => panic!("not SQLite"),
     }
 }
+
+#[test]
+fn paths_are_stored_relative_to_data_dir_only_when_under_it() {
+    let root = Path::new("/data/in");
+    assert_eq!(
+        relative(root, Path::new("/data/in/P1/S1/1.dcm")),
+        "P1/S1/1.dcm"
+    );
+    // A sibling whose name starts with the root's is not under it.
+    assert_eq!(
+        relative(root, Path::new("/data/inbox/1.dcm")),
+        "/data/inbox/1.dcm"
+    );
+    assert_eq!(relative(Path::new("/"), Path::new("/a/1.dcm")), "a/1.dcm");
+}
