@@ -55,6 +55,8 @@ def run_once(paths: list[Path], work: Path, events: bool) -> float:
     server.run(block=False)
     try:
         assert server.scp is not None
+        # Answered by the ingest thread: it runs, under its name.
+        server.scp.sync_journal()
         before = ingest_cpu_ns()
         result = send("127.0.0.1", server.port, paths, called_aet="INGEST")
         assert result.stored == len(paths), result.failures[:3]
