@@ -644,3 +644,63 @@ fn paths_are_stored_relative_to_data_dir_only_when_under_it() {
     );
     assert_eq!(relative(Path::new("/"), Path::new("/a/1.dcm")), "a/1.dcm");
 }
+
+#[test]
+fn a_batch_upserts_each_group_as_its_rows_in_order_would() {
+    let root = temp_root("touched");
+    let database = root.join(DATABASE);
+    let mut writer = Writer {
+        conn: connect(&database, false, true).unwrap(),
+        root: root.clone(),
+        held: root.clone(),
+        notify: Some(Arc::new(EventQueue::new(1))),
+    };
+    let logged = |id: i64, received: f64, series: &str| {
+        let row = row(&root, "1", series, &id.to_string(), false);
+        Request::Logged(Box::new(log::Logged { id, received, row }))
+    };
+    let completed = |through: f64| Request::Completed {
+        level: Level::Study,
+        uid: "1".into(),
+        through,
+    };
+    let groups = |writer: &Writer| -> Vec<(String, String, f64, i64, i64)> {
+        let sql = "SELECT level, uid, last_received, changed, events FROM groups ORDER BY 1, 2";
+        let mut statement = writer.conn.prepare(sql).unwrap();
+        let rows = statement.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        });
+        rows.unwrap().collect::<rusqlite::Result<_>>().unwrap()
+    };
+    let commit = |writer: &mut Writer, batch: Vec<Request>| {
+        let batch = batch.into_iter().enumerate().map(|(i, r)| (i as u64, r));
+        assert!(writer.commit(batch.collect()).is_ok());
+    };
+    // The last row of a group sets its arrival, even an earlier one (recovered late).
+    commit(
+        &mut writer,
+        vec![logged(1, 20.0, "1.1"), logged(2, 5.0, "1.2")],
+    );
+    let study = |received, changed, events| ("study".into(), "1".into(), received, changed, events);
+    let series = |uid: &str, received| ("series".to_string(), uid.to_string(), received, 1, 0);
+    assert_eq!(
+        groups(&writer),
+        [series("1.1", 20.0), series("1.2", 5.0), study(5.0, 1, 0)]
+    );
+    // A completion sees the rows before it in its batch, not those after.
+    commit(
+        &mut writer,
+        vec![
+            logged(3, 30.0, "1.1"),
+            completed(30.0),
+            logged(4, 31.0, "1.1"),
+        ],
+    );
+    assert_eq!(groups(&writer)[2], study(31.0, 1, 1));
+    commit(&mut writer, vec![logged(5, 40.0, "1.1"), completed(40.0)]);
+    assert_eq!(groups(&writer)[2], study(40.0, 0, 2));
+    // Rows committed already (a log recovered twice) touch nothing.
+    commit(&mut writer, vec![logged(5, 50.0, "1.1")]);
+    assert_eq!(groups(&writer)[2], study(40.0, 0, 2));
+    fs::remove_dir_all(&root).unwrap();
+}
