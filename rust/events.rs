@@ -1,10 +1,11 @@
 //! What the core reports to its consumer (stored instances, finished associations, completed
-//! studies and series) and the queue that carries the first two from the association threads.
+//! studies and series, the journal's commits failing and resuming) and the queue that carries
+//! them from the association and journal threads.
 //!
 //! The queue is bounded for instances only: a full queue makes an association wait for the
-//! consumer (back-pressure, never loss). Association records never wait and are never dropped:
-//! one small record per association, so a stuck callback can neither pin finished associations
-//! nor lose their log lines.
+//! consumer (back-pressure, never loss). Association records and journal reports never wait
+//! and are never dropped: a few small records, so a stuck callback can neither pin finished
+//! associations or the journal nor lose their log lines.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -142,12 +143,51 @@ pub struct Completed {
     pub members: Vec<Member>,
 }
 
+/// Where the journal's commits stand, told when that changes (and reminded while failing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitState {
+    /// The first commit failing after one succeeded (or after the start).
+    Failing,
+    /// Still failing, some time after it was told.
+    StillFailing,
+    /// The first commit succeeding after failures.
+    Resumed,
+}
+
+impl CommitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommitState::Failing => "failing",
+            CommitState::StillFailing => "still failing",
+            CommitState::Resumed => "resumed",
+        }
+    }
+}
+
+/// The journal's ingest cannot commit acknowledged rows (they wait in its row log, safe, and
+/// are retried), or can again: for the operator's log, once per change.
+#[derive(Debug, Clone)]
+pub struct JournalReport {
+    pub state: CommitState,
+    /// The journal database, as its errors name it.
+    pub database: String,
+    /// The row log the rows wait in.
+    pub log: PathBuf,
+    /// The database's error (the last one, once resumed).
+    pub error: String,
+    /// Failing: rows waiting in the log; resumed: rows the first good commit caught up.
+    pub rows: u64,
+    /// Since the first failure.
+    pub failing_for: Duration,
+}
+
 #[derive(Debug)]
 pub enum Event {
     Stored(StoredInstance),
     AssociationEnded(AssociationRecord),
     StoreFailed(FailedStore),
     Completed(Completed),
+    Journal(JournalReport),
 }
 
 /// What a wait on the queue gave.
@@ -225,8 +265,17 @@ impl EventQueue {
 
     /// Queue an association record: never waits, never dropped (kept even past the capacity).
     pub fn push_record(&self, record: AssociationRecord) {
+        self.push_unbounded(Event::AssociationEnded(record));
+    }
+
+    /// Queue a journal report: never waits, never dropped, like an association record.
+    pub fn push_report(&self, report: JournalReport) {
+        self.push_unbounded(Event::Journal(report));
+    }
+
+    fn push_unbounded(&self, event: Event) {
         let mut state = lock(&self.state);
-        state.events.push_back(Event::AssociationEnded(record));
+        state.events.push_back(event);
         self.ready.notify_one();
     }
 

@@ -498,6 +498,7 @@ fn event_object(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
         Event::AssociationEnded(r) => Py::new(py, AssociationRecord::from(r)).map(Py::into_any),
         Event::StoreFailed(f) => Py::new(py, FailedStore::from(f)).map(Py::into_any),
         Event::Completed(c) => Py::new(py, Completed::from(c)).map(Py::into_any),
+        Event::Journal(r) => Py::new(py, JournalReport::from(r)).map(Py::into_any),
     }
 }
 
@@ -622,6 +623,31 @@ impl From<events::FailedStore> for FailedStore {
     }
 }
 
+/// The journal's commits began failing ("failing"), still fail ("still failing"), or
+/// "resumed": `rows` wait in the row log `log` (resumed: were caught up).
+#[pyclass(frozen, get_all, module = "dicom_inlet._core")]
+struct JournalReport {
+    state: &'static str,
+    database: String,
+    log: PathBuf,
+    error: String,
+    rows: u64,
+    failing_for: f64,
+}
+
+impl From<events::JournalReport> for JournalReport {
+    fn from(r: events::JournalReport) -> Self {
+        JournalReport {
+            state: r.state.as_str(),
+            database: r.database,
+            log: r.log,
+            error: r.error,
+            rows: r.rows,
+            failing_for: r.failing_for.as_secs_f64(),
+        }
+    }
+}
+
 /// A study or series quiet for the study timeout (or released), with its instances:
 /// (Series Instance UID, SOP Instance UID, SOP Class UID, Modality, path) each.
 #[pyclass(frozen, get_all, module = "dicom_inlet._core")]
@@ -686,6 +712,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FailedStore>()?;
     m.add_class::<identity::UserIdentityRequest>()?;
     m.add_class::<Completed>()?;
+    m.add_class::<JournalReport>()?;
     m.add("TRANSFER_SYNTAXES", transfer_syntax::SUPPORTED.to_vec())?;
     m.add("IMPLEMENTATION_CLASS_UID", IMPLEMENTATION_CLASS_UID)?;
     m.add("IMPLEMENTATION_VERSION_NAME", IMPLEMENTATION_VERSION_NAME)?;

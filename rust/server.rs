@@ -429,6 +429,7 @@ fn open_journal(
         config.emit_stored,
         config.timers.clone(),
     )?;
+    journal.report_to(events);
     let (timers, callbacks) = (config.timers.is_some(), config.emit_stored);
     journal.start_heartbeat(events, feed.replayer(), timers, callbacks);
     Ok((Some(Arc::new(journal)), feed))

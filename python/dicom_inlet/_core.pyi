@@ -24,6 +24,7 @@ __all__ = [
     "FailedStore",
     "Journal",
     "JournalEntry",
+    "JournalReport",
     "ParkedEvent",
     "ScuAssociation",
     "SentInstance",
@@ -147,6 +148,24 @@ class FailedStore:
     def error_comment(self) -> str: ...
 
 @final
+class JournalReport:
+    """The journal's commits began failing ("failing"), still fail ("still failing"), or
+    "resumed": ``rows`` wait in the row log ``log`` (resumed: were caught up)."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def database(self) -> str: ...
+    @property
+    def log(self) -> Path: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def failing_for(self) -> float: ...
+
+@final
 class Completed:
     """A study or series quiet for the study timeout (or released), with its instances:
     (Series Instance UID, SOP Instance UID, SOP Class UID, Modality, path) each."""
@@ -236,11 +255,11 @@ class Server:
         """Associations open now, and instances stored, refused and bytes received so far."""
     def next_event(
         self,
-    ) -> StoredInstance | AssociationRecord | FailedStore | Completed | None:
+    ) -> StoredInstance | AssociationRecord | FailedStore | Completed | JournalReport | None:
         """Wait for the next event; None once shut down and drained."""
     def next_events(
         self, max: int = 64, delivered: list[int] = ...
-    ) -> list[StoredInstance | AssociationRecord | FailedStore | Completed]:
+    ) -> list[StoredInstance | AssociationRecord | FailedStore | Completed | JournalReport]:
         """Wait for the next event and take up to ``max - 1`` more already waiting with it;
         empty once shut down and drained. ``delivered``: journal rows whose callbacks
         returned, marked in batches (64, or after 5 ms without an event)."""

@@ -157,6 +157,7 @@ class Dispatcher:
         stop: threading.Event,
         log_association: Callable[[_core.AssociationRecord], None],
         log_failure: Callable[[_core.FailedStore], None],
+        log_journal: Callable[[_core.JournalReport], None],
         sink: AmqpSink | None = None,
     ) -> None:
         self.scp = scp
@@ -168,6 +169,7 @@ class Dispatcher:
         self.stop = stop
         self.log_association = log_association
         self.log_failure = log_failure
+        self.log_journal = log_journal
         self._read: Callable[[_core.StoredInstance], StoredDataset] | None = None
         self.sink = sink
 
@@ -185,6 +187,8 @@ class Dispatcher:
                     self._complete(event)
                 elif isinstance(event, _core.FailedStore):
                     self.log_failure(event)
+                elif isinstance(event, _core.JournalReport):
+                    self.log_journal(event)
                 else:
                     self.log_association(event)
 

@@ -460,6 +460,7 @@ class StoreSCPServer:
                 stop=self._stop,
                 log_association=self._association_ended,
                 log_failure=self._store_failed,
+                log_journal=_log_journal,
                 sink=self.events,
             )
             self._dispatcher = threading.Thread(
@@ -821,6 +822,35 @@ def _log_failure(failed: _core.FailedStore) -> None:
         failed.error_comment,
         failed.sop_instance_uid or "none",
     )
+
+
+def _log_journal(report: _core.JournalReport) -> None:
+    # Once per change (a reminder each minute at most), not per retry; seen with --quiet.
+    if report.state == "failing":
+        logger.error(
+            "journal %s cannot commit: %s; %s wait in its row log %s: acknowledged "
+            "instances are safe there and will be committed when this clears (retried; "
+            "the index lags meanwhile)",
+            report.database,
+            report.error,
+            _count(report.rows, "acknowledged row"),
+            report.log,
+        )
+    elif report.state == "still failing":
+        logger.warning(
+            "journal %s still cannot commit after %.0f s: %s; %s wait in its row log",
+            report.database,
+            report.failing_for,
+            report.error,
+            _count(report.rows, "acknowledged row"),
+        )
+    else:
+        logger.warning(
+            "journal %s commits resumed after %.1f s, %s caught up",
+            report.database,
+            report.failing_for,
+            _count(report.rows, "row"),
+        )
 
 
 def _log_association(record: _core.AssociationRecord) -> None:

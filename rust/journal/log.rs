@@ -25,6 +25,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{lock, Queue, Request, Row, Shared, Writer};
+use crate::events::{CommitState, JournalReport};
 
 /// Longest record written or read: rows hold UIDs, AE titles, a few short attributes and a
 /// path.
@@ -47,6 +48,8 @@ const GATHER_DURABLE: Duration = Duration::from_millis(50);
 pub(super) const BATCH: usize = 512;
 /// Before the ingest tries again after a failed commit.
 const RETRY: Duration = Duration::from_secs(1);
+/// How often commits that keep failing are told again (each retry would flood the log).
+const REMIND: Duration = Duration::from_secs(60);
 /// How often a running node looks for logs of runs that are gone (a node that never
 /// restarts would strand them otherwise).
 const SWEEP: Duration = Duration::from_secs(60);
@@ -256,6 +259,72 @@ pub(super) fn recover(
     Ok(recovered)
 }
 
+/// Whether the ingest's commits fail, told to the consumer when that changes: rows keep
+/// being acknowledged into the log meanwhile, and nothing else would show it until the
+/// backlog bound refuses stores.
+#[derive(Default)]
+struct Health {
+    failing: Option<Failing>,
+}
+
+struct Failing {
+    since: Instant,
+    /// When it was last told (None: not yet, no consumer to tell).
+    told: Option<Instant>,
+    error: String,
+}
+
+impl Health {
+    /// A commit failed with `error`: told if it is the first failure, or a reminder is due.
+    fn failed(&mut self, shared: &Shared, writer: &Writer, log: &Log, error: &str) {
+        let failing = self.failing.get_or_insert_with(|| Failing {
+            since: Instant::now(),
+            told: None,
+            error: String::new(),
+        });
+        error.clone_into(&mut failing.error);
+        let state = match failing.told {
+            None => CommitState::Failing,
+            Some(told) if told.elapsed() >= REMIND => CommitState::StillFailing,
+            Some(_) => return,
+        };
+        let rows = shared.backlog.load(Ordering::Relaxed) as u64;
+        if report(shared, writer, log, failing, state, rows) {
+            failing.told = Some(Instant::now());
+        }
+    }
+
+    /// A commit of `rows` logged rows succeeded: told if failures were.
+    fn succeeded(&mut self, shared: &Shared, writer: &Writer, log: &Log, rows: u64) {
+        if let Some(failing) = self.failing.take().filter(|f| f.told.is_some()) {
+            report(shared, writer, log, &failing, CommitState::Resumed, rows);
+        }
+    }
+}
+
+/// Tell the consumer, if there is one yet.
+fn report(
+    shared: &Shared,
+    writer: &Writer,
+    log: &Log,
+    failing: &Failing,
+    state: CommitState,
+    rows: u64,
+) -> bool {
+    let Some(events) = shared.reports.get() else {
+        return false;
+    };
+    events.push_report(JournalReport {
+        state,
+        database: writer.database(),
+        log: log.path(),
+        error: failing.error.clone(),
+        rows,
+        failing_for: failing.since.elapsed(),
+    });
+    true
+}
+
 /// Whether the ingest is to commit now rather than gather more.
 fn due(queue: &Queue) -> bool {
     queue.stop || queue.pending.len() >= BATCH || queue.pending.iter().any(|(_, r)| r.answered())
@@ -269,6 +338,7 @@ pub(super) fn ingest(shared: &Shared, mut writer: Writer, log: &Log, durable: bo
     let gather = if durable { GATHER_DURABLE } else { GATHER };
     let dir = log.dir.clone();
     let mut ingested = 0;
+    let mut health = Health::default();
     let mut swept = Instant::now();
     let mut queue = lock(&shared.queue);
     loop {
@@ -317,6 +387,7 @@ pub(super) fn ingest(shared: &Shared, mut writer: Writer, log: &Log, durable: bo
                 ingested += rows as u64;
                 shared.committed.notify_all();
                 drop(queue);
+                health.succeeded(shared, &writer, log, rows as u64);
                 // A failed trim leaves the file as it is: it is trimmed at a later batch, or
                 // committed again (harmlessly) at the next start.
                 let _ = log.trim(ingested, || match durable {
@@ -326,6 +397,7 @@ pub(super) fn ingest(shared: &Shared, mut writer: Writer, log: &Log, durable: bo
                 queue = lock(&shared.queue);
             }
             Err((error, batch)) => {
+                health.failed(shared, &writer, log, &error);
                 // Rows and marks are kept for the next try, ahead of what came since; a
                 // request waiting for an answer gets the error. Stopping, they are left to
                 // the log (rows) or lost (marks: the instance is only delivered once more).

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -157,6 +157,8 @@ struct Shared {
     work: Condvar,
     /// Logged rows not committed yet.
     backlog: AtomicUsize,
+    /// Where the ingest tells that its commits fail or resumed.
+    reports: OnceLock<Arc<EventQueue>>,
 }
 
 impl Shared {
@@ -226,12 +228,21 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// `path` relative to `root` as stored in the journal (instances are always under it).
-fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
+/// `path` relative to `root` as stored in the journal (instances are always under it, a
+/// join of the canonical root: its bytes start with the root's, which is cheaper to check
+/// than comparing components).
+fn relative<'p>(root: &Path, path: &'p Path) -> std::borrow::Cow<'p, str> {
+    use std::os::unix::ffi::OsStrExt;
+    let under = path
+        .as_os_str()
+        .as_bytes()
+        .strip_prefix(root.as_os_str().as_bytes())
+        .and_then(|rest| rest.strip_prefix(b"/"))
+        .map(|rest| Path::new(std::ffi::OsStr::from_bytes(rest)));
+    under
+        .or_else(|| path.strip_prefix(root).ok())
         .unwrap_or(path)
         .to_string_lossy()
-        .into_owned()
 }
 
 fn unusable(database: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -385,6 +396,15 @@ impl Journal {
             shared,
             committer,
             heartbeat: Mutex::default(),
+        }
+    }
+
+    /// Tell `events` when the ingest's commits start failing (the rows wait in the log, the
+    /// index lags) and when they resume. PostgreSQL's commits need not: each
+    /// failure fails the store that waits for it, and the store's failure is reported.
+    pub fn report_to(&self, events: &Arc<EventQueue>) {
+        if let Committer::Ingest(_) = self.committer {
+            let _ = self.shared.reports.set(Arc::clone(events));
         }
     }
 
@@ -580,10 +600,15 @@ impl Writer {
         self.commit(batch).map(drop).map_err(|(e, _)| e)
     }
 
+    /// The database file, as reports name it.
+    fn database(&self) -> String {
+        self.conn.path().unwrap_or_default().to_owned()
+    }
+
     /// Flush what was committed to disk (the WAL holds it until a checkpoint; committed
     /// with synchronous=NORMAL, it is not flushed on its own).
     fn flush(&self) -> std::io::Result<()> {
-        let database = self.conn.path().map(PathBuf::from).unwrap_or_default();
+        let database = PathBuf::from(self.database());
         let mut wal = database.clone().into_os_string();
         wal.push("-wal");
         for file in [PathBuf::from(wal), database] {
@@ -612,17 +637,33 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| e.to_string())
             .and_then(|tx| {
-                let groups = self.notify.is_some();
+                let sql = |e: rusqlite::Error| e.to_string();
+                let mut rows = Rows {
+                    root: &self.root,
+                    insert: None,
+                    peer: None,
+                    touched: self.notify.is_some().then(Touched::default),
+                };
                 let mut answers = Vec::with_capacity(batch.len());
                 for (_, request) in &batch {
-                    let answer = apply(&tx, &self.root, request, groups, &mut released);
+                    if let (Some(touched), Request::Completed { .. } | Request::Parked { .. }) =
+                        (&mut rows.touched, request)
+                    {
+                        // In order: a completion reads what the rows before it changed.
+                        touched.upsert(&tx).map_err(sql)?;
+                    }
+                    let answer = apply(&tx, request, &mut rows, &mut released);
                     // A logged row not committed is tried again, never dropped.
                     if let (Request::Logged(_), Err(e)) = (request, &answer) {
                         return Err(e.clone());
                     }
                     answers.push(answer);
                 }
-                tx.commit().map_err(|e| e.to_string())?;
+                if let Some(touched) = &mut rows.touched {
+                    touched.upsert(&tx).map_err(sql)?;
+                }
+                drop(rows);
+                tx.commit().map_err(sql)?;
                 Ok(answers)
             });
         match result {
@@ -638,19 +679,17 @@ impl Writer {
     }
 }
 
-/// Apply one request; `groups`: keep the study/series timers' rows too (only while their
-/// events are on: two more B-tree pages per commit otherwise paid for nothing).
-fn apply(
-    tx: &Transaction<'_>,
-    root: &Path,
-    request: &Request,
-    groups: bool,
+/// Apply one request; logged rows through `rows`.
+fn apply<'a, 'tx>(
+    tx: &'tx Transaction<'_>,
+    request: &'a Request,
+    rows: &mut Rows<'a, 'tx>,
     released: &mut Vec<String>,
 ) -> std::result::Result<i64, String> {
     let sql = |e: rusqlite::Error| e.to_string();
     match request {
         Request::Record(_) => Err("an SQLite journal takes rows through its log".into()),
-        Request::Logged(logged) => insert(tx, root, logged, groups).map_err(sql),
+        Request::Logged(logged) => rows.insert(tx, logged).map(|()| logged.id).map_err(sql),
         // Above the highest id committed too: journals written before the counter, or
         // rows recovered from elsewhere, never collide with a new block.
         Request::Reserve(count) => tx
@@ -750,34 +789,54 @@ fn apply(
     }
 }
 
-/// Insert a logged row with its id, unless it is there already (committed before a crash
-/// left its log behind).
-fn insert(
-    tx: &Transaction<'_>,
-    root: &Path,
-    log::Logged { id, received, row }: &log::Logged,
-    groups: bool,
-) -> rusqlite::Result<i64> {
-    let state = if row.pending {
-        schema::PENDING
-    } else {
-        schema::NOT_QUEUED
-    };
-    let held = row
-        .held
-        .as_ref()
-        .and_then(|h| h.file_name())
-        .map(|n| n.to_string_lossy().into_owned());
-    let inserted = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO instances (received, sop_class_uid, sop_instance_uid,
-            patient_id, study_instance_uid, series_instance_uid, accession_number, modality,
-            study_date, path, bytes, transfer_syntax_uid, calling_ae, called_ae, peer, held,
-            state, id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18)",
-        )?
-        .execute(params![
+/// What a batch's logged rows share: one statement, looked up once (the cache hashes its
+/// text), the text of the last peer (a batch's rows mostly come from a few associations),
+/// and with study or series events, the groups the rows touched.
+struct Rows<'a, 'tx> {
+    root: &'a Path,
+    insert: Option<rusqlite::CachedStatement<'tx>>,
+    peer: Option<(SocketAddr, String)>,
+    /// The timers' rows are kept only while their events are on: two more B-tree pages per
+    /// commit otherwise paid for nothing.
+    touched: Option<Touched<'a>>,
+}
+
+impl<'a, 'tx> Rows<'a, 'tx> {
+    /// Insert a logged row with its id, unless it is there already (committed before a
+    /// crash left its log behind).
+    fn insert(
+        &mut self,
+        tx: &'tx Transaction<'_>,
+        logged: &'a log::Logged,
+    ) -> rusqlite::Result<()> {
+        let log::Logged { id, received, row } = logged;
+        let state = if row.pending {
+            schema::PENDING
+        } else {
+            schema::NOT_QUEUED
+        };
+        let held = row
+            .held
+            .as_ref()
+            .and_then(|h| h.file_name())
+            .map(|n| n.to_string_lossy());
+        let peer = match (row.peer, &mut self.peer) {
+            (None, _) => "",
+            (Some(peer), Some((last, text))) if peer == *last => text,
+            (Some(peer), last) => &last.insert((peer, peer.to_string())).1,
+        };
+        let insert = match &mut self.insert {
+            Some(insert) => insert,
+            none => none.insert(tx.prepare_cached(
+                "INSERT OR IGNORE INTO instances (received, sop_class_uid, sop_instance_uid,
+                patient_id, study_instance_uid, series_instance_uid, accession_number,
+                modality, study_date, path, bytes, transfer_syntax_uid, calling_ae, called_ae,
+                peer, held, state, id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                ?17, ?18)",
+            )?),
+        };
+        let inserted = insert.execute(params![
             received,
             row.sop_class_uid,
             row.sop_instance_uid,
@@ -787,34 +846,64 @@ fn insert(
             row.accession_number,
             row.modality,
             row.study_date,
-            relative(root, &row.path),
+            relative(self.root, &row.path),
             row.bytes as i64,
             row.transfer_syntax_uid,
             row.calling_ae,
             row.called_ae,
-            row.peer.map(|p| p.to_string()).unwrap_or_default(),
+            peer,
             held,
             state,
             id,
         ])?;
-    let Some(study) = row
-        .study_instance_uid
-        .as_ref()
-        .filter(|_| groups && inserted > 0)
-    else {
-        return Ok(*id);
-    };
-    let mut group = tx.prepare_cached(
-        "INSERT INTO groups (level, uid, study_instance_uid, last_received, changed)
-         VALUES (?1, ?2, ?3, ?4, 1)
-         ON CONFLICT (level, uid) DO UPDATE SET last_received = excluded.last_received,
-            changed = 1",
-    )?;
-    group.execute(params![Level::Study.as_str(), study, study, received])?;
-    if let Some(series) = &row.series_instance_uid {
-        group.execute(params![Level::Series.as_str(), series, study, received])?;
+        if let (1.., Some(touched)) = (inserted, &mut self.touched) {
+            touched.add(row, *received);
+        }
+        Ok(())
     }
-    Ok(*id)
+}
+
+/// The studies and series of the rows a batch inserted, each upserted once with its last
+/// row's arrival: what an upsert per row would leave (`changed = 1`, the study of the row
+/// that made it), at one statement per group instead of two per row.
+#[derive(Default)]
+struct Touched<'a> {
+    /// (level, uid) -> (study, last row's arrival).
+    groups: HashMap<(Level, &'a str), (&'a str, f64)>,
+}
+
+impl<'a> Touched<'a> {
+    fn add(&mut self, row: &'a Row, received: f64) {
+        let Some(study) = row.study_instance_uid.as_deref() else {
+            return;
+        };
+        let series = row.series_instance_uid.as_deref();
+        for (level, uid) in [(Level::Study, Some(study)), (Level::Series, series)] {
+            if let Some(uid) = uid {
+                self.groups
+                    .entry((level, uid))
+                    .and_modify(|(_, last)| *last = received)
+                    .or_insert((study, received));
+            }
+        }
+    }
+
+    /// Upsert the groups noted so far, then forget them.
+    fn upsert(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        if self.groups.is_empty() {
+            return Ok(());
+        }
+        let mut group = tx.prepare_cached(
+            "INSERT INTO groups (level, uid, study_instance_uid, last_received, changed)
+             VALUES (?1, ?2, ?3, ?4, 1)
+             ON CONFLICT (level, uid) DO UPDATE SET last_received = excluded.last_received,
+                changed = 1",
+        )?;
+        for ((level, uid), (study, received)) in self.groups.drain() {
+            group.execute(params![level.as_str(), uid, study, received])?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

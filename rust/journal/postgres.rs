@@ -678,7 +678,7 @@ impl Inserts<'_> {
             text(row.accession_number.clone()),
             text(row.modality.clone()),
             text(row.study_date.clone()),
-            text(relative(self.root, &row.path)),
+            text(relative(self.root, &row.path).into_owned()),
             (Box::new(row.bytes as i64), Type::INT8),
             text(row.transfer_syntax_uid.clone()),
             text(row.calling_ae.clone()),

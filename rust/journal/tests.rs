@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::*;
-use crate::events::{AssociationRecord, Event, EventQueue, Outcome};
+use crate::events::{AssociationRecord, CommitState, Event, EventQueue, Outcome, Received};
 
 fn temp_root(name: &str) -> PathBuf {
     let dir =
@@ -565,5 +565,142 @@ fn nodes_sharing_a_journal_take_distinct_ids_and_leave_each_others_live_logs_alo
     let next = c.record(row(&root, "1", "1.1", "c1", true)).unwrap();
     assert!(next > 2 * ID_BLOCK, "{next}");
     drop((a, c));
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn failing_commits_are_reported_once_and_resumed_with_every_row() {
+    let root = temp_root("failing");
+    let journal = Journal::open(&root, "n1", false, None).unwrap();
+    let queue = Arc::new(EventQueue::new(4));
+    journal.report_to(&queue);
+    journal.record(row(&root, "1", "1.1", "0", false)).unwrap();
+    journal.sync().unwrap();
+    // Another program takes the table away: every commit of the ingest fails.
+    let database = root.join(JOURNAL_DIR).join(DATABASE);
+    let other = Connection::open(&database).unwrap();
+    other
+        .execute_batch("ALTER TABLE instances RENAME TO away")
+        .unwrap();
+    for sop in 1..=5 {
+        // Acknowledged all the same: the rows are in the log.
+        journal
+            .record(row(&root, "1", "1.1", &sop.to_string(), false))
+            .unwrap();
+    }
+    let next_report = || match queue.recv(None) {
+        Received::Event(Event::Journal(report)) => report,
+        other => panic!("{other:?}"),
+    };
+    let failing = next_report();
+    assert_eq!(failing.state, CommitState::Failing);
+    assert_eq!(failing.database, database.to_string_lossy());
+    assert_eq!(failing.log, journal_log(&journal));
+    assert!(failing.error.contains("no such table"), "{}", failing.error);
+    assert!((1..=5).contains(&failing.rows), "{}", failing.rows);
+    // Each sync is answered by a retry that failed too: no report of its own.
+    for _ in 0..2 {
+        assert!(journal
+            .sync()
+            .unwrap_err()
+            .to_string()
+            .contains("no such table"));
+    }
+    let mut more = Vec::new();
+    queue.take_ready(10, &mut more);
+    assert!(more.is_empty(), "{more:?}");
+    other
+        .execute_batch("ALTER TABLE away RENAME TO instances")
+        .unwrap();
+    journal.sync().unwrap();
+    let resumed = next_report();
+    assert_eq!((resumed.state, resumed.rows), (CommitState::Resumed, 5));
+    let count: i64 = other
+        .query_row("SELECT count(*) FROM instances", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 6);
+    drop(journal);
+    fs::remove_dir_all(&root).unwrap();
+}
+
+fn journal_log(journal: &Journal) -> PathBuf {
+    match &journal.committer {
+        Committer::Ingest(ingest) => ingest.log.path(),
+        Committer::Group(_) => panic!("not SQLite"),
+    }
+}
+
+#[test]
+fn paths_are_stored_relative_to_data_dir_only_when_under_it() {
+    let root = Path::new("/data/in");
+    assert_eq!(
+        relative(root, Path::new("/data/in/P1/S1/1.dcm")),
+        "P1/S1/1.dcm"
+    );
+    // A sibling whose name starts with the root's is not under it.
+    assert_eq!(
+        relative(root, Path::new("/data/inbox/1.dcm")),
+        "/data/inbox/1.dcm"
+    );
+    assert_eq!(relative(Path::new("/"), Path::new("/a/1.dcm")), "a/1.dcm");
+}
+
+#[test]
+fn a_batch_upserts_each_group_as_its_rows_in_order_would() {
+    let root = temp_root("touched");
+    let database = root.join(DATABASE);
+    let mut writer = Writer {
+        conn: connect(&database, false, true).unwrap(),
+        root: root.clone(),
+        held: root.clone(),
+        notify: Some(Arc::new(EventQueue::new(1))),
+    };
+    let logged = |id: i64, received: f64, series: &str| {
+        let row = row(&root, "1", series, &id.to_string(), false);
+        Request::Logged(Box::new(log::Logged { id, received, row }))
+    };
+    let completed = |through: f64| Request::Completed {
+        level: Level::Study,
+        uid: "1".into(),
+        through,
+    };
+    let groups = |writer: &Writer| -> Vec<(String, String, f64, i64, i64)> {
+        let sql = "SELECT level, uid, last_received, changed, events FROM groups ORDER BY 1, 2";
+        let mut statement = writer.conn.prepare(sql).unwrap();
+        let rows = statement.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        });
+        rows.unwrap().collect::<rusqlite::Result<_>>().unwrap()
+    };
+    let commit = |writer: &mut Writer, batch: Vec<Request>| {
+        let batch = batch.into_iter().enumerate().map(|(i, r)| (i as u64, r));
+        assert!(writer.commit(batch.collect()).is_ok());
+    };
+    // The last row of a group sets its arrival, even an earlier one (recovered late).
+    commit(
+        &mut writer,
+        vec![logged(1, 20.0, "1.1"), logged(2, 5.0, "1.2")],
+    );
+    let study = |received, changed, events| ("study".into(), "1".into(), received, changed, events);
+    let series = |uid: &str, received| ("series".to_string(), uid.to_string(), received, 1, 0);
+    assert_eq!(
+        groups(&writer),
+        [series("1.1", 20.0), series("1.2", 5.0), study(5.0, 1, 0)]
+    );
+    // A completion sees the rows before it in its batch, not those after.
+    commit(
+        &mut writer,
+        vec![
+            logged(3, 30.0, "1.1"),
+            completed(30.0),
+            logged(4, 31.0, "1.1"),
+        ],
+    );
+    assert_eq!(groups(&writer)[2], study(31.0, 1, 1));
+    commit(&mut writer, vec![logged(5, 40.0, "1.1"), completed(40.0)]);
+    assert_eq!(groups(&writer)[2], study(40.0, 0, 2));
+    // Rows committed already (a log recovered twice) touch nothing.
+    commit(&mut writer, vec![logged(5, 50.0, "1.1")]);
+    assert_eq!(groups(&writer)[2], study(40.0, 0, 2));
     fs::remove_dir_all(&root).unwrap();
 }
