@@ -588,7 +588,8 @@ struct Writer {
 
 impl Writer {
     /// Commit the rows of a log left by a run that is gone (each one once: committed
-    /// already, it is ignored).
+    /// already, it is ignored), flushed to disk: the log is removed next, and its rows may
+    /// have been durable there (a `durable` run's).
     fn ingest(&mut self, rows: Vec<log::Logged>) -> std::result::Result<(), String> {
         if rows.is_empty() {
             return Ok(());
@@ -597,7 +598,9 @@ impl Writer {
             .into_iter()
             .map(|row| (0, Request::Logged(Box::new(row))))
             .collect();
-        self.commit(batch).map(drop).map_err(|(e, _)| e)
+        self.commit(batch).map(drop).map_err(|(e, _)| e)?;
+        self.flush()
+            .map_err(|e| format!("cannot flush the journal: {e}"))
     }
 
     /// The database file, as reports name it.
