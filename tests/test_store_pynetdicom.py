@@ -113,6 +113,29 @@ def test_callback_dataset_read_as_touched_equals_dcmread(
     assert not any((data_dir / ".journal" / "held").iterdir())
 
 
+def test_a_callback_saving_over_its_own_stored_file_keeps_every_value(
+    server_factory, data_dir, tmp_path
+):
+    # The data set reads from that file (through the journal's link to it): written over,
+    # what it had not read yet must be read first, not truncated away.
+    ds = make_dataset(rows=256, columns=256)
+    src = write_file(ds, tmp_path / "src" / "in.dcm")
+    saved: list[str] = []
+
+    def resave(given: pydicom.Dataset) -> None:
+        given.file_meta.ImplementationVersionName = "RESAVED"
+        given.save_as(given.filename, enforce_file_format=True)
+        saved.append(str(given.filename))
+
+    server = server_factory(callbacks=[resave])
+    assert statuses(send(server.port, [src])) == [0x0000]
+    server.shutdown()
+    assert saved == [str(data_dir / patient_layout(ds))]
+    again = pydicom.dcmread(saved[0])
+    assert again == pydicom.dcmread(src)
+    assert again.file_meta.ImplementationVersionName == "RESAVED"
+
+
 _opened: list[str] = []
 _watching = threading.Event()
 

@@ -315,6 +315,10 @@ class StoredDataset(FileDataset):
         event.file_meta``, ``ds.save_as(...)``), and encoding each element again in Python
         is most of what such a handler costs."""
         stored = self._stored
+        if _same_file(filename, stored.source):
+            # Written over the file it reads from (its own stored file, say): opening it for
+            # writing truncates what is still to be read, so everything is read in first.
+            self.read_all()
         meta = getattr(self, "file_meta", None)
         preamble = self.preamble or bytes(_PREAMBLE_LEN)
         as_received = (
@@ -363,6 +367,17 @@ class StoredDataset(FileDataset):
             out.flush()
             start = os.fstat(source.fileno()).st_size - stored.bytes
             _copy(source, out, start, stored.bytes)
+
+
+def _same_file(target: Any, source: str) -> bool:
+    """Whether ``target`` (a path, or something else pydicom writes to) is ``source``'s file,
+    under any of its names."""
+    if not isinstance(target, str | os.PathLike):
+        return False
+    try:
+        return os.path.samefile(target, source)
+    except OSError:  # either is missing: not the same file
+        return False
 
 
 def _blank(cls: type[_D], state: dict[str, Any], fresh: list[tuple[str, Any]]) -> _D:
