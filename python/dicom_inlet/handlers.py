@@ -122,9 +122,10 @@ class IncomingInstance(_Request):
     :attr:`dataset` serves the attributes the core scanned (SOP Class and Instance, Study and
     Series UIDs, Modality, Study Date) without reading the file; anything else reads the data
     set once, values larger than 64 KiB (pixel data) only when touched themselves. Its
-    ``save_as`` copies the data set as received while nothing in it changed. A data set the
-    handler keeps is read in before the answer; once the instance is published,
-    ``dataset.filename`` names the stored file.
+    ``save_as`` copies the data set as received while nothing in it changed. Once the
+    instance is published, the data set reads on from the stored file (``dataset.filename``
+    names it); one the handler keeps while its verdict discards the file is read in before
+    the answer.
 
     Attributes:
         file: The complete Part 10 file as received (in ``data_dir/.incoming/`` until
@@ -265,21 +266,22 @@ def decide(
         logger.error("%s returned status %r, outside 0x0000-0xFFFF", name, status)
         verdict = Verdict(_STATUS_INVALID)
     described: object = instance
+    publishes = verdict.keep and is_stored(verdict.status)
     dataset = instance.__dict__.get("dataset")
     if dataset is not None:
         path, described = os.fspath(instance.path), repr(instance)
-        # Kept by the handler (itself or through its instance), the data set is read in
-        # while its file is still where it reads from: the answer moves or removes it.
         kept = weakref.ref(dataset)
         del dataset, instance
         dataset = kept()
-        if dataset is not None:
+        if dataset is not None and not publishes:
+            # Kept by the handler (itself or through its instance) while the answer removes
+            # its file: read in now. A published one reads on from the stored file.
             dataset.read_all()
     if not request.answer(verdict.status, _comment(verdict.error_comment), verdict.keep):
         # The core answered 0xA700 when the timeout expired, and logged it then.
         logger.info("%s answered %s after handler_timeout: too late", name, described)
         return
-    if dataset is not None and verdict.keep and is_stored(verdict.status):
+    if dataset is not None and publishes:
         from dicom_inlet.part10 import moved
 
         moved(dataset, path)
