@@ -108,6 +108,7 @@ class Receiver:
 
 # Where a receiver's max PDU option goes in its argv.
 PDU = "{max pdu}"
+FLAT = "--sort-by image"
 
 
 def pdu_suffix(size: int | None) -> str:
@@ -233,6 +234,16 @@ def receivers(
         )
         for options in [(NO_JOURNAL,), (DURABLE,), (DURABLE, NO_JOURNAL)]
     ]
+    # `storescp -od` writes every file into one folder; this row stores the same way, so the
+    # layout (patient/study/series folders by default) is not what a ratio credits.
+    found.append(
+        Receiver(
+            f"{label} {FLAT}",
+            (interpreter, *inlet_args, "127.0.0.1", "-q", "--aet", "INLET", PDU, *FLAT.split()),
+            ("ct", "small", "ct x4"),
+            pdu_argv=inlet_pdu,
+        )
+    )
     # pacsanini takes minutes per run on the 200 MB instances (module docstring).
     pacsanini_scp = (pacsanini, str(HERE / "pacsanini_scp.py"), "{dir}", "{port}")
     # dicom-rs's storescp holds each instance in memory (README), and listens on every
