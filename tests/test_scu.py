@@ -357,7 +357,9 @@ def test_progress_exception_stops_sending(server_factory: Any, data_dir: Path, t
         held.set()
     # The association was released properly: the server serves the next one.
     assert echo(HOST, server.port) == 0x0000
-    assert len(seen) == 2
+    # The second request may or may not have left before the exception stopped the sender
+    # (its threads and the callback race); none after it did.
+    assert 1 <= len(seen) <= 2
     assert len(stored_files(data_dir)) == 1
     assert incoming_entries(data_dir) == []
 
