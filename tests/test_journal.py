@@ -4,7 +4,7 @@ their revisions and restarts, association records under a full queue, the status
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import os
 import queue
@@ -475,6 +475,27 @@ def test_a_failing_study_event_is_parked_listed_kept_over_a_restart_and_replayed
     assert studies.calls.empty()
 
 
+def journal_sql(data_dir: Path, script: str, query: str = "SELECT 1") -> list[list[Any]]:
+    """Runs `script`, then `query`, on the journal from another process; `query`'s rows.
+
+    Never from this one while a server here has the journal open: Python's sqlite3 is another
+    copy of SQLite than the core's, POSIX locks do not tell the two apart, and the second one
+    to open the database would take it for unused and truncate the shared-memory file the
+    first has mapped (SIGBUS)."""
+    program = (
+        "import json, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.executescript(sys.argv[2])\n"
+        "print(json.dumps(db.execute(sys.argv[3]).fetchall()))\n"
+    )
+    database = os.fspath(data_dir / ".journal" / "journal.sqlite")
+    done = subprocess.run(
+        [sys.executable, "-c", program, database, script, query], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def test_a_version_1_journal_migrates_and_parks_events(server_factory, data_dir, tmp_path):
     studies = FailingStudies()
     server = server_factory(study_callbacks=[studies], study_timeout=3600)
@@ -482,14 +503,14 @@ def test_a_version_1_journal_migrates_and_parks_events(server_factory, data_dir,
     storescu(server.port, files)
     server.shutdown()
     # The journal as version 1 wrote it: its study waiting for its event.
-    with contextlib.closing(sqlite3.connect(data_dir / ".journal" / "journal.sqlite")) as db:
-        db.executescript(
-            """DROP INDEX groups_due; DROP INDEX groups_parked;
-            ALTER TABLE groups DROP COLUMN attempts; ALTER TABLE groups DROP COLUMN error;
-            ALTER TABLE groups DROP COLUMN failed;
-            CREATE INDEX groups_changed ON groups (last_received) WHERE changed = 1;
-            DROP TABLE id_blocks; PRAGMA user_version = 1;"""
-        )
+    journal_sql(
+        data_dir,
+        """DROP INDEX groups_due; DROP INDEX groups_parked;
+        ALTER TABLE groups DROP COLUMN attempts; ALTER TABLE groups DROP COLUMN error;
+        ALTER TABLE groups DROP COLUMN failed;
+        CREATE INDEX groups_changed ON groups (last_received) WHERE changed = 1;
+        DROP TABLE id_blocks; PRAGMA user_version = 1;""",
+    )
     studies.failing.add(uid)
     server = server_factory(
         study_callbacks=[studies], study_timeout=0.2, callback_retries=0, retry_backoff=0.01
@@ -497,8 +518,7 @@ def test_a_version_1_journal_migrates_and_parks_events(server_factory, data_dir,
     assert studies.next() == (uid, 0, 2)
     assert wait_until(server.parked_events)
     assert [(e.uid, e.attempts) for e in server.parked_events()] == [(uid, 1)]
-    with contextlib.closing(sqlite3.connect(data_dir / ".journal" / "journal.sqlite")) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (_core.JOURNAL_VERSION,)
+    assert journal_sql(data_dir, "", "PRAGMA user_version") == [[_core.JOURNAL_VERSION]]
     assert _core.JOURNAL_VERSION >= 2
     [summary] = delivery.studies(data_dir)
     assert (summary.instances, summary.events) == (2, 0)
