@@ -36,7 +36,8 @@ class ServeProcess:
     """``python -m dicom_inlet serve ARGS`` with its stderr read line by line by a thread."""
 
     def __init__(self, args: list[str], cwd: Path) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Faulthandler: a process that will not stop is told SIGABRT, and its threads show.
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dicom_inlet", "serve", *args],
             cwd=cwd,
@@ -83,8 +84,19 @@ class ServeProcess:
         return "".join(self.output)
 
     def interrupt(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        code = self.proc.wait(TIMEOUT)
+        return self.stop(signal.SIGINT, TIMEOUT)
+
+    def stop(self, number: int, timeout: float) -> int:
+        """Send signal `number`; the exit code once it ended, within `timeout` seconds, or
+        a failure showing its output and where its Python threads were."""
+        self.proc.send_signal(number)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(TIMEOUT)
+            self.reader.join(TIMEOUT)
+            pytest.fail(f"still running {timeout:g} s after signal {number}:\n{self.text()}")
         self.reader.join(TIMEOUT)
         return code
 

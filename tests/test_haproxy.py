@@ -68,10 +68,7 @@ class Node:
 
     def terminate(self) -> int:
         assert self.process is not None
-        self.process.proc.send_signal(signal.SIGTERM)
-        code = self.process.proc.wait(TIMEOUT * 4)
-        self.process.reader.join(TIMEOUT)
-        return code
+        return self.process.stop(signal.SIGTERM, TIMEOUT * 4)
 
     def kill(self) -> None:
         if self.process is not None:

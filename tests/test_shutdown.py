@@ -3,6 +3,8 @@ the final summary; and ``--quiet`` still showing warnings. Real subprocesses and
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import socket
 from pathlib import Path
@@ -59,6 +61,23 @@ def test_ctrl_c_with_nothing_open_stops_at_once_with_a_summary(tmp_path: Path):
         server.proc.send_signal(signal.SIGINT)
         server.wait_for("stopping: no open associations")
         server.wait_for(r"stopped after [\d.]+ s: 0 instances stored, 0 failed, 0 bytes")
+        assert server.proc.wait(TIMEOUT) == 0, server.text()
+    finally:
+        server.kill()
+
+
+def test_a_stop_signal_the_kernel_gives_another_thread_still_stops_the_server(tmp_path: Path):
+    # POSIX lets the kernel give a process's signal to any thread not blocking it; send it
+    # to one of the core's threads, as the kernel may, and the main thread must still wake.
+    server = ServeProcess([str(tmp_path / "data"), "--port", "0", "--host", HOST], cwd=tmp_path)
+    try:
+        server.wait_for(LISTENING)
+        pid = server.proc.pid
+        tasks = Path(f"/proc/{pid}/task")
+        [tid, *_] = [t for t in (int(t.name) for t in tasks.iterdir()) if t != pid]
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.tgkill(pid, tid, signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())
+        server.wait_for("stopping: no open associations")
         assert server.proc.wait(TIMEOUT) == 0, server.text()
     finally:
         server.kill()

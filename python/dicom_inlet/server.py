@@ -56,6 +56,16 @@ CompletionCallback: TypeAlias = "Callable[[Completion], Any]"
 DEFAULT_STUDY_TIMEOUT = 60.0
 
 
+def _wake_for_signals(wait: Callable[[float], bool]) -> None:
+    """Call ``wait(timeout)`` until it returns True, waking each second.
+
+    A signal the kernel gives to another thread (POSIX lets it pick any thread not blocking
+    it: the core's and the callbacks' threads too) does not interrupt this one's wait, and
+    Python runs handlers only in the main thread: an endless wait would never run them."""
+    while not wait(1.0):
+        pass
+
+
 class StoreSCPServer:
     """A DICOM Storage SCP that writes every received instance under ``data_dir``.
 
@@ -373,7 +383,7 @@ class StoreSCPServer:
             self._stop.clear()
             with self._stopping_on_signals():
                 self._start()
-                self._stop.wait()
+                _wake_for_signals(self._stop.wait)
                 # In a thread of its own, so this one stays free to run the handler of a
                 # second signal.
                 stopper = threading.Thread(
@@ -382,7 +392,12 @@ class StoreSCPServer:
                     name="dicom-inlet-shutdown",
                 )
                 stopper.start()
-                stopper.join()
+
+                def stopped(timeout: float) -> bool:
+                    stopper.join(timeout)
+                    return not stopper.is_alive()
+
+                _wake_for_signals(stopped)
             return
         self._stop.clear()
         self._start()
