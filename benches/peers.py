@@ -27,7 +27,8 @@ client certificate, with certificates ``openssl`` makes in the work directory (E
 Their ratios are to ``storescp +tls +B`` with the same sender; dicom-inlet's TLS rows are also
 divided by its plain TCP rows of the same runs (``dicom-inlet send --tls`` by ``dicom-inlet
 send``, ``storescu +tls`` by ``storescu``), and their files/s by those of ``storescp +tls
---ignore`` (receives over TLS, stores nothing): the TLS sender's own ceiling.
+--ignore`` (receives over TLS, stores nothing): the TLS sender's own ceiling. A build added
+with ``--inlet LABEL=PYTHON`` has a ``LABEL TLS`` row too, to compare builds over TLS.
 
 Store handlers: dicom-inlet with a handler that only answers 0x0000 (``inlet_handler.py``,
 compared with dicom-inlet without one), and the SCP of pynetdicom's storage examples, whose
@@ -144,7 +145,6 @@ class Result:
 
 # TLS senders, each with the plain sender its rows are compared with.
 TLS_SENDERS = {"storescu +tls": "storescu", "dicom-inlet send --tls": "dicom-inlet send"}
-INLET_TLS = "dicom-inlet TLS"
 STORESCP_TLS = "storescp +tls +B"
 # What a TLS sender delivers to a receiver that stores nothing: its own ceiling.
 FLOOR_TLS = "storescp +tls --ignore"
@@ -319,11 +319,24 @@ def receivers(
             stores=False,
             senders=(RAW_SOURCE,),
         ),
-        Receiver(
-            INLET_TLS,
-            (*found[0].argv, "--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-ca", "{ca}"),
-            ("ct", "big"),
-            senders=tuple(TLS_SENDERS),
+        # Each build given with --inlet over TLS too.
+        *(
+            Receiver(
+                f"{label} TLS",
+                (
+                    *build.argv,
+                    "--tls-cert",
+                    "{cert}",
+                    "--tls-key",
+                    "{key}",
+                    "--tls-ca",
+                    "{ca}",
+                ),
+                ("ct", "big"),
+                senders=tuple(TLS_SENDERS),
+            )
+            # found starts with one receiver per build.
+            for (label, _), build in zip(inlets, found, strict=False)
         ),
         Receiver(
             STORESCP_TLS,
@@ -662,7 +675,7 @@ def summarize(results: list[Result], inlet: str) -> list[dict]:
             others.append(("no_handler", (r.sender, inlet)))
         if r.receiver == SEED_INLET:
             others.append(("seed_pynetdicom", (r.sender, SEED_PYNETDICOM)))
-        if r.receiver == INLET_TLS:
+        if r.receiver == f"{inlet} TLS":
             others.append(("plain", (TLS_SENDERS[r.sender], inlet)))
         if r.receiver == inlet:
             others.append((PACSANINI, (r.sender, PACSANINI)))
