@@ -413,6 +413,54 @@ mod tests {
     }
 
     #[test]
+    fn a_request_goes_to_the_handler_idle_last_and_none_is_lost() {
+        let pending = Arc::new(Pending::<u32>::new(None));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handler = |name: &'static str| {
+            let (pending, tx) = (Arc::clone(&pending), tx.clone());
+            thread::spawn(move || {
+                while let Some(request) = pending.next() {
+                    tx.send((name, request.subject)).unwrap();
+                    request.answer(Verdict {
+                        status: 0,
+                        error_comment: None,
+                        keep: true,
+                    });
+                }
+            })
+        };
+        let idle = |n: usize| {
+            while lock(&pending.queue).idle.len() < n {
+                thread::yield_now();
+            }
+        };
+        let mut handlers = vec![handler("first")];
+        idle(1);
+        handlers.push(handler("second"));
+        idle(2);
+        // One asker at a time: every request to the thread that went idle last.
+        for i in 0..10 {
+            assert!(pending.ask(i).is_ok());
+            assert_eq!(rx.recv().unwrap(), ("second", i));
+            idle(2);
+        }
+        handlers.push(handler("third"));
+        // Many at once: each answered, by whichever thread.
+        let askers: Vec<_> = (0..4)
+            .map(|a| {
+                let pending = Arc::clone(&pending);
+                thread::spawn(move || (0..200).all(|i| pending.ask(1000 * a + i).is_ok()))
+            })
+            .collect();
+        assert!(askers.into_iter().all(|a| a.join().unwrap()));
+        assert_eq!(rx.try_iter().count(), 800);
+        pending.close();
+        for handler in handlers {
+            handler.join().unwrap();
+        }
+    }
+
+    #[test]
     fn the_answer_reaches_the_asker() {
         let v = verdicts(None);
         let handler = {
