@@ -335,8 +335,7 @@ def receivers(
                 ("ct", "big"),
                 senders=tuple(TLS_SENDERS),
             )
-            # found starts with one receiver per build.
-            for (label, _), build in zip(inlets, found, strict=False)
+            for (label, _), build in zip(inlets, found[: len(inlets)], strict=True)
         ),
         Receiver(
             STORESCP_TLS,

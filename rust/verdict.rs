@@ -239,26 +239,21 @@ impl<T> Pending<T> {
     /// The next request still awaited, waiting for one; None once closed and empty.
     pub fn next(&self) -> Option<Request<T>> {
         let mut queue = lock(&self.queue);
-        let mut me: Option<Arc<Condvar>> = None;
+        let me = Arc::new(Condvar::new());
         loop {
             while let Some(request) = queue.requests.pop_front() {
                 if !request.abandoned() {
-                    if let Some(me) = &me {
-                        // Woken spuriously while still listed: no asker may pick it now.
-                        queue.idle.retain(|other| !Arc::ptr_eq(other, me));
-                    }
                     return Some(request);
                 }
             }
             if queue.closed {
                 return None;
             }
-            let me = me.get_or_insert_with(|| Arc::new(Condvar::new()));
-            // An asker pops the entry it wakes; a thread woken otherwise is listed still.
-            if !queue.idle.iter().any(|other| Arc::ptr_eq(other, me)) {
-                queue.idle.push(Arc::clone(me));
-            }
+            queue.idle.push(Arc::clone(&me));
             queue = me.wait(queue).unwrap_or_else(|p| p.into_inner());
+            // Popped by the asker that woke it, or still listed if woken otherwise: unlisted
+            // either way, listed again (last) only if it waits again.
+            queue.idle.retain(|other| !Arc::ptr_eq(other, &me));
         }
     }
 
