@@ -6,6 +6,7 @@ does not change, CPU time (``perf stat -e task-clock``) or a profile (``perf rec
                                    [--receiver inlet|storescp] [--sender storescu|inlet]
                                    [--measure receiver|sender] [--tls] [--workload ct|big]
                                    [--max-pdu 16384] [--files 10,40] [--corpus DIR] [--work DIR]
+                                   [--serve-arg=--no-journal ...]
 
 The measured process runs under the tool twice, each time taking (or sending) one association
 of the first N files of a ``peers.py`` quick corpus workload (N from ``--files``; past its
@@ -121,6 +122,8 @@ def commands(
 ) -> tuple[list[str], list[str]]:
     """The receiver's and the sender's argv."""
     receiver = list(RECEIVERS[args.receiver])
+    if args.receiver == "inlet":
+        receiver += args.serve_arg
     if args.tls:  # before storescp's "-od DIR PORT"; anywhere for ours
         at = len(receiver) - 3 if args.receiver == "storescp" else len(receiver)
         receiver[at:at] = RECEIVER_TLS[args.receiver]
@@ -186,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, help="corpus cache (default: as peers.py --quick)")
     parser.add_argument("--work", type=Path, help="receiver's data directory's parent")
     parser.add_argument("--repeat", type=int, default=1, help="pairs of runs (median)")
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="one more argument for `dicom-inlet serve`, e.g. --serve-arg=--no-journal to see "
+        "what the journal costs (repeatable)",
+    )
     parser.add_argument("--keep", type=Path, help="keep the tool's report of each run here")
     args = parser.parse_args(argv)
     few, many = (int(n) for n in args.files.split(","))
