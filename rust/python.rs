@@ -2,7 +2,7 @@
 //! Blocking work (binding, waiting for events, shutdown) runs with the GIL released.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
@@ -96,8 +96,12 @@ fn server_tls(
             ))
         }
     };
-    let config = tls::server_config(&tls::ServerFiles { cert, key, ca })?;
-    Ok(Some(server::TlsService { config, port }))
+    let credentials = Arc::new(tls::ServerCredentials::load(tls::ServerFiles {
+        cert,
+        key,
+        ca,
+    })?);
+    Ok(Some(server::TlsService { credentials, port }))
 }
 
 /// The shared PostgreSQL journal at `url` for this node, its lease `lease` seconds.
@@ -286,6 +290,13 @@ impl Server {
     #[getter]
     fn tls_port(&self) -> Option<u16> {
         self.inner.tls_local_addr().map(|a| a.port())
+    }
+
+    /// Read the TLS files again for the associations that begin from now on: the paths of
+    /// the certificate, key and CA files (None) it now serves; None without TLS.
+    fn reload_tls(&self, py: Python<'_>) -> PyResult<Option<(PathBuf, PathBuf, Option<PathBuf>)>> {
+        let files = py.detach(|| self.inner.reload_tls())?;
+        Ok(files.map(|f| (f.cert, f.key, f.ca)))
     }
 
     /// The bound address.

@@ -19,6 +19,7 @@ use crate::events::EventQueue;
 use crate::journal::{Cluster, Feed, Journal, Timers};
 use crate::layout::SortKey;
 use crate::store::{Duplicates, Storage};
+use crate::tls::{ServerCredentials, ServerFiles};
 use crate::verdict::{Echo, EchoConfig, HandlerConfig, Instance, Pending, Request, Verdicts};
 
 /// Connections beyond the association limit that still get a proper A-ASSOCIATE-RJ;
@@ -73,7 +74,7 @@ pub struct ServerConfig {
 /// The TLS configuration and where it is served.
 #[derive(Debug, Clone)]
 pub struct TlsService {
-    pub config: Arc<rustls::ServerConfig>,
+    pub credentials: Arc<ServerCredentials>,
     /// A second port, for TLS beside plain TCP on `port`; None serves TLS alone, on `port`.
     pub port: Option<u16>,
 }
@@ -242,7 +243,7 @@ impl Server {
             .config
             .tls
             .as_ref()
-            .map(|t| (t.port, Arc::clone(&t.config)));
+            .map(|t| (t.port, Arc::clone(&t.credentials)));
         // The main port speaks TLS when TLS is served alone.
         let main_tls = tls
             .as_ref()
@@ -274,6 +275,16 @@ impl Server {
     /// The bound address of the TLS port served beside plain TCP, if there is one.
     pub fn tls_local_addr(&self) -> Option<SocketAddr> {
         lock(&self.tls_listener).as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// Read the TLS certificate, key and CA files again, for the associations that begin
+    /// from now on; the files it now serves, None when it serves no TLS.
+    pub fn reload_tls(&self) -> Result<Option<ServerFiles>> {
+        let Some(tls) = &self.shared.config.tls else {
+            return Ok(None);
+        };
+        tls.credentials.reload()?;
+        Ok(Some(tls.credentials.files().clone()))
     }
 
     pub fn storage_root(&self) -> &std::path::Path {
@@ -448,7 +459,7 @@ fn spawn_listener(
     listener: TcpListener,
     shared: &Arc<Shared>,
     events: &Arc<EventQueue>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<ServerCredentials>>,
 ) -> Result<JoinHandle<()>> {
     let shared = Arc::clone(shared);
     let events = Arc::clone(events);
@@ -462,7 +473,7 @@ fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
     events: &Arc<EventQueue>,
-    tls: Option<&Arc<rustls::ServerConfig>>,
+    tls: Option<&Arc<ServerCredentials>>,
 ) {
     let next_id = AtomicU64::new(0);
     let serve = |stream: TcpStream, closing: bool| {
@@ -513,7 +524,7 @@ fn admit(
     closing: bool,
     shared: &Arc<Shared>,
     events: &Arc<EventQueue>,
-    tls: Option<&Arc<rustls::ServerConfig>>,
+    tls: Option<&Arc<ServerCredentials>>,
 ) {
     let over_limit = {
         let mut open = lock(&shared.active);
@@ -532,7 +543,9 @@ fn admit(
     };
     let worker_shared = Arc::clone(shared);
     let worker_events = Arc::clone(events);
-    let worker_tls = tls.cloned();
+    // The credentials of the moment: a reload while this connection is served changes nothing
+    // for it.
+    let worker_tls = tls.map(|credentials| credentials.current());
     let spawned = thread::Builder::new()
         .name("dicom-inlet-association".into())
         .spawn(move || {

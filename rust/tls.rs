@@ -9,7 +9,7 @@ use std::fmt;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -153,6 +153,39 @@ pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, Error> {
     // Our preference, not the client's: OpenSSL clients (DCMTK) list AES-256 first.
     config.ignore_client_order = true;
     Ok(Arc::new(config))
+}
+
+/// A server's TLS configuration and the files it came from, read again on request:
+/// certificates are renewed while a gateway runs. Handshakes that begin after a reload use the
+/// new files; those under way and the associations established keep what they started with.
+#[derive(Debug)]
+pub struct ServerCredentials {
+    files: ServerFiles,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl ServerCredentials {
+    pub fn load(files: ServerFiles) -> Result<ServerCredentials, Error> {
+        let current = RwLock::new(server_config(&files)?);
+        Ok(ServerCredentials { files, current })
+    }
+
+    /// The configuration a new connection's handshake uses.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Read the files again. An unusable file (half-written, a key that does not match)
+    /// leaves the configuration as it was.
+    pub fn reload(&self) -> Result<(), Error> {
+        let config = server_config(&self.files)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(())
+    }
+
+    pub fn files(&self) -> &ServerFiles {
+        &self.files
+    }
 }
 
 /// The rustls client configuration for these files.
@@ -854,6 +887,25 @@ mod tests {
             rustls::Error::NoCertificatesPresented,
         );
         assert!(text(Handshake::from(wrapped)).contains("no certificate"));
+    }
+
+    #[test]
+    fn reloaded_files_serve_new_handshakes_and_unusable_ones_change_nothing() {
+        let dir = std::env::temp_dir().join(format!("tls-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = certificates(&dir);
+        let credentials = ServerCredentials::load(files.clone()).unwrap();
+        let first = credentials.current();
+        // A renewal half-written when the reload comes: refused, the old one kept.
+        let renewed = std::fs::read(&files.cert).unwrap();
+        std::fs::write(&files.cert, &renewed[..renewed.len() / 2]).unwrap();
+        let message = credentials.reload().unwrap_err().to_string();
+        assert!(message.contains(files.cert.to_str().unwrap()), "{message}");
+        assert!(Arc::ptr_eq(&first, &credentials.current()));
+        std::fs::write(&files.cert, &renewed).unwrap();
+        credentials.reload().unwrap();
+        assert!(!Arc::ptr_eq(&first, &credentials.current()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A CA and a certificate for 127.0.0.1 it issued, made by the `openssl` command in `dir`.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -339,6 +340,86 @@ def test_pynetdicom_over_tls_into_dicom_inlet(
         ae.shutdown()
     (stored,) = stored_files(data_dir)
     assert dataset_bytes(data_dir / stored) == dataset_bytes(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Renewed certificates
+
+
+def _renewed(pki: Pki, directory: Path, cert: Path, key: Path) -> None:
+    """Write over ``cert`` and ``key`` a server certificate the other CA issued: a renewal
+    (another CA, so a client can tell which one it was served)."""
+    other_ca = (pki.other_ca, pki.other_ca.with_suffix(".key"))
+    renewed = _issue(directory, "renewed", other_ca, SERVER_EXT)
+    shutil.copyfile(renewed[0], cert)
+    shutil.copyfile(renewed[1], key)
+
+
+def _served_copy(pki: Pki, directory: Path) -> tuple[Path, Path]:
+    """The test server certificate and key, copied where a renewal can replace them."""
+    cert, key = directory / "served.pem", directory / "served.key"
+    shutil.copyfile(pki.server[0], cert)
+    shutil.copyfile(pki.server[1], key)
+    return cert, key
+
+
+def test_reloaded_tls_files_serve_new_associations_and_open_ones_go_on(
+    pki: Pki, server_factory: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = _served_copy(pki, tmp_path)
+    server = server_factory(tls=ServerTLS(cert, key))
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
+    ae = AE(ae_title="PYNETDICOM")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate(HOST, server.port, ae_title=SCP_AET, tls_args=(context, "localhost"))
+    try:
+        assert assoc.is_established
+        _renewed(pki, tmp_path, cert, key)
+        with caplog.at_level(logging.INFO, logger="dicom_inlet"):
+            assert server.reload_tls() is True
+        assert logged(caplog, f"TLS files reloaded: certificate {cert}, key {key}")
+        # The association begun before goes on with what it began with.
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+        ae.shutdown()
+    assert echo(HOST, server.port, tls=ClientTLS(ca=pki.other_ca)) == 0
+    with pytest.raises(AssociationAborted, match="not issued by a trusted CA"):
+        echo(HOST, server.port, tls=ClientTLS(ca=pki.ca))
+    # A renewal caught half-written is refused, naming the file; the server goes on with
+    # the certificate it had.
+    cert.write_text(cert.read_text()[:200])
+    with pytest.raises(ValueError, match=f"TLS certificate file {cert}"):
+        server.reload_tls()
+    assert echo(HOST, server.port, tls=ClientTLS(ca=pki.other_ca)) == 0
+    assert server_factory(tmp_path / "plain").reload_tls() is False
+
+
+def test_sighup_reloads_the_tls_files_of_the_cli_server(pki: Pki, tmp_path: Path) -> None:
+    from test_cli import LISTENING, ServeProcess
+
+    cert, key = _served_copy(pki, tmp_path)
+    server = ServeProcess(
+        [
+            *(str(tmp_path / "data"), "--port", "0", "--host", HOST, "--aet", SCP_AET),
+            *("--tls-cert", str(cert), "--tls-key", str(key)),
+        ],
+        cwd=tmp_path,
+    )
+    try:
+        port = int(server.wait_for(LISTENING).group(2))
+        assert echo(HOST, port, tls=ClientTLS(ca=pki.ca)) == 0
+        key.write_text("not a key\n")
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for(f"TLS files not reloaded, the previous ones still served: .*{key}")
+        assert echo(HOST, port, tls=ClientTLS(ca=pki.ca)) == 0
+        _renewed(pki, tmp_path, cert, key)
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for("TLS files reloaded")
+        assert echo(HOST, port, tls=ClientTLS(ca=pki.other_ca)) == 0
+    finally:
+        assert server.interrupt() == 0
 
 
 # ---------------------------------------------------------------------------------------------

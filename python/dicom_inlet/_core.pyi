@@ -247,6 +247,8 @@ class Server:
     @property
     def tls_port(self) -> int | None:
         """The bound TLS port when TLS is served beside plain TCP."""
+    def reload_tls(self) -> tuple[Path, Path, Path | None] | None:
+        """Read the TLS files again for the associations that begin from now on."""
     @property
     def host(self) -> str: ...
     @property

@@ -371,7 +371,8 @@ class StoreSCPServer:
             block: False (the default) returns once the server listens; True serves until
                 :meth:`shutdown` is called from another thread, or SIGINT/SIGTERM. In the
                 main thread, a second SIGINT/SIGTERM ends the wait for open associations
-                (``shutdown_timeout``) at once, aborting them.
+                (``shutdown_timeout``) at once, aborting them, and with TLS, SIGHUP reloads
+                the TLS files (:meth:`reload_tls`).
 
         Raises:
             RuntimeError: The server is already running.
@@ -598,7 +599,8 @@ class StoreSCPServer:
 
     @contextlib.contextmanager
     def _stopping_on_signals(self) -> Iterator[None]:
-        """SIGINT or SIGTERM stops the server; a second one aborts what is still open."""
+        """SIGINT or SIGTERM stops the server; a second one aborts what is still open. With
+        TLS, SIGHUP reloads the TLS files."""
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             if not self._stop.is_set():
@@ -610,13 +612,48 @@ class StoreSCPServer:
                 logger.warning("aborting the open associations now")
                 scp.abort_associations()
 
+        def on_hangup(signum: int, frame: FrameType | None) -> None:
+            try:
+                self.reload_tls()
+            except ValueError as error:
+                logger.error("TLS files not reloaded, the previous ones still served: %s", error)
+
         restore = [(n, signal.signal(n, on_signal)) for n in (signal.SIGINT, signal.SIGTERM)]
+        if self.tls is not None:
+            # The daemons' convention (sshd, nginx): SIGHUP reads the configuration again.
+            restore.append((signal.SIGHUP, signal.signal(signal.SIGHUP, on_hangup)))
         try:
             yield
         finally:
             for number, handler in restore:
                 signal.signal(number, handler)
             self.shutdown()
+
+    def reload_tls(self) -> bool:
+        """Read the TLS certificate, key and CA files again, e.g. after a renewal.
+
+        Associations that begin from now on are served with the files as they are now; those
+        open keep what they began with. ``run(block=True)`` in the main thread does this at
+        SIGHUP.
+
+        Returns:
+            True once reloaded; False when the server serves no TLS or is not running (a
+            start reads the files anyway).
+
+        Raises:
+            ValueError: A file is unusable (missing, half-written, a key that does not match
+                the certificate), named in the message. The server goes on with the files it
+                had.
+        """
+        scp = self.scp
+        files = scp.reload_tls() if scp is not None else None
+        if files is None:
+            return False
+        cert, key, ca = files
+        logger.info(
+            "TLS files reloaded: certificate %s, key %s%s", cert, key, f", CA {ca}" if ca else ""
+        )
+        return True
 
     def shutdown(self) -> None:
         """Stop serving; idempotent.
