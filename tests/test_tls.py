@@ -412,7 +412,7 @@ def test_sighup_reloads_the_tls_files_of_the_cli_server(pki: Pki, tmp_path: Path
         assert echo(HOST, port, tls=ClientTLS(ca=pki.ca)) == 0
         key.write_text("not a key\n")
         server.proc.send_signal(signal.SIGHUP)
-        server.wait_for(f"TLS files not reloaded, the previous ones still served: .*{key}")
+        server.wait_for(f"TLS files not reloaded, the old ones still served: .*{key}")
         assert echo(HOST, port, tls=ClientTLS(ca=pki.ca)) == 0
         _renewed(pki, tmp_path, cert, key)
         server.proc.send_signal(signal.SIGHUP)

@@ -8,6 +8,7 @@ malformed sub-items get A-ABORT; every neighbour is still served.
 from __future__ import annotations
 
 import logging
+import signal
 import struct
 import threading
 from pathlib import Path
@@ -279,3 +280,36 @@ def test_identity_over_tls_reaches_the_check(server_factory: Any, tmp_path: Path
     tls = ClientTLS(ca=ca[0])
     assert echo(HOST, server.port, tls=tls, user_identity=UserIdentity.username("erin", "pw")) == 0
     assert names == ["erin"]
+
+
+def test_sighup_reloads_the_users_file_of_the_cli_server(users: Path, tmp_path: Path) -> None:
+    from test_cli import LISTENING, ServeProcess
+
+    server = ServeProcess(
+        [
+            *(str(tmp_path / "data"), "--port", "0", "--host", HOST, "--aet", SCP_AET),
+            *("--users", str(users)),
+        ],
+        cwd=tmp_path,
+    )
+    alice = UserIdentity.username("alice", "secret")
+    carol = UserIdentity.username("carol", "pw")
+    try:
+        port = int(server.wait_for(LISTENING).group(2))
+        assert echo(HOST, port, user_identity=alice) == 0
+        # Alice revoked, carol added, without a restart.
+        lines = [line for line in users.read_text().splitlines() if not line.startswith("alice:")]
+        users.write_text("\n".join(lines) + "\n")
+        UsersFile.add(users, "carol", "pw")
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for(f"users file {users} reloaded")
+        with pytest.raises(AssociationRejected):
+            echo(HOST, port, user_identity=alice)
+        assert echo(HOST, port, user_identity=carol) == 0
+        # A file broken mid-edit changes nothing.
+        users.write_text("carol:md5:xyz\n")
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for(r"users file not reloaded, the old users still apply: .*:1: not a NAME")
+        assert echo(HOST, port, user_identity=carol) == 0
+    finally:
+        assert server.interrupt() == 0

@@ -102,8 +102,8 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         epilog="example: dicom-inlet serve /srv/dicom -p 104 -a INLET --calling-aet CT1",
         description="Run a Storage SCP: accept associations, answer C-ECHO, store every "
         "C-STORE instance as a Part 10 file under DATA_DIR (data set bytes as received). "
-        "Ctrl-C or SIGTERM stops it gracefully; with TLS, SIGHUP reloads the TLS files "
-        "(a renewed certificate). On a terminal a status line shows the "
+        "Ctrl-C or SIGTERM stops it gracefully; SIGHUP reloads the TLS files (a renewed "
+        "certificate) and the --users file. On a terminal a status line shows the "
         "associations open, instances and MB/s; otherwise one log line per association.",
     )
     serve.add_argument(
@@ -291,7 +291,7 @@ def _add_serve(commands: Any) -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="accept only the usernames and passcodes of this file (see 'dicom-inlet users "
-        "add'); other identities get A-ASSOCIATE-RJ",
+        "add'), read again at SIGHUP; other identities get A-ASSOCIATE-RJ",
     )
     identity.add_argument(
         "--require-user-identity",

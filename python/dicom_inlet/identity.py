@@ -92,12 +92,27 @@ class UsersFile:
 
     Used as an :data:`IdentityCheck`: accepts a username and passcode (type 2) that match a
     line; refuses everything else (a username alone proves nothing, tokens are not checked).
-    The file is read once, when this is made.
+    The file is read when this is made and at each :meth:`reload` (SIGHUP for ``dicom-inlet
+    serve``), so users are added and revoked without a restart.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._users: dict[str, tuple[int, int, int, bytes, bytes]] = {}
+        self._users = self._read()
+
+    def reload(self) -> None:
+        """Read the file again; the associations that begin from now on are checked against it.
+
+        Raises:
+            OSError: The file cannot be read.
+            ValueError: A line is malformed, named with its number. Either way the users read
+                before stay in force.
+        """
+        # One assignment: a check running meanwhile sees the old users or the new, whole.
+        self._users = self._read()
+
+    def _read(self) -> dict[str, tuple[int, int, int, bytes, bytes]]:
+        users = {}
         for number, line in enumerate(self.path.read_text("utf-8").splitlines(), 1):
             if not line.strip() or line.startswith("#"):
                 continue
@@ -105,17 +120,12 @@ class UsersFile:
                 name, kind, n, r, p, salt, digest = line.rsplit(":", 6)
                 if kind != "scrypt" or not name:
                     raise ValueError
-                self._users[name] = (
-                    int(n),
-                    int(r),
-                    int(p),
-                    bytes.fromhex(salt),
-                    bytes.fromhex(digest),
-                )
+                users[name] = (int(n), int(r), int(p), bytes.fromhex(salt), bytes.fromhex(digest))
             except ValueError:
                 raise ValueError(
                     f"{self.path}:{number}: not a NAME:scrypt:N:r:p:SALT:HASH line"
                 ) from None
+        return users
 
     def __call__(self, identity: UserIdentity) -> bool:
         name = identity.name

@@ -30,7 +30,7 @@ from dicom_inlet.handlers import (
     Verdict,
     verdict_of,
 )
-from dicom_inlet.identity import IdentityCheck, UserIdentity
+from dicom_inlet.identity import IdentityCheck, UserIdentity, UsersFile
 from dicom_inlet.models import DicomNode, StorageSortKey
 from dicom_inlet.scu import status_text
 from dicom_inlet.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
@@ -371,8 +371,8 @@ class StoreSCPServer:
             block: False (the default) returns once the server listens; True serves until
                 :meth:`shutdown` is called from another thread, or SIGINT/SIGTERM. In the
                 main thread, a second SIGINT/SIGTERM ends the wait for open associations
-                (``shutdown_timeout``) at once, aborting them, and with TLS, SIGHUP reloads
-                the TLS files (:meth:`reload_tls`).
+                (``shutdown_timeout``) at once, aborting them, and SIGHUP reloads the TLS
+                files (:meth:`reload_tls`) and a ``UsersFile`` given as ``user_identity``.
 
         Raises:
             RuntimeError: The server is already running.
@@ -599,8 +599,8 @@ class StoreSCPServer:
 
     @contextlib.contextmanager
     def _stopping_on_signals(self) -> Iterator[None]:
-        """SIGINT or SIGTERM stops the server; a second one aborts what is still open. With
-        TLS, SIGHUP reloads the TLS files."""
+        """SIGINT or SIGTERM stops the server; a second one aborts what is still open. SIGHUP
+        reloads the TLS files and a :class:`~dicom_inlet.identity.UsersFile`."""
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             if not self._stop.is_set():
@@ -612,14 +612,23 @@ class StoreSCPServer:
                 logger.warning("aborting the open associations now")
                 scp.abort_associations()
 
+        users = self.user_identity if isinstance(self.user_identity, UsersFile) else None
+
         def on_hangup(signum: int, frame: FrameType | None) -> None:
-            try:
-                self.reload_tls()
-            except ValueError as error:
-                logger.error("TLS files not reloaded, the previous ones still served: %s", error)
+            if self.tls is not None:
+                try:
+                    self.reload_tls()
+                except ValueError as error:
+                    logger.error("TLS files not reloaded, the old ones still served: %s", error)
+            if users is not None:
+                try:
+                    users.reload()
+                    logger.info("users file %s reloaded", users.path)
+                except (OSError, ValueError) as error:
+                    logger.error("users file not reloaded, the old users still apply: %s", error)
 
         restore = [(n, signal.signal(n, on_signal)) for n in (signal.SIGINT, signal.SIGTERM)]
-        if self.tls is not None:
+        if self.tls is not None or users is not None:
             # The daemons' convention (sshd, nginx): SIGHUP reads the configuration again.
             restore.append((signal.SIGHUP, signal.signal(signal.SIGHUP, on_hangup)))
         try:
