@@ -91,7 +91,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("tls-cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let files = certificates(&dir);
-    let server = server_config(&ServerFiles {
+    let (server, _) = server_config(&ServerFiles {
         ca: None,
         ..files.clone()
     })

@@ -299,6 +299,12 @@ impl Server {
         Ok(files.map(|f| (f.cert, f.key, f.ca)))
     }
 
+    /// The subject and notAfter (seconds since the epoch) of the TLS certificate served now;
+    /// None without TLS.
+    fn tls_certificate(&self) -> Option<(String, i64)> {
+        self.inner.tls_served().map(|s| (s.subject, s.not_after))
+    }
+
     /// The bound address.
     #[getter]
     fn host(&self) -> String {

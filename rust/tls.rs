@@ -131,9 +131,29 @@ fn system_roots() -> Result<Arc<RootCertStore>, Error> {
     Ok(Arc::new(store))
 }
 
-/// The rustls server configuration for these files.
-pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, Error> {
+/// The subject and the end of validity of the certificate a server presents, what an
+/// operator watches to renew it in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub subject: String,
+    /// notAfter, in seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+fn served(cert: &CertificateDer<'_>, path: &Path) -> Result<Served, Error> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| invalid("certificate file", path, e))?;
+    Ok(Served {
+        subject: parsed.subject().to_string(),
+        not_after: parsed.validity().not_after.timestamp(),
+    })
+}
+
+/// The rustls server configuration for these files, and what its certificate (the first of
+/// the chain) says.
+pub fn server_config(files: &ServerFiles) -> Result<(Arc<ServerConfig>, Served), Error> {
     let chain = certificates(&files.cert, "certificate file")?;
+    let leaf = served(&chain[0], &files.cert)?;
     let key = private_key(&files.key)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
@@ -152,7 +172,7 @@ pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, Error> {
         .map_err(|e| invalid("certificate and key", &files.cert, e))?;
     // Our preference, not the client's: OpenSSL clients (DCMTK) list AES-256 first.
     config.ignore_client_order = true;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), leaf))
 }
 
 /// A server's TLS configuration and the files it came from, read again on request:
@@ -161,7 +181,7 @@ pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, Error> {
 #[derive(Debug)]
 pub struct ServerCredentials {
     files: ServerFiles,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<(Arc<ServerConfig>, Served)>,
 }
 
 impl ServerCredentials {
@@ -170,16 +190,25 @@ impl ServerCredentials {
         Ok(ServerCredentials { files, current })
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<ServerConfig>, Served)> {
+        self.current.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The configuration a new connection's handshake uses.
     pub fn current(&self) -> Arc<ServerConfig> {
-        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.read().0)
+    }
+
+    /// What the certificate served now says.
+    pub fn served(&self) -> Served {
+        self.read().1.clone()
     }
 
     /// Read the files again. An unusable file (half-written, a key that does not match)
     /// leaves the configuration as it was.
     pub fn reload(&self) -> Result<(), Error> {
-        let config = server_config(&self.files)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        let loaded = server_config(&self.files)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
         Ok(())
     }
 
@@ -896,6 +925,11 @@ mod tests {
         let files = certificates(&dir);
         let credentials = ServerCredentials::load(files.clone()).unwrap();
         let first = credentials.current();
+        // The test certificate: CN=s, for two days from now.
+        let served = credentials.served();
+        assert_eq!(served.subject, "CN=s");
+        let now = UnixTime::now().as_secs() as i64;
+        assert!((now + 86_400..=now + 2 * 86_400 + 60).contains(&served.not_after));
         // A renewal half-written when the reload comes: refused, the old one kept.
         let renewed = std::fs::read(&files.cert).unwrap();
         std::fs::write(&files.cert, &renewed[..renewed.len() / 2]).unwrap();
@@ -962,7 +996,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tls-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let files = certificates(&dir);
-        let server = server_config(&ServerFiles {
+        let (server, _) = server_config(&ServerFiles {
             ca: None,
             ..files.clone()
         })
@@ -1014,7 +1048,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tls-unit-large-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let files = certificates(&dir);
-        let server = server_config(&ServerFiles { ca: None, ..files }).unwrap();
+        let (server, _) = server_config(&ServerFiles { ca: None, ..files }).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         // A ClientHello of 0xffff bytes, all zeros after its header.
         let mut message = vec![1, 0, 0xff, 0xff];

@@ -27,7 +27,9 @@ from conftest import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import LISTENING, ServeProcess
-from test_tls import Pki, _garbage_client_hello, pki, server_tls
+from test_tls import Pki, _garbage_client_hello, _renewed, _served_copy, not_after, pki, server_tls
+
+from dicom_inlet.tls import ServerTLS
 
 __all__ = ["pki"]  # a fixture, used by name
 
@@ -139,6 +141,19 @@ def test_failed_tls_handshakes_are_counted(pki: Pki, server_factory: Any):
     _garbage_client_hello(server.tls_port)
     port = server.metrics_port
     assert wait_until(lambda: value(port, "dicom_inlet_tls_handshakes_failed_total") == 1)
+
+
+def test_the_served_certificates_expiry_is_exported_and_follows_a_reload(
+    pki: Pki, server_factory: Any, tmp_path: Path
+):
+    cert, key = _served_copy(pki, tmp_path)
+    server = server_factory(metrics_port=0, tls=ServerTLS(cert, key))
+    name = "dicom_inlet_tls_certificate_expiry_timestamp_seconds"
+    samples = {k: v for k, v in scrape(server.metrics_port).items() if k[0] == name}
+    assert samples == {(name, (("subject", "CN=server"),)): not_after(pki.server[0])}
+    _renewed(pki, tmp_path, cert, key)
+    assert server.reload_tls()
+    assert value(server.metrics_port, name, subject="CN=renewed") == not_after(cert)
 
 
 def test_drain_fails_readyz_first_then_stops(server_factory: Any, tmp_path: Path):

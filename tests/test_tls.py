@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -363,6 +364,47 @@ def _served_copy(pki: Pki, directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def not_after(cert: Path) -> int:
+    """The certificate's notAfter, in seconds since the epoch, as ``openssl`` reads it."""
+    out = subprocess.run(
+        ["openssl", "x509", "-noout", "-enddate", "-in", str(cert)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return ssl.cert_time_to_seconds(out.stdout.strip().removeprefix("notAfter="))
+
+
+@pytest.mark.parametrize(
+    ("days", "level", "told"),
+    [
+        (2, logging.WARNING, "expires at"),
+        (-1, logging.ERROR, "expired at"),
+        (365, logging.INFO, "valid until"),
+    ],
+    ids=["soon", "expired", "a-year"],
+)
+def test_the_served_certificate_and_its_expiry_are_told_at_start(
+    pki: Pki,
+    server_factory: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    days: int,
+    level: int,
+    told: str,
+) -> None:
+    issuer = (pki.ca, pki.ca.with_suffix(".key"))
+    cert, key = _issue(tmp_path, f"for-{days}-days", issuer, SERVER_EXT, days=days)
+    with caplog.at_level(logging.INFO, logger="dicom_inlet"):
+        server_factory(tls=ServerTLS(cert, key))
+    (record,) = [r for r in caplog.records if "TLS certificate CN=" in r.getMessage()]
+    assert record.levelno == level
+    assert f"CN=for-{days}-days" in record.getMessage()
+    assert told in record.getMessage()
+    until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(not_after(cert)))
+    assert until in record.getMessage()
+
+
 def test_reloaded_tls_files_serve_new_associations_and_open_ones_go_on(
     pki: Pki, server_factory: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -379,6 +421,8 @@ def test_reloaded_tls_files_serve_new_associations_and_open_ones_go_on(
         with caplog.at_level(logging.INFO, logger="dicom_inlet"):
             assert server.reload_tls() is True
         assert logged(caplog, f"TLS files reloaded: certificate {cert}, key {key}")
+        # The test PKI's certificates last two days: told at WARNING.
+        assert logged(caplog, "TLS certificate CN=renewed expires at", logging.WARNING)
         # The association begun before goes on with what it began with.
         assert assoc.send_c_echo().Status == 0x0000
     finally:

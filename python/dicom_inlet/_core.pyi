@@ -249,6 +249,8 @@ class Server:
         """The bound TLS port when TLS is served beside plain TCP."""
     def reload_tls(self) -> tuple[Path, Path, Path | None] | None:
         """Read the TLS files again for the associations that begin from now on."""
+    def tls_certificate(self) -> tuple[str, int] | None:
+        """The subject and notAfter (seconds since the epoch) of the TLS certificate served."""
     @property
     def host(self) -> str: ...
     @property

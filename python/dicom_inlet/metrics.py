@@ -141,6 +141,8 @@ class Metrics:
         backlog: The journal's waiting rows and the arrival time of the oldest (None: no
             journal).
         sink: The broker sink whose counts to export, if any.
+        certificate: The subject and notAfter (seconds since the epoch) of the TLS
+            certificate served now, if the server serves TLS.
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class Metrics:
         node_id: str,
         backlog: Callable[[], tuple[int, float | None]] | None = None,
         sink: AmqpSink | None = None,
+        certificate: Callable[[], tuple[str, int] | None] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self._ready = ready
@@ -159,6 +162,8 @@ class Metrics:
         self._thread: threading.Thread | None = None
         self.registry.register(_LiveTotals(stats))
         self.registry.register(_Delivery(backlog, sink))
+        if certificate is not None:
+            self.registry.register(_Certificate(certificate))
         info = GaugeMetricFamily(
             "dicom_inlet_node_info", "This node's id (value 1).", labels=["node_id"]
         )
@@ -278,6 +283,25 @@ class Metrics:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+class _Certificate(Collector):
+    """When the served TLS certificate expires, read at each scrape (a reload changes it): an
+    expired certificate is an outage, so this is what to alert on, weeks ahead."""
+
+    def __init__(self, certificate: Callable[[], tuple[str, int] | None]) -> None:
+        self._certificate = certificate
+
+    def collect(self) -> Iterator[Any]:
+        expiry = GaugeMetricFamily(
+            "dicom_inlet_tls_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate served now expires (its notAfter), by subject.",
+            labels=["subject"],
+        )
+        served = self._certificate()
+        if served is not None:
+            expiry.add_metric([served[0]], served[1])
+        yield expiry
 
 
 class _Fixed(Collector):

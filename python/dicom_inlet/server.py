@@ -8,6 +8,7 @@ Python thread, in arrival order.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import re
@@ -497,6 +498,7 @@ class StoreSCPServer:
             where = f"port {self.tls_port}" if self.tls_port is not None else "that port alone"
             mutual = ", client certificates required" if self.tls.ca is not None else ""
             logger.info("DICOM TLS on %s%s", where, mutual)
+            _log_certificate(self.scp)
         if self._metrics is not None:
             logger.info(
                 "node %s: metrics on http://%s:%d/metrics, /healthz and /readyz",
@@ -511,7 +513,10 @@ class StoreSCPServer:
             from dicom_inlet.metrics import Metrics
 
             backlog = self._journal_backlog if self.journal else None
-            metrics = Metrics(self._live_stats, self.ready, self.node_id, backlog, self.events)
+            certificate = self._tls_certificate if self.tls is not None else None
+            metrics = Metrics(
+                self._live_stats, self.ready, self.node_id, backlog, self.events, certificate
+            )
             self.metrics_port = metrics.serve(self.node.ip or "0.0.0.0", self.metrics_port or 0)
         except BaseException as error:
             # Not half a node: without its health checks, the DICOM port closes too.
@@ -529,6 +534,10 @@ class StoreSCPServer:
     def _live_stats(self) -> _core.ServerStats | None:
         scp = self.scp or self._closing
         return None if scp is None else scp.stats()
+
+    def _tls_certificate(self) -> tuple[str, int] | None:
+        scp = self.scp or self._closing
+        return None if scp is None else scp.tls_certificate()
 
     def _journal_backlog(self) -> tuple[int, float | None]:
         # A connection of its own each time: a journal moved or gone fails here, as it
@@ -662,6 +671,7 @@ class StoreSCPServer:
         logger.info(
             "TLS files reloaded: certificate %s, key %s%s", cert, key, f", CA {ca}" if ca else ""
         )
+        _log_certificate(scp)
         return True
 
     def shutdown(self) -> None:
@@ -870,6 +880,40 @@ def _size(count: int) -> str:
 
 def _count(number: int, thing: str) -> str:
     return f"{number} {thing}{'' if number == 1 else 's'}"
+
+
+#: A served TLS certificate that expires sooner than this is told at WARNING, at the start and
+#: at each reload: time to renew it before clients start refusing it.
+CERTIFICATE_WARNING_DAYS = 30
+
+
+def _log_certificate(scp: _core.Server) -> None:
+    """Which TLS certificate is served and until when; WARNING when it expires soon, ERROR
+    when it has."""
+    served = scp.tls_certificate()
+    if served is None:
+        return
+    subject, not_after = served
+    until = datetime.datetime.fromtimestamp(not_after, datetime.timezone.utc)
+    when = until.strftime("%Y-%m-%d %H:%M UTC")
+    left = not_after - time.time()
+    if left <= 0:
+        logger.error(
+            "TLS certificate %s expired at %s: clients refuse it; renew it, then reload "
+            "(SIGHUP or reload_tls())",
+            subject,
+            when,
+        )
+    elif left < CERTIFICATE_WARNING_DAYS * 86_400:
+        logger.warning(
+            "TLS certificate %s expires at %s, in %.1f days: renew it, then reload "
+            "(SIGHUP or reload_tls())",
+            subject,
+            when,
+            left / 86_400,
+        )
+    else:
+        logger.info("TLS certificate %s, valid until %s", subject, when)
 
 
 def _log_failure(failed: _core.FailedStore) -> None:
