@@ -302,7 +302,9 @@ impl Server {
     /// The subject and notAfter (seconds since the epoch) of the TLS certificate served now;
     /// None without TLS.
     fn tls_certificate(&self) -> Option<(String, i64)> {
-        self.inner.tls_served().map(|s| (s.subject, s.not_after))
+        self.inner
+            .tls_certificate()
+            .map(|s| (s.subject, s.not_after))
     }
 
     /// The bound address.

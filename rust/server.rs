@@ -19,7 +19,7 @@ use crate::events::EventQueue;
 use crate::journal::{Cluster, Feed, Journal, Timers};
 use crate::layout::SortKey;
 use crate::store::{Duplicates, Storage};
-use crate::tls::{Served, ServerCredentials, ServerFiles};
+use crate::tls::{ServedCertificate, ServerCredentials, ServerFiles};
 use crate::verdict::{Echo, EchoConfig, HandlerConfig, Instance, Pending, Request, Verdicts};
 
 /// Connections beyond the association limit that still get a proper A-ASSOCIATE-RJ;
@@ -288,12 +288,12 @@ impl Server {
     }
 
     /// What the TLS certificate served now says; None without TLS.
-    pub fn tls_served(&self) -> Option<Served> {
+    pub fn tls_certificate(&self) -> Option<ServedCertificate> {
         self.shared
             .config
             .tls
             .as_ref()
-            .map(|t| t.credentials.served())
+            .map(|t| t.credentials.certificate())
     }
 
     pub fn storage_root(&self) -> &std::path::Path {

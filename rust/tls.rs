@@ -134,16 +134,16 @@ fn system_roots() -> Result<Arc<RootCertStore>, Error> {
 /// The subject and the end of validity of the certificate a server presents, what an
 /// operator watches to renew it in time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Served {
+pub struct ServedCertificate {
     pub subject: String,
     /// notAfter, in seconds since the Unix epoch.
     pub not_after: i64,
 }
 
-fn served(cert: &CertificateDer<'_>, path: &Path) -> Result<Served, Error> {
+fn served_certificate(cert: &CertificateDer<'_>, path: &Path) -> Result<ServedCertificate, Error> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
         .map_err(|e| invalid("certificate file", path, e))?;
-    Ok(Served {
+    Ok(ServedCertificate {
         subject: parsed.subject().to_string(),
         not_after: parsed.validity().not_after.timestamp(),
     })
@@ -151,9 +151,9 @@ fn served(cert: &CertificateDer<'_>, path: &Path) -> Result<Served, Error> {
 
 /// The rustls server configuration for these files, and what its certificate (the first of
 /// the chain) says.
-pub fn server_config(files: &ServerFiles) -> Result<(Arc<ServerConfig>, Served), Error> {
+pub fn server_config(files: &ServerFiles) -> Result<(Arc<ServerConfig>, ServedCertificate), Error> {
     let chain = certificates(&files.cert, "certificate file")?;
-    let leaf = served(&chain[0], &files.cert)?;
+    let leaf = served_certificate(&chain[0], &files.cert)?;
     let key = private_key(&files.key)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
@@ -181,7 +181,7 @@ pub fn server_config(files: &ServerFiles) -> Result<(Arc<ServerConfig>, Served),
 #[derive(Debug)]
 pub struct ServerCredentials {
     files: ServerFiles,
-    current: RwLock<(Arc<ServerConfig>, Served)>,
+    current: RwLock<(Arc<ServerConfig>, ServedCertificate)>,
 }
 
 impl ServerCredentials {
@@ -190,7 +190,7 @@ impl ServerCredentials {
         Ok(ServerCredentials { files, current })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<ServerConfig>, Served)> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<ServerConfig>, ServedCertificate)> {
         self.current.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -200,7 +200,7 @@ impl ServerCredentials {
     }
 
     /// What the certificate served now says.
-    pub fn served(&self) -> Served {
+    pub fn certificate(&self) -> ServedCertificate {
         self.read().1.clone()
     }
 
@@ -926,7 +926,7 @@ mod tests {
         let credentials = ServerCredentials::load(files.clone()).unwrap();
         let first = credentials.current();
         // The test certificate: CN=s, for two days from now.
-        let served = credentials.served();
+        let served = credentials.certificate();
         assert_eq!(served.subject, "CN=s");
         let now = UnixTime::now().as_secs() as i64;
         assert!((now + 86_400..=now + 2 * 86_400 + 60).contains(&served.not_after));
