@@ -664,8 +664,8 @@ class StoreSCPServer:
                 had.
         """
         scp = self.scp
-        files = scp.reload_tls() if scp is not None else None
-        if files is None:
+        files = None if scp is None else scp.reload_tls()
+        if scp is None or files is None:
             return False
         cert, key, ca = files
         logger.info(
