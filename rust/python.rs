@@ -292,11 +292,10 @@ impl Server {
         self.inner.tls_local_addr().map(|a| a.port())
     }
 
-    /// Read the TLS files again for the associations that begin from now on: the paths of
-    /// the certificate, key and CA files (None) it now serves; None without TLS.
-    fn reload_tls(&self, py: Python<'_>) -> PyResult<Option<(PathBuf, PathBuf, Option<PathBuf>)>> {
-        let files = py.detach(|| self.inner.reload_tls())?;
-        Ok(files.map(|f| (f.cert, f.key, f.ca)))
+    /// Read the TLS files again for the associations that begin from now on; False without
+    /// TLS.
+    fn reload_tls(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(py.detach(|| self.inner.reload_tls())?)
     }
 
     /// The subject and notAfter (seconds since the epoch) of the TLS certificate served now;

@@ -19,7 +19,7 @@ use crate::events::EventQueue;
 use crate::journal::{Cluster, Feed, Journal, Timers};
 use crate::layout::SortKey;
 use crate::store::{Duplicates, Storage};
-use crate::tls::{ServedCertificate, ServerCredentials, ServerFiles};
+use crate::tls::{ServedCertificate, ServerCredentials};
 use crate::verdict::{Echo, EchoConfig, HandlerConfig, Instance, Pending, Request, Verdicts};
 
 /// Connections beyond the association limit that still get a proper A-ASSOCIATE-RJ;
@@ -278,13 +278,13 @@ impl Server {
     }
 
     /// Read the TLS certificate, key and CA files again, for the associations that begin
-    /// from now on; the files it now serves, None when it serves no TLS.
-    pub fn reload_tls(&self) -> Result<Option<ServerFiles>> {
+    /// from now on; false when it serves no TLS.
+    pub fn reload_tls(&self) -> Result<bool> {
         let Some(tls) = &self.shared.config.tls else {
-            return Ok(None);
+            return Ok(false);
         };
         tls.credentials.reload()?;
-        Ok(Some(tls.credentials.files().clone()))
+        Ok(true)
     }
 
     /// What the TLS certificate served now says; None without TLS.

@@ -211,10 +211,6 @@ impl ServerCredentials {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
         Ok(())
     }
-
-    pub fn files(&self) -> &ServerFiles {
-        &self.files
-    }
 }
 
 /// The rustls client configuration for these files.

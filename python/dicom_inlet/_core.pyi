@@ -247,7 +247,7 @@ class Server:
     @property
     def tls_port(self) -> int | None:
         """The bound TLS port when TLS is served beside plain TCP."""
-    def reload_tls(self) -> tuple[Path, Path, Path | None] | None:
+    def reload_tls(self) -> bool:
         """Read the TLS files again for the associations that begin from now on."""
     def tls_certificate(self) -> tuple[str, int] | None:
         """The subject and notAfter (seconds since the epoch) of the TLS certificate served."""

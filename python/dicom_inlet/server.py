@@ -663,14 +663,11 @@ class StoreSCPServer:
                 the certificate), named in the message. The server goes on with the files it
                 had.
         """
-        scp = self.scp
-        files = None if scp is None else scp.reload_tls()
-        if scp is None or files is None:
+        scp, tls = self.scp, self.tls
+        if scp is None or tls is None or not scp.reload_tls():
             return False
-        cert, key, ca = files
-        logger.info(
-            "TLS files reloaded: certificate %s, key %s%s", cert, key, f", CA {ca}" if ca else ""
-        )
+        ca = f", CA {tls.ca}" if tls.ca is not None else ""
+        logger.info("TLS files reloaded: certificate %s, key %s%s", tls.cert, tls.key, ca)
         _log_certificate(scp)
         return True
 
