@@ -62,7 +62,7 @@ def _uid(spec: Spec, *parts: object) -> str:
 
 
 def _image(
-    spec: Spec, sop_class: str, key: tuple[object, ...], pixels: bytes, side: int
+    spec: Spec, sop_class: str, key: tuple[str, int, int, int, int], pixels: bytes, side: int
 ) -> Dataset:
     """An image instance whose UIDs derive from ``key`` = (kind, patient, study, series, n)."""
     kind, patient, study, series, number = key

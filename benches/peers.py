@@ -273,7 +273,7 @@ def receivers(
         )
     )
     # pacsanini takes minutes per run on the 200 MB instances (module docstring).
-    pacsanini_scp = (pacsanini, str(HERE / "pacsanini_scp.py"), "{dir}", "{port}")
+    pacsanini_scp = (pacsanini or "", str(HERE / "pacsanini_scp.py"), "{dir}", "{port}")
     # dicom-rs's storescp holds each instance in memory (README), and listens on every
     # interface: the benchmark sends to it on 127.0.0.1 only.
     dicom_rs_scp = (str(dicom_rs / "bin" / "dicom-storescp") if dicom_rs else "", "-p", "{port}")
@@ -512,7 +512,8 @@ class ChildPeaks(threading.Thread):
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.pid, self.peaks, self.stop = pid, {}, threading.Event()
+        self.pid, self.stop = pid, threading.Event()
+        self.peaks: dict[int, int] = {}
 
     def run(self) -> None:
         while not self.stop.wait(0.05):
@@ -557,6 +558,7 @@ def _await_done(process: subprocess.Popen) -> tuple[threading.Event, list[float]
     done, when = threading.Event(), []
 
     def read() -> None:
+        assert process.stdout is not None  # started with stdout=PIPE
         for line in process.stdout:
             if line.strip() == b"ALL":
                 when.append(time.perf_counter())
@@ -620,13 +622,16 @@ def measure(
         ]
         if handshake:
             for s in senders:
+                assert s.stdin is not None and s.stdout is not None  # started with PIPE
                 if s.stdout.readline().strip() != b"READY":
                     raise RuntimeError(f"{sender} did not start: {s.communicate()[1].decode()}")
             cpu_before, started = tree_cpu_seconds(process.pid), time.perf_counter()
             for s in senders:
+                assert s.stdin is not None and s.stdout is not None
                 s.stdin.write(b"go\n")
                 s.stdin.flush()
             for s in senders:
+                assert s.stdout is not None
                 s.stdout.readline()  # DONE, or nothing if it failed (its exit code says)
             finished = time.perf_counter()
         errors = [s.communicate()[1] for s in senders]
