@@ -84,6 +84,7 @@ fn certificates(dir: &Path) -> ServerFiles {
         cert: cert.into(),
         key: key.into(),
         ca: Some(ca.into()),
+        crl: None,
     }
 }
 

@@ -85,11 +85,12 @@ fn server_tls(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
     port: Option<u16>,
 ) -> Result<Option<server::TlsService>, Error> {
     let (cert, key) = match (cert, key) {
         (Some(cert), Some(key)) => (cert, key),
-        (None, None) if ca.is_none() && port.is_none() => return Ok(None),
+        (None, None) if ca.is_none() && crl.is_none() && port.is_none() => return Ok(None),
         _ => {
             return Err(Error::InvalidConfig(
                 "TLS needs both a certificate file and a key file".into(),
@@ -100,6 +101,7 @@ fn server_tls(
         cert,
         key,
         ca,
+        crl,
     })?);
     Ok(Some(server::TlsService { credentials, port }))
 }
@@ -153,7 +155,7 @@ impl Server {
         transfer_syntaxes=None, require_called_ae=false, allowed_calling_aes=Vec::new(),
         max_associations=64, max_pdu=262_144, acse_timeout=None, network_timeout=None,
         dimse_timeout=None, max_instance_size=None, durable=false, emit_stored=false,
-        event_queue=64, tls_cert=None, tls_key=None, tls_ca=None, tls_port=None,
+        event_queue=64, tls_cert=None, tls_key=None, tls_ca=None, tls_crl=None, tls_port=None,
         identity_check=None, require_user_identity=false, handler_stage=None,
         handler_timeout=None, journal=true, duplicates="replace", study_timeout=None,
         study_events=false, series_events=false, events_on_release=false,
@@ -183,6 +185,7 @@ impl Server {
         tls_cert: Option<PathBuf>,
         tls_key: Option<PathBuf>,
         tls_ca: Option<PathBuf>,
+        tls_crl: Option<PathBuf>,
         tls_port: Option<u16>,
         identity_check: Option<Py<PyAny>>,
         require_user_identity: bool,
@@ -259,7 +262,7 @@ impl Server {
             max_instance_size,
             emit_stored,
             event_queue,
-            tls: server_tls(tls_cert, tls_key, tls_ca, tls_port)?,
+            tls: server_tls(tls_cert, tls_key, tls_ca, tls_crl, tls_port)?,
             handler,
             journal,
             duplicates,

@@ -16,7 +16,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::server::{UnbufferedServerConnection, WebPkiClientVerifier};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::{
@@ -49,13 +51,16 @@ const SERVER_TRAFFIC: usize = 256 * 1024;
 /// 2 KiB of expansion (RFC 5246 §6.2.3; TLS 1.3 allows less, RFC 8446 §5.2).
 const MAX_RECORD: usize = 5 + 16 * 1024 + 2048;
 
-/// Server side: our certificate chain and key, and the CA certificates a client certificate
-/// must chain to (then one is required: mutual TLS).
+/// Server side: our certificate chain and key, the CA certificates a client certificate
+/// must chain to (then one is required: mutual TLS), and the revocation lists of those CAs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: Option<PathBuf>,
+    /// CRLs (PEM) of the CAs in `ca`: a client certificate they revoke is refused, and so is
+    /// one whose issuer has no CRL here (its status cannot be told).
+    pub crl: Option<PathBuf>,
 }
 
 /// Client side: the CA certificates the server's must chain to (None: the system's trust
@@ -104,6 +109,16 @@ fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>,
         return Err(invalid(what, path, "no PEM certificate in it"));
     }
     Ok(certs)
+}
+
+fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid("CRL file", path, e))?;
+    if crls.is_empty() {
+        return Err(invalid("CRL file", path, "no PEM X509 CRL in it"));
+    }
+    Ok(crls)
 }
 
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
@@ -158,12 +173,28 @@ pub fn server_config(files: &ServerFiles) -> Result<(Arc<ServerConfig>, ServedCe
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| Error::InvalidConfig(format!("TLS: {e}")))?;
-    let builder = match &files.ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
-                .build()
-                .map_err(|e| invalid("CA file", ca, e))?;
+    let builder = match (&files.ca, &files.crl) {
+        (None, None) => builder.with_no_client_auth(),
+        (None, Some(_)) => {
+            return Err(Error::InvalidConfig(
+                "TLS: a CRL file needs the CA file whose client certificates it revokes".into(),
+            ))
+        }
+        (Some(ca), crl) => {
+            let mut verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider());
+            if let Some(crl) = crl {
+                // The client's own certificate is what a site revokes (a retired modality);
+                // an intermediate CA's status would need its issuer's CRL too.
+                verifier = verifier
+                    .with_crls(revocation_lists(crl)?)
+                    .only_check_end_entity_revocation();
+            }
+            let verifier = verifier.build().map_err(|e| match crl {
+                Some(crl) if matches!(e, rustls::server::VerifierBuilderError::InvalidCrl(_)) => {
+                    invalid("CRL file", crl, e)
+                }
+                _ => invalid("CA file", ca, e),
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -851,6 +882,9 @@ fn certificate_words(why: &CertificateError) -> String {
         CertificateError::UnknownIssuer => "not issued by a trusted CA".into(),
         CertificateError::BadSignature => "bad signature".into(),
         CertificateError::Revoked => "revoked".into(),
+        CertificateError::UnknownRevocationStatus => {
+            "of unknown revocation status (no CRL of its issuer in the CRL file)".into()
+        }
         CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
             "issued for another host name".into()
         }
@@ -879,6 +913,7 @@ mod tests {
             cert: "/nonexistent/cert.pem".into(),
             key: "/nonexistent/key.pem".into(),
             ca: None,
+            crl: None,
         };
         let message = server_config(&files).unwrap_err().to_string();
         assert!(
@@ -981,7 +1016,35 @@ mod tests {
             cert: cert.into(),
             key: key.into(),
             ca: Some(ca.into()),
+            crl: None,
         }
+    }
+
+    #[test]
+    fn a_crl_file_needs_its_ca_file_and_crls_in_it() {
+        let dir = std::env::temp_dir().join(format!("tls-crl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = certificates(&dir);
+        let alone = ServerFiles {
+            ca: None,
+            crl: files.ca.clone(),
+            ..files.clone()
+        };
+        let message = server_config(&alone).unwrap_err().to_string();
+        assert!(
+            message.contains("a CRL file needs the CA file"),
+            "{message}"
+        );
+        // A certificate where the CRLs should be.
+        let ca = files.ca.clone().unwrap();
+        let wrong = ServerFiles {
+            crl: Some(ca.clone()),
+            ..files
+        };
+        let message = server_config(&wrong).unwrap_err().to_string();
+        let expected = format!("TLS CRL file {}: no PEM X509 CRL in it", ca.display());
+        assert!(message.contains(&expected), "{message}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The server's unbuffered TLS gives back exactly the bytes sent, whatever the sizes of

@@ -440,6 +440,54 @@ def test_reloaded_tls_files_serve_new_associations_and_open_ones_go_on(
     assert server_factory(tmp_path / "plain").reload_tls() is False
 
 
+def _revoking(pki: Pki, directory: Path, *revoked: Path) -> Path:
+    """A CRL of the test CA revoking these certificates, made by ``openssl ca`` in
+    ``directory`` (created)."""
+    directory.mkdir()
+    index, number, config = (directory / n for n in ("index.txt", "crlnumber", "ca.cnf"))
+    index.write_text("")
+    number.write_text("01\n")
+    config.write_text(
+        "[ca]\ndefault_ca = test\n[test]\n"
+        f"database = {index}\ncrlnumber = {number}\ncertificate = {pki.ca}\n"
+        f"private_key = {pki.ca.with_suffix('.key')}\ndefault_md = sha256\n"
+        "default_crl_days = 2\n"
+    )
+    for cert in revoked:
+        _openssl("ca", "-config", config, "-revoke", cert)
+    crl = directory / "crl.pem"
+    _openssl("ca", "-config", config, "-gencrl", "-out", crl)
+    return crl
+
+
+def test_revoked_client_certificates_are_refused_and_a_reload_takes_a_new_crl(
+    pki: Pki, server_factory: Any, association_log: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    retired = _issue(tmp_path, "retired", (pki.ca, pki.ca.with_suffix(".key")), CLIENT_EXT)
+    crl = tmp_path / "served-crl.pem"
+    os.replace(_revoking(pki, tmp_path / "first", retired[0]), crl)
+    server = server_factory(tls=ServerTLS(*pki.server, ca=pki.ca, crl=crl))
+    echoscu = dcmtk_tool("echoscu")
+    assert run_tool(echoscu, *dcmtk_tls(pki, retired), HOST, server.port).returncode != 0
+    assert wait_until(
+        lambda: logged(association_log, "certificate refused: revoked", logging.WARNING)
+    )
+    served = run_tool(echoscu, *dcmtk_tls(pki, pki.client), HOST, server.port)
+    assert served.returncode == 0, served.stderr
+    # The next CRL revokes the other client too: taken at a reload, for new associations.
+    os.replace(_revoking(pki, tmp_path / "second", retired[0], pki.client[0]), crl)
+    assert server.reload_tls() is True
+    assert run_tool(echoscu, *dcmtk_tls(pki, pki.client), HOST, server.port).returncode != 0
+    # A client whose CA has no CRL in the file cannot be told not revoked: refused too.
+    both = tmp_path / "both-cas.pem"
+    both.write_text(pki.ca.read_text() + pki.other_ca.read_text())
+    server = server_factory(tmp_path / "other", tls=ServerTLS(*pki.server, ca=both, crl=crl))
+    assert run_tool(echoscu, *dcmtk_tls(pki, pki.stranger), HOST, server.port).returncode != 0
+    assert wait_until(
+        lambda: logged(association_log, "of unknown revocation status", logging.WARNING)
+    )
+
+
 def test_sighup_reloads_the_tls_files_of_the_cli_server(pki: Pki, tmp_path: Path) -> None:
     from test_cli import LISTENING, ServeProcess
 
@@ -507,6 +555,9 @@ def test_cli_tls_mistakes_are_one_line_errors(pki: Pki, capsys: pytest.CaptureFi
     assert "--tls-cert and --tls-key together" in capsys.readouterr().err
     assert main(["serve", "--tls-cert", str(pki.server[0]), "--port", "0"]) == 2
     assert "both --tls-cert and --tls-key" in capsys.readouterr().err
+    serve = ["serve", "--tls-cert", str(pki.server[0]), "--tls-key", str(pki.server[1])]
+    assert main([*serve, "--tls-crl", str(pki.ca), "--port", "0"]) == 2
+    assert "--tls-crl needs --tls-ca" in capsys.readouterr().err
     missing = str(pki.ca.parent / "missing.pem")
     assert main(["echo", HOST, "1", "--tls", "--tls-ca", missing]) == 2
     assert f"TLS CA file {missing}" in capsys.readouterr().err
@@ -518,8 +569,8 @@ def test_toml_config_takes_the_tls_keys(pki: Pki, tmp_path: Path) -> None:
     config = tmp_path / "inlet.toml"
     config.write_text(
         f'tls_cert = "{pki.server[0]}"\ntls_key = "{pki.server[1]}"\n'
-        f'tls_ca = "{pki.ca}"\ntls_port = 2762\n'
+        f'tls_ca = "{pki.ca}"\ntls_crl = "{pki.ca}"\ntls_port = 2762\n'
     )
     args = _parse(["serve", "--config", str(config)])
-    assert (args.tls_cert, args.tls_key, args.tls_ca) == (*pki.server, pki.ca)
+    assert (args.tls_cert, args.tls_key, args.tls_ca, args.tls_crl) == (*pki.server, pki.ca, pki.ca)
     assert args.tls_port == 2762

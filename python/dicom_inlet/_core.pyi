@@ -226,6 +226,7 @@ class Server:
         tls_cert: str | PathLike[str] | None = None,
         tls_key: str | PathLike[str] | None = None,
         tls_ca: str | PathLike[str] | None = None,
+        tls_crl: str | PathLike[str] | None = None,
         tls_port: int | None = None,
         identity_check: Callable[[UserIdentityRequest], tuple[bool, bytes | None]] | None = None,
         require_user_identity: bool = False,

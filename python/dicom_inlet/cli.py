@@ -315,6 +315,13 @@ def _add_serve_tls(serve: argparse.ArgumentParser) -> None:
         help="require client certificates issued by these CAs (PEM): mutual TLS",
     )
     tls.add_argument(
+        "--tls-crl",
+        type=Path,
+        metavar="FILE",
+        help="with --tls-ca: refuse client certificates these CRLs (PEM) revoke, and those "
+        "whose issuer has no CRL in the file; read again at SIGHUP",
+    )
+    tls.add_argument(
         "--tls-port",
         type=_port(0),
         metavar="PORT",
@@ -374,12 +381,14 @@ def _add_serve_cluster(serve: argparse.ArgumentParser) -> None:
 
 def _server_tls(args: argparse.Namespace) -> ServerTLS | None:
     if args.tls_cert is None and args.tls_key is None:
-        if args.tls_ca is not None or args.tls_port is not None:
-            raise ValueError("--tls-ca and --tls-port need --tls-cert and --tls-key")
+        if args.tls_ca is not None or args.tls_crl is not None or args.tls_port is not None:
+            raise ValueError("--tls-ca, --tls-crl and --tls-port need --tls-cert and --tls-key")
         return None
     if args.tls_cert is None or args.tls_key is None:
         raise ValueError("TLS needs both --tls-cert and --tls-key")
-    return ServerTLS(args.tls_cert, args.tls_key, args.tls_ca)
+    if args.tls_crl is not None and args.tls_ca is None:
+        raise ValueError("--tls-crl needs --tls-ca, the CAs whose certificates it revokes")
+    return ServerTLS(args.tls_cert, args.tls_key, args.tls_ca, args.tls_crl)
 
 
 def _journal(args: argparse.Namespace) -> bool | str:

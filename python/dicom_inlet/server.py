@@ -140,7 +140,8 @@ class StoreSCPServer:
         shutdown_timeout: Seconds :meth:`shutdown` lets open associations finish before
             aborting them.
         tls: DICOM TLS (:class:`~dicom_inlet.tls.ServerTLS`): our certificate and key, and
-            optionally the CA that client certificates must chain to (mutual TLS). Without
+            optionally the CA that client certificates must chain to (mutual TLS) and its
+            revocation lists. Without
             ``tls_port`` the node's port speaks TLS only. A failed handshake (plain TCP, an
             untrusted or expired certificate, a stall past ``acse_timeout``) closes that
             connection and is logged with its reason.
@@ -497,7 +498,8 @@ class StoreSCPServer:
         if self.tls is not None:
             where = f"port {self.tls_port}" if self.tls_port is not None else "that port alone"
             mutual = ", client certificates required" if self.tls.ca is not None else ""
-            logger.info("DICOM TLS on %s%s", where, mutual)
+            revoked = f", revoked as {self.tls.crl} says" if self.tls.crl is not None else ""
+            logger.info("DICOM TLS on %s%s%s", where, mutual, revoked)
             _log_certificate(self.scp)
         if self._metrics is not None:
             logger.info(
@@ -648,7 +650,7 @@ class StoreSCPServer:
             self.shutdown()
 
     def reload_tls(self) -> bool:
-        """Read the TLS certificate, key and CA files again, e.g. after a renewal.
+        """Read the TLS certificate, key, CA and CRL files again, e.g. after a renewal.
 
         Associations that begin from now on are served with the files as they are now; those
         open keep what they began with. ``run(block=True)`` in the main thread does this at
@@ -667,7 +669,8 @@ class StoreSCPServer:
         if scp is None or tls is None or not scp.reload_tls():
             return False
         ca = f", CA {tls.ca}" if tls.ca is not None else ""
-        logger.info("TLS files reloaded: certificate %s, key %s%s", tls.cert, tls.key, ca)
+        crl = f", CRL {tls.crl}" if tls.crl is not None else ""
+        logger.info("TLS files reloaded: certificate %s, key %s%s%s", tls.cert, tls.key, ca, crl)
         _log_certificate(scp)
         return True
 
@@ -838,7 +841,13 @@ def _default_node_id() -> str:
 def _tls_arguments(tls: ServerTLS | None, port: int | None) -> dict[str, Any]:
     if tls is None:
         return {}
-    return {"tls_cert": tls.cert, "tls_key": tls.key, "tls_ca": tls.ca, "tls_port": port}
+    return {
+        "tls_cert": tls.cert,
+        "tls_key": tls.key,
+        "tls_ca": tls.ca,
+        "tls_crl": tls.crl,
+        "tls_port": port,
+    }
 
 
 def _identity_check(

@@ -25,11 +25,16 @@ class ServerTLS:
         ca: CA certificates (PEM) that client certificates must chain to. When set, every
             client must present a valid certificate (mutual TLS, as IHE ATNA secure nodes
             do); when None, clients are not asked for one.
+        crl: Certificate revocation lists (PEM) of the CAs in ``ca`` (needs ``ca``). A
+            client certificate they revoke is refused, and so is one whose issuer has no
+            CRL in the file, as its status cannot be told. Read again with the other files
+            at a reload (``StoreSCPServer.reload_tls()``, SIGHUP for the CLI).
     """
 
     cert: str | os.PathLike[str]
     key: str | os.PathLike[str]
     ca: str | os.PathLike[str] | None = None
+    crl: str | os.PathLike[str] | None = None
 
 
 @dataclass(frozen=True)
