@@ -301,12 +301,12 @@ impl Server {
         Ok(py.detach(|| self.inner.reload_tls())?)
     }
 
-    /// The subject and notAfter (seconds since the epoch) of the TLS certificate served now;
-    /// None without TLS.
-    fn tls_certificate(&self) -> Option<(String, i64)> {
+    /// The subject and notAfter (seconds since the epoch) of the TLS certificate served now,
+    /// and the earliest nextUpdate of its CRLs (None without); None without TLS.
+    fn tls_certificate(&self) -> Option<(String, i64, Option<i64>)> {
         self.inner
             .tls_certificate()
-            .map(|s| (s.subject, s.not_after))
+            .map(|s| (s.subject, s.not_after, s.crl_next_update))
     }
 
     /// The bound address.

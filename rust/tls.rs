@@ -147,12 +147,15 @@ fn system_roots() -> Result<Arc<RootCertStore>, Error> {
 }
 
 /// The subject and the end of validity of the certificate a server presents, what an
-/// operator watches to renew it in time.
+/// operator watches to renew it in time, and when its revocation lists are due again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServedCertificate {
     pub subject: String,
     /// notAfter, in seconds since the Unix epoch.
     pub not_after: i64,
+    /// The earliest nextUpdate of the CRLs (seconds since the epoch): past it, a CRL still
+    /// applies but may miss certificates revoked since (None: no CRL, or none tells).
+    pub crl_next_update: Option<i64>,
 }
 
 fn served_certificate(cert: &CertificateDer<'_>, path: &Path) -> Result<ServedCertificate, Error> {
@@ -161,14 +164,24 @@ fn served_certificate(cert: &CertificateDer<'_>, path: &Path) -> Result<ServedCe
     Ok(ServedCertificate {
         subject: parsed.subject().to_string(),
         not_after: parsed.validity().not_after.timestamp(),
+        crl_next_update: None,
     })
+}
+
+/// The earliest nextUpdate among `crls` (webpki has checked they parse).
+fn next_update(crls: &[CertificateRevocationListDer<'_>]) -> Option<i64> {
+    crls.iter()
+        .filter_map(|crl| x509_parser::parse_x509_crl(crl).ok())
+        .filter_map(|(_, crl)| crl.next_update())
+        .map(|time| time.timestamp())
+        .min()
 }
 
 /// The rustls server configuration for these files, and what its certificate (the first of
 /// the chain) says.
 pub fn server_config(files: &ServerFiles) -> Result<(Arc<ServerConfig>, ServedCertificate), Error> {
     let chain = certificates(&files.cert, "certificate file")?;
-    let leaf = served_certificate(&chain[0], &files.cert)?;
+    let mut leaf = served_certificate(&chain[0], &files.cert)?;
     let key = private_key(&files.key)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
@@ -183,11 +196,11 @@ pub fn server_config(files: &ServerFiles) -> Result<(Arc<ServerConfig>, ServedCe
         (Some(ca), crl) => {
             let mut verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider());
             if let Some(crl) = crl {
+                let crls = revocation_lists(crl)?;
+                leaf.crl_next_update = next_update(&crls);
                 // The client's own certificate is what a site revokes (a retired modality);
                 // an intermediate CA's status would need its issuer's CRL too.
-                verifier = verifier
-                    .with_crls(revocation_lists(crl)?)
-                    .only_check_end_entity_revocation();
+                verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
             }
             let verifier = verifier.build().map_err(|e| match crl {
                 Some(crl) if matches!(e, rustls::server::VerifierBuilderError::InvalidCrl(_)) => {

@@ -27,7 +27,17 @@ from conftest import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import LISTENING, ServeProcess
-from test_tls import Pki, _garbage_client_hello, _renewed, _served_copy, not_after, pki, server_tls
+from test_tls import (
+    Pki,
+    _garbage_client_hello,
+    _renewed,
+    _revoking,
+    _served_copy,
+    next_update,
+    not_after,
+    pki,
+    server_tls,
+)
 
 from dicom_inlet.tls import ServerTLS
 
@@ -154,6 +164,16 @@ def test_the_served_certificates_expiry_is_exported_and_follows_a_reload(
     _renewed(pki, tmp_path, cert, key)
     assert server.reload_tls()
     assert value(server.metrics_port, name, subject="CN=renewed") == not_after(cert)
+
+
+def test_when_the_crls_are_due_is_exported(pki: Pki, server_factory: Any, tmp_path: Path):
+    name = "dicom_inlet_tls_crl_next_update_timestamp_seconds"
+    plain = server_factory(metrics_port=0, tls=server_tls(pki))
+    assert not [k for k in scrape(plain.metrics_port) if k[0] == name]
+    crl = _revoking(pki, tmp_path / "crl")
+    tls = ServerTLS(*pki.server, ca=pki.ca, crl=crl)
+    server = server_factory(tmp_path / "with-crl", metrics_port=0, tls=tls)
+    assert value(server.metrics_port, name) == next_update(crl)
 
 
 def test_drain_fails_readyz_first_then_stops(server_factory: Any, tmp_path: Path):

@@ -375,6 +375,17 @@ def not_after(cert: Path) -> int:
     return ssl.cert_time_to_seconds(out.stdout.strip().removeprefix("notAfter="))
 
 
+def next_update(crl: Path) -> int:
+    """The CRL's nextUpdate, in seconds since the epoch, as ``openssl`` reads it."""
+    out = subprocess.run(
+        ["openssl", "crl", "-noout", "-nextupdate", "-in", str(crl)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return ssl.cert_time_to_seconds(out.stdout.strip().removeprefix("nextUpdate="))
+
+
 @pytest.mark.parametrize(
     ("days", "level", "told"),
     [
@@ -461,7 +472,11 @@ def _revoking(pki: Pki, directory: Path, *revoked: Path) -> Path:
 
 
 def test_revoked_client_certificates_are_refused_and_a_reload_takes_a_new_crl(
-    pki: Pki, server_factory: Any, association_log: pytest.LogCaptureFixture, tmp_path: Path
+    pki: Pki,
+    server_factory: Any,
+    association_log: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     retired = _issue(tmp_path, "retired", (pki.ca, pki.ca.with_suffix(".key")), CLIENT_EXT)
     crl = tmp_path / "served-crl.pem"
@@ -476,7 +491,12 @@ def test_revoked_client_certificates_are_refused_and_a_reload_takes_a_new_crl(
     assert served.returncode == 0, served.stderr
     # The next CRL revokes the other client too: taken at a reload, for new associations.
     os.replace(_revoking(pki, tmp_path / "second", retired[0], pki.client[0]), crl)
-    assert server.reload_tls() is True
+    with caplog.at_level(logging.INFO, logger="dicom_inlet"):
+        assert server.reload_tls() is True
+    assert logged(caplog, f"TLS files reloaded: certificate {pki.server[0]}")
+    assert logged(caplog, f", CRL {crl}")
+    due = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(next_update(crl)))
+    assert logged(caplog, f"TLS CRLs checked against client certificates, next update {due}")
     assert run_tool(echoscu, *dcmtk_tls(pki, pki.client), HOST, server.port).returncode != 0
     # A client whose CA has no CRL in the file cannot be told not revoked: refused too.
     both = tmp_path / "both-cas.pem"
@@ -486,6 +506,14 @@ def test_revoked_client_certificates_are_refused_and_a_reload_takes_a_new_crl(
     assert wait_until(
         lambda: logged(association_log, "of unknown revocation status", logging.WARNING)
     )
+
+
+def test_overdue_crls_are_told_at_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from dicom_inlet.server import _log_crl
+
+    with caplog.at_level(logging.INFO, logger="dicom_inlet"):
+        _log_crl(int(time.time()) - 3600)
+    assert logged(caplog, "TLS CRLs were due for renewal at", logging.WARNING)
 
 
 def test_sighup_reloads_the_tls_files_of_the_cli_server(pki: Pki, tmp_path: Path) -> None:

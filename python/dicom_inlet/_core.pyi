@@ -250,8 +250,9 @@ class Server:
         """The bound TLS port when TLS is served beside plain TCP."""
     def reload_tls(self) -> bool:
         """Read the TLS files again for the associations that begin from now on."""
-    def tls_certificate(self) -> tuple[str, int] | None:
-        """The subject and notAfter (seconds since the epoch) of the TLS certificate served."""
+    def tls_certificate(self) -> tuple[str, int, int | None] | None:
+        """The subject and notAfter (seconds since the epoch) of the TLS certificate served,
+        and the earliest nextUpdate of the CRLs (None without)."""
     @property
     def host(self) -> str: ...
     @property

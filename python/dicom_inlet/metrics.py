@@ -142,7 +142,8 @@ class Metrics:
             journal).
         sink: The broker sink whose counts to export, if any.
         certificate: The subject and notAfter (seconds since the epoch) of the TLS
-            certificate served now, if the server serves TLS.
+            certificate served now, and the earliest nextUpdate of its CRLs (None without),
+            if the server serves TLS.
     """
 
     def __init__(
@@ -152,7 +153,7 @@ class Metrics:
         node_id: str,
         backlog: Callable[[], tuple[int, float | None]] | None = None,
         sink: AmqpSink | None = None,
-        certificate: Callable[[], tuple[str, int] | None] | None = None,
+        certificate: Callable[[], tuple[str, int, int | None] | None] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self._ready = ready
@@ -287,9 +288,10 @@ class Metrics:
 
 class _Certificate(Collector):
     """When the served TLS certificate expires, read at each scrape (a reload changes it): an
-    expired certificate is an outage, so this is what to alert on, weeks ahead."""
+    expired certificate is an outage, so this is what to alert on, weeks ahead. With CRLs,
+    when the next ones are due: past it, certificates revoked since still get in."""
 
-    def __init__(self, certificate: Callable[[], tuple[str, int] | None]) -> None:
+    def __init__(self, certificate: Callable[[], tuple[str, int, int | None] | None]) -> None:
         self._certificate = certificate
 
     def collect(self) -> Iterator[Any]:
@@ -298,10 +300,18 @@ class _Certificate(Collector):
             "When the TLS certificate served now expires (its notAfter), by subject.",
             labels=["subject"],
         )
+        due = GaugeMetricFamily(
+            "dicom_inlet_tls_crl_next_update_timestamp_seconds",
+            "When the CRLs checked against are due for renewal (their earliest nextUpdate).",
+        )
         served = self._certificate()
         if served is not None:
-            expiry.add_metric([served[0]], served[1])
+            subject, not_after, next_update = served
+            expiry.add_metric([subject], not_after)
+            if next_update is not None:
+                due.add_metric([], next_update)
         yield expiry
+        yield due
 
 
 class _Fixed(Collector):

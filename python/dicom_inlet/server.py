@@ -537,7 +537,7 @@ class StoreSCPServer:
         scp = self.scp or self._closing
         return None if scp is None else scp.stats()
 
-    def _tls_certificate(self) -> tuple[str, int] | None:
+    def _tls_certificate(self) -> tuple[str, int, int | None] | None:
         scp = self.scp or self._closing
         return None if scp is None else scp.tls_certificate()
 
@@ -893,15 +893,36 @@ def _count(number: int, thing: str) -> str:
 CERTIFICATE_WARNING_DAYS = 30
 
 
+def _utc(timestamp: int) -> str:
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _log_crl(next_update: int) -> None:
+    """When the CRLs are due again; WARNING once they are overdue: they still apply, but a
+    certificate revoked since is not in them."""
+    if next_update <= time.time():
+        logger.warning(
+            "TLS CRLs were due for renewal at %s: certificates revoked since are still "
+            "accepted; fetch new CRLs, then reload (SIGHUP or reload_tls())",
+            _utc(next_update),
+        )
+    else:
+        logger.info(
+            "TLS CRLs checked against client certificates, next update %s", _utc(next_update)
+        )
+
+
 def _log_certificate(scp: _core.Server) -> None:
     """Which TLS certificate is served and until when; WARNING when it expires soon, ERROR
     when it has."""
     served = scp.tls_certificate()
     if served is None:
         return
-    subject, not_after = served
-    until = datetime.datetime.fromtimestamp(not_after, datetime.timezone.utc)
-    when = until.strftime("%Y-%m-%d %H:%M UTC")
+    subject, not_after, crl_next_update = served
+    if crl_next_update is not None:
+        _log_crl(crl_next_update)
+    when = _utc(not_after)
     left = not_after - time.time()
     if left <= 0:
         logger.error(
