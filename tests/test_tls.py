@@ -364,26 +364,26 @@ def _served_copy(pki: Pki, directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def not_after(cert: Path) -> int:
-    """The certificate's notAfter, in seconds since the epoch, as ``openssl`` reads it."""
+def _openssl_time(command: str, option: str, path: Path) -> int:
+    """A date ``openssl COMMAND -noout OPTION`` prints as ``name=date``, in seconds since the
+    epoch."""
     out = subprocess.run(
-        ["openssl", "x509", "-noout", "-enddate", "-in", str(cert)],
+        ["openssl", command, "-noout", option, "-in", str(path)],
         check=True,
         capture_output=True,
         text=True,
     )
-    return ssl.cert_time_to_seconds(out.stdout.strip().removeprefix("notAfter="))
+    return ssl.cert_time_to_seconds(out.stdout.strip().split("=", 1)[1])
+
+
+def not_after(cert: Path) -> int:
+    """The certificate's notAfter, as ``openssl`` reads it."""
+    return _openssl_time("x509", "-enddate", cert)
 
 
 def next_update(crl: Path) -> int:
-    """The CRL's nextUpdate, in seconds since the epoch, as ``openssl`` reads it."""
-    out = subprocess.run(
-        ["openssl", "crl", "-noout", "-nextupdate", "-in", str(crl)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return ssl.cert_time_to_seconds(out.stdout.strip().removeprefix("nextUpdate="))
+    """The CRL's nextUpdate, as ``openssl`` reads it."""
+    return _openssl_time("crl", "-nextupdate", crl)
 
 
 @pytest.mark.parametrize(
