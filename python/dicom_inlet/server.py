@@ -141,10 +141,9 @@ class StoreSCPServer:
             aborting them.
         tls: DICOM TLS (:class:`~dicom_inlet.tls.ServerTLS`): our certificate and key, and
             optionally the CA that client certificates must chain to (mutual TLS) and its
-            revocation lists. Without
-            ``tls_port`` the node's port speaks TLS only. A failed handshake (plain TCP, an
-            untrusted or expired certificate, a stall past ``acse_timeout``) closes that
-            connection and is logged with its reason.
+            revocation lists. Without ``tls_port`` the node's port speaks TLS only. A failed
+            handshake (plain TCP, an untrusted, expired or revoked certificate, a stall past
+            ``acse_timeout``) closes that connection and is logged with its reason.
         tls_port: With ``tls``, serve TLS on this port as well as plain TCP on the node's
             port (0 picks a free one).
         user_identity: Decides on the user identity a requestor presents (PS3.7 §D.3.3.7):
@@ -498,8 +497,8 @@ class StoreSCPServer:
         if self.tls is not None:
             where = f"port {self.tls_port}" if self.tls_port is not None else "that port alone"
             mutual = ", client certificates required" if self.tls.ca is not None else ""
-            revoked = f", revoked as {self.tls.crl} says" if self.tls.crl is not None else ""
-            logger.info("DICOM TLS on %s%s%s", where, mutual, revoked)
+            crl = f", checked against CRL {self.tls.crl}" if self.tls.crl is not None else ""
+            logger.info("DICOM TLS on %s%s%s", where, mutual, crl)
             _log_certificate(self.scp)
         if self._metrics is not None:
             logger.info(
