@@ -277,8 +277,8 @@ impl Server {
         lock(&self.tls_listener).as_ref().map(|(addr, _)| *addr)
     }
 
-    /// Read the TLS certificate, key and CA files again, for the associations that begin
-    /// from now on; false when it serves no TLS.
+    /// Read the TLS certificate, key, CA and CRL files again, for the associations that
+    /// begin from now on; false when it serves no TLS.
     pub fn reload_tls(&self) -> Result<bool> {
         let Some(tls) = &self.shared.config.tls else {
             return Ok(false);

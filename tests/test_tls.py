@@ -60,6 +60,11 @@ class Pki:
     other_ca: Path
     stranger: tuple[Path, Path]  # a client certificate from the other CA
 
+    @property
+    def issuer(self) -> tuple[Path, Path]:
+        """The test CA's certificate and key, to issue more certificates with."""
+        return self.ca, self.ca.with_suffix(".key")
+
 
 def _openssl(*args: str | Path) -> None:
     subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
@@ -404,8 +409,7 @@ def test_the_served_certificate_and_its_expiry_are_told_at_start(
     level: int,
     told: str,
 ) -> None:
-    issuer = (pki.ca, pki.ca.with_suffix(".key"))
-    cert, key = _issue(tmp_path, f"for-{days}-days", issuer, SERVER_EXT, days=days)
+    cert, key = _issue(tmp_path, f"for-{days}-days", pki.issuer, SERVER_EXT, days=days)
     with caplog.at_level(logging.INFO, logger="dicom_inlet"):
         server_factory(tls=ServerTLS(cert, key))
     (record,) = [r for r in caplog.records if "TLS certificate CN=" in r.getMessage()]
@@ -461,7 +465,7 @@ def _revoking(pki: Pki, directory: Path, *revoked: Path) -> Path:
     config.write_text(
         "[ca]\ndefault_ca = test\n[test]\n"
         f"database = {index}\ncrlnumber = {number}\ncertificate = {pki.ca}\n"
-        f"private_key = {pki.ca.with_suffix('.key')}\ndefault_md = sha256\n"
+        f"private_key = {pki.issuer[1]}\ndefault_md = sha256\n"
         "default_crl_days = 2\n"
     )
     for cert in revoked:
@@ -478,7 +482,7 @@ def test_revoked_client_certificates_are_refused_and_a_reload_takes_a_new_crl(
     caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
 ) -> None:
-    retired = _issue(tmp_path, "retired", (pki.ca, pki.ca.with_suffix(".key")), CLIENT_EXT)
+    retired = _issue(tmp_path, "retired", pki.issuer, CLIENT_EXT)
     crl = tmp_path / "served-crl.pem"
     os.replace(_revoking(pki, tmp_path / "first", retired[0]), crl)
     server = server_factory(tls=ServerTLS(*pki.server, ca=pki.ca, crl=crl))

@@ -913,8 +913,8 @@ def _log_crl(next_update: int) -> None:
 
 
 def _log_certificate(scp: _core.Server) -> None:
-    """Which TLS certificate is served and until when; WARNING when it expires soon, ERROR
-    when it has."""
+    """Which TLS certificate is served and until when, WARNING when it expires soon, ERROR
+    when it has; and when its CRLs are due (:func:`_log_crl`)."""
     served = scp.tls_certificate()
     if served is None:
         return
