@@ -343,6 +343,75 @@ pub fn journal_log(data: &[u8]) {
     assert_eq!(twice, encoded, "encode(parse(encode(rows))) differs");
 }
 
+/// TLS records after the handshake: `suite u8 | mode u8 | rest`. Mode 0: `rest` is opened as
+/// it came from the network, never panicking. Otherwise `rest` is a series of `type u8 | len
+/// u8 | bytes`, sealed by the peer and opened by us: the application data opened must be
+/// exactly what was sealed up to the first record refused (KeyUpdates keep both in step).
+pub fn tls_records(data: &[u8]) {
+    use crate::tls::record::fixed::{pair, Suite};
+    use crate::tls::record::Opened;
+    let [suite, mode, rest @ ..] = data else {
+        return;
+    };
+    let suite = Suite::ALL[usize::from(*suite) % Suite::ALL.len()];
+    let (mut ours, mut peer) = pair(suite, 3).expect("fixed keys");
+    let mut wire = rest.to_vec();
+    let mut sealed = Vec::new();
+    if *mode != 0 {
+        wire.clear();
+        let mut chunks = rest;
+        while let [typ, len, tail @ ..] = chunks {
+            let (bytes, tail) = tail.split_at(usize::from(*len).min(tail.len()));
+            chunks = tail;
+            let done = match (*typ, bytes) {
+                (22, [24, 0, 0, 1, request @ (0 | 1)]) => peer.update_tx(*request == 1, &mut wire),
+                (23, bytes) => peer.seal_data(bytes, &mut wire),
+                (typ, bytes) => peer.seal(typ, bytes, &mut wire),
+            };
+            // A TLS 1.2 key at its limit (3 records here) seals no more.
+            if done.is_err() {
+                break;
+            }
+            if *typ == 23 {
+                sealed.extend_from_slice(bytes);
+            }
+        }
+    }
+    let (mut at, mut written, mut opened) = (0, 0, Vec::new());
+    let mut answer = Vec::new();
+    let refused = loop {
+        let len = match ours.record_len(&wire[at..]) {
+            Ok(Some(len)) if at + len <= wire.len() => len,
+            Ok(_) => break false,
+            Err(_) => break true,
+        };
+        // Plaintext moved down over the records before it, as a direct read does.
+        match ours.open(&mut wire, written, at, len, &mut answer) {
+            Ok(Opened::Data(n)) => {
+                opened.extend_from_slice(&wire[written..written + n]);
+                written += n;
+            }
+            Ok(Opened::Nothing) => {}
+            Ok(Opened::Closed) | Err(_) => break true,
+        }
+        at += len;
+    };
+    if *mode != 0 && !refused {
+        assert!(
+            opened == sealed,
+            "opened {} bytes of {} sealed",
+            opened.len(),
+            sealed.len()
+        );
+    }
+    if *mode != 0 {
+        assert!(
+            sealed.starts_with(&opened),
+            "opened bytes that were not sealed"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs;
@@ -354,13 +423,14 @@ mod tests {
     fn regression_corpus() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("rust/testdata/fuzz");
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 6] = [
+        let targets: [Target; 7] = [
             ("pdu", super::pdu),
             ("negotiation", super::negotiation),
             ("command", super::command),
             ("scanner", super::scanner),
             ("transcoder", super::transcoder),
             ("journal_log", super::journal_log),
+            ("tls_records", super::tls_records),
         ];
         for (target, run) in targets {
             let dir = root.join(target);

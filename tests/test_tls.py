@@ -326,12 +326,26 @@ def test_send_over_tls_into_pynetdicom_with_ssl_context(pki: Pki, tmp_path: Path
     assert received[ds.SOPInstanceUID] == dataset_bytes(path)
 
 
-def test_pynetdicom_over_tls_into_dicom_inlet(
-    pki: Pki, server_factory: Any, data_dir: Path, tmp_path: Path
-) -> None:
-    server = server_factory(tls=server_tls(pki))
+def _client_context(pki: Pki, tls12_cipher: str | None = None) -> ssl.SSLContext:
+    """Python's ssl (OpenSSL) as a client with the test client certificate; TLS 1.2 with only
+    the cipher named, if one is."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
     context.load_cert_chain(*map(str, pki.client))
+    if tls12_cipher is not None:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(tls12_cipher)
+    return context
+
+
+# Each AEAD the record layer after the handshake opens and seals, in each version.
+@pytest.mark.parametrize(
+    "tls12_cipher", [None, "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305"]
+)
+def test_pynetdicom_over_tls_into_dicom_inlet(
+    pki: Pki, server_factory: Any, data_dir: Path, tmp_path: Path, tls12_cipher: str | None
+) -> None:
+    server = server_factory(tls=server_tls(pki))
+    context = _client_context(pki, tls12_cipher)
     ae = AE(ae_title="PYNETDICOM")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
     ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
@@ -340,12 +354,57 @@ def test_pynetdicom_over_tls_into_dicom_inlet(
     assoc = ae.associate(HOST, server.port, ae_title=SCP_AET, tls_args=(context, "localhost"))
     try:
         assert assoc.is_established
+        tls = assoc.dul.socket.socket
+        assert (tls.version(), tls.cipher()[0]) == (
+            ("TLSv1.3", "TLS_AES_128_GCM_SHA256")
+            if tls12_cipher is None
+            else ("TLSv1.2", tls12_cipher)
+        )
         assert assoc.send_c_store(path).Status == 0x0000
     finally:
         assoc.release()
         ae.shutdown()
     (stored,) = stored_files(data_dir)
     assert dataset_bytes(data_dir / stored) == dataset_bytes(path)
+
+
+def _altered_record(pki: Pki, port: int) -> ssl.SSLError:
+    """A TLS handshake by Python's ssl, then one record with its last byte (of the tag) changed
+    on the way; the error our side's answer raises in the client."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = _client_context(pki).wrap_bio(incoming, outgoing, server_hostname=HOST)
+    with socket.create_connection((HOST, port), timeout=TIMEOUT) as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        sock.sendall(outgoing.read())
+        tls.write(b"\x01\x00" + bytes(200))
+        record = bytearray(outgoing.read())
+        record[-1] ^= 1
+        sock.sendall(record)
+        while chunk := sock.recv(65536):
+            incoming.write(chunk)
+    with pytest.raises(ssl.SSLError) as raised:
+        while True:
+            tls.read()
+    return raised.value
+
+
+def test_an_altered_record_is_refused_with_bad_record_mac_and_others_served(
+    pki: Pki, server_factory: Any, association_log: pytest.LogCaptureFixture
+) -> None:
+    server = server_factory(tls=server_tls(pki))
+    error = _altered_record(pki, server.port)
+    assert "BAD_RECORD_MAC" in str(error.reason), error
+    assert wait_until(
+        lambda: logged(association_log, "a TLS record that does not decrypt", logging.WARNING)
+    ), [r.getMessage() for r in association_log.records]
+    good = run_tool(dcmtk_tool("echoscu"), *dcmtk_tls(pki, pki.client), HOST, server.port)
+    assert good.returncode == 0, good.stderr
 
 
 # ---------------------------------------------------------------------------------------------
