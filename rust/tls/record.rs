@@ -257,7 +257,14 @@ impl<K: KeySchedule> RecordLayer<K> {
                     body.start - dst..,
                 )
                 .map_err(|_| refused(BAD_RECORD_MAC, "a TLS record that does not decrypt"))?;
-            // The content type is the last byte that is not zero padding (§5.4).
+            // Padding included, no more than a record's plaintext and its type (§5.4).
+            if opened.len() > MAX_PLAINTEXT + 1 {
+                return Err(refused(
+                    RECORD_OVERFLOW,
+                    format!("a TLS record of {} bytes of plaintext", opened.len()),
+                ));
+            }
+            // The content type is the last byte that is not zero padding.
             let Some(end) = opened.iter().rposition(|&b| b != 0) else {
                 return Err(refused(
                     UNEXPECTED_MESSAGE,
