@@ -1,5 +1,6 @@
 //! DICOM TLS (PS3.15 Annex B, the BCP 195 profile): rustls configurations built from PEM files,
-//! and the socket both sides use, plain TCP or TLS over it.
+//! and the socket both sides use, plain TCP or TLS over it. After its handshake the server opens
+//! and seals its records itself ([`record`]), on the keys rustls hands over.
 //!
 //! Policy: TLS 1.2 and 1.3 only, and AEAD suites with ECDHE key exchange only (the RFC 9325
 //! §4.2 recommendations BCP 195 names); no weaker suite can be negotiated. rustls bounds each handshake message to 64 KiB and each record to 16 KiB,
@@ -28,10 +29,10 @@ use rustls::{
 };
 
 use crate::connection::read_timeout::{self, ReadTimeout};
+use crate::error::Error;
 use record::{Opened, RecordLayer, Refused, MAX_RECORD};
 
 pub(crate) mod record;
-use crate::error::Error;
 
 /// Encrypted bytes the client reads from the socket at once: rustls asks for at most 4 KiB per
 /// read, which would be a system call each. More (the plain path reads 256 KiB ahead) would

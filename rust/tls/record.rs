@@ -15,7 +15,7 @@ use rustls::server::ServerConnectionData;
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
 
 /// A record header: content type, legacy version, length.
-pub const HEADER: usize = 5;
+const HEADER: usize = 5;
 const TAG: usize = 16;
 /// The explicit part of a TLS 1.2 AES-GCM nonce, sent before each record's ciphertext.
 const EXPLICIT_NONCE: usize = 8;
@@ -36,7 +36,7 @@ const CLOSE_NOTIFY: u8 = 0;
 const USER_CANCELED: u8 = 90;
 
 /// The alerts we answer a bad record with (RFC 8446 §6.2).
-pub const UNEXPECTED_MESSAGE: u8 = 10;
+const UNEXPECTED_MESSAGE: u8 = 10;
 const BAD_RECORD_MAC: u8 = 20;
 const RECORD_OVERFLOW: u8 = 22;
 const DECODE_ERROR: u8 = 50;
@@ -552,6 +552,12 @@ mod tests {
         Ok((data, events))
     }
 
+    /// Why `layer` refuses the one record that is all of `wire`.
+    fn refusal(layer: &mut RecordLayer<fixed::Fixed>, wire: &mut [u8]) -> Refused {
+        let len = wire.len();
+        layer.open(wire, 0, 0, len, &mut Vec::new()).unwrap_err()
+    }
+
     #[test]
     fn sealed_records_open_to_the_same_bytes_in_every_suite() {
         let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
@@ -612,9 +618,7 @@ mod tests {
             for at in [HEADER, wire.len() - 1] {
                 let mut changed = wire.clone();
                 changed[at] ^= 1;
-                let refusal = ours
-                    .open(&mut changed, 0, 0, wire.len(), &mut Vec::new())
-                    .unwrap_err();
+                let refusal = refusal(&mut ours, &mut changed);
                 assert_eq!(
                     refusal.alert,
                     Some(BAD_RECORD_MAC),
@@ -644,16 +648,12 @@ mod tests {
         let (mut ours, _) = pair(Suite::Tls13Aes256Gcm, u64::MAX).unwrap();
         let mut handshake = [22, 3, 3, 0, 20].to_vec();
         handshake.resize(25, 0);
-        let refusal = ours
-            .open(&mut handshake, 0, 0, 25, &mut Vec::new())
-            .unwrap_err();
+        let refusal = refusal(&mut ours, &mut handshake);
         assert_eq!(refusal.alert, Some(UNEXPECTED_MESSAGE));
         assert!(refusal.why.contains("content type 22"), "{}", refusal.why);
         let mut short = [23, 3, 3, 0, 16].to_vec();
         short.resize(21, 0);
-        let refusal = ours
-            .open(&mut short, 0, 0, 21, &mut Vec::new())
-            .unwrap_err();
+        let refusal = self::refusal(&mut ours, &mut short);
         assert_eq!(refusal.alert, Some(DECODE_ERROR));
     }
 
@@ -723,18 +723,12 @@ mod tests {
         let (mut ours, mut peer) = pair(Suite::Tls13Aes256Gcm, u64::MAX).unwrap();
         let mut wire = Vec::new();
         peer.seal(HANDSHAKE, &[4, 0, 0, 1, 0], &mut wire).unwrap();
-        let len = wire.len();
-        let refusal = ours
-            .open(&mut wire, 0, 0, len, &mut Vec::new())
-            .unwrap_err();
+        let refusal = self::refusal(&mut ours, &mut wire);
         assert_eq!(refusal.alert, Some(UNEXPECTED_MESSAGE));
         let (mut ours, mut peer) = pair(Suite::Tls12Aes256Gcm, u64::MAX).unwrap();
         let mut wire = Vec::new();
         peer.seal(HANDSHAKE, &[1, 0, 0, 0], &mut wire).unwrap();
-        let len = wire.len();
-        let refusal = ours
-            .open(&mut wire, 0, 0, len, &mut Vec::new())
-            .unwrap_err();
+        let refusal = self::refusal(&mut ours, &mut wire);
         assert!(refusal.why.contains("renegotiate"), "{}", refusal.why);
     }
 }
