@@ -380,7 +380,9 @@ def _altered_record(pki: Pki, port: int) -> ssl.SSLError:
                 break
             except ssl.SSLWantReadError:
                 sock.sendall(outgoing.read())
-                incoming.write(sock.recv(65536))
+                flight = sock.recv(65536)
+                assert flight, "the server closed the connection during the handshake"
+                incoming.write(flight)
         sock.sendall(outgoing.read())
         tls.write(b"\x01\x00" + bytes(200))
         record = bytearray(outgoing.read())
