@@ -360,6 +360,19 @@ impl Socket {
     }
 }
 
+impl Socket {
+    /// Read what has arrived into `buf` (not empty). The end of the stream is an error: it
+    /// cuts a TLS record or handshake short. An interrupted read gives 0.
+    fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.read(buf) {
+            Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.due {
@@ -494,12 +507,7 @@ impl Handshaking {
                     "TLS message larger than the receive buffer",
                 ));
             }
-            match self.sock.read(&mut self.incoming[self.received..]) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => self.received += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+            self.received += self.sock.read_some(&mut self.incoming[self.received..])?;
         }
         Ok(())
     }
@@ -693,13 +701,7 @@ impl ServerTls {
             buf.len()
         };
         // Received first, so an error (a timeout) leaves the carried bytes where they were.
-        let mut filled = carried
-            + match self.sock.read(&mut buf[carried..first]) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-                Err(e) => return Err(e),
-            };
+        let mut filled = carried + self.sock.read_some(&mut buf[carried..first])?;
         buf[..carried].copy_from_slice(&self.incoming[self.start..self.received]);
         let (mut read, mut written) = (0, 0);
         let mut failed = None;
@@ -713,10 +715,8 @@ impl ServerTls {
                 if read + len > buf.len() {
                     break;
                 }
-                match self.sock.read(&mut buf[filled..read + len]) {
-                    Ok(0) => failed = Some(io::ErrorKind::UnexpectedEof.into()),
+                match self.sock.read_some(&mut buf[filled..read + len]) {
                     Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => failed = Some(e),
                 }
                 if failed.is_some() {
@@ -763,18 +763,10 @@ impl ServerTls {
             self.incoming.copy_within(self.start..self.received, 0);
             (self.start, self.received) = (0, self.received - self.start);
         }
-        match self
+        self.received += self
             .sock
-            .read(&mut self.incoming[self.received..self.start + want])
-        {
-            Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => {
-                self.received += n;
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
-            Err(e) => Err(e),
-        }
+            .read_some(&mut self.incoming[self.received..self.start + want])?;
+        Ok(())
     }
 
     fn send_outgoing(&mut self) -> io::Result<()> {
