@@ -26,7 +26,8 @@ TLS`` (``serve --tls-cert --tls-key --tls-ca``) and DCMTK ``storescp +tls +B``, 
 client certificate, with certificates ``openssl`` makes in the work directory (ECDSA P-256).
 Their ratios are to ``storescp +tls +B`` with the same sender; dicom-inlet's TLS rows are also
 divided by its plain TCP rows of the same runs (``dicom-inlet send --tls`` by ``dicom-inlet
-send``, ``storescu +tls`` by ``storescu``), and their files/s by those of ``storescp +tls
+send``, ``storescu +tls`` by ``storescu``; the lowest and highest run's ratio beside the
+median, since these targets sit near it), and their files/s by those of ``storescp +tls
 --ignore`` (receives over TLS, stores nothing): the TLS sender's own ceiling. A build added
 with ``--inlet LABEL=PYTHON`` has a ``LABEL TLS`` row too, to compare builds over TLS.
 
@@ -678,13 +679,18 @@ def measure(
 METRICS = ("files_per_s", "mb_per_s", "peak_rss_mib", "cpu_s", "cpu_us_per_file")
 
 
-def _ratio(samples: list[Sample], base: list[Sample], metric: str) -> float | None:
-    """Median over runs of this run's figure divided by the baseline's in the same run."""
-    ratios = [
+def _per_run(samples: list[Sample], base: list[Sample], metric: str) -> list[float]:
+    """Each run's figure divided by the baseline's in the same run."""
+    return [
         getattr(a, metric) / getattr(b, metric)
         for a, b in zip(samples, base, strict=True)
         if getattr(b, metric) > 0
     ]
+
+
+def _ratio(samples: list[Sample], base: list[Sample], metric: str) -> float | None:
+    """Median over runs of this run's figure divided by the baseline's in the same run."""
+    ratios = _per_run(samples, base, metric)
     return statistics.median(ratios) if ratios else None
 
 
@@ -734,6 +740,8 @@ def summarize(results: list[Result], inlet: str) -> list[dict]:
             if base is None:
                 continue
             row[f"x_{label}"] = {m: _ratio(r.samples, base.samples, m) for m in METRICS}
+            # The spread of the files/s ratio, for a target near its median.
+            row[f"x_{label}_runs"] = _per_run(r.samples, base.samples, "files_per_s")
         row["samples"] = [vars(s) for s in r.samples]
         rows.append(row)
     return rows
@@ -807,10 +815,11 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
                 ("not_durable", "the same, not durable"),
             ):
                 if f"x_{label}" in r:
-                    ratio = r[f"x_{label}"]["files_per_s"]
+                    ratio, runs = r[f"x_{label}"]["files_per_s"], r[f"x_{label}_runs"]
+                    spread = f" (runs {min(runs):.2f} to {max(runs):.2f}x)" if len(runs) > 1 else ""
                     notes.append(
                         f"{r['receiver']} ÷ {other}, same runs, sender {r['sender']}: "
-                        f"{ratio:.2f}x files/s"
+                        f"{ratio:.2f}x files/s{spread}"
                     )
         lines += ["", *(f"{n}  " for n in notes), *([""] if notes else [])]
     return "\n".join(lines)
@@ -853,7 +862,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--work",
         type=Path,
-        help="receivers' data directories (default: a fresh temporary directory)",
+        help="where the receivers' data directories go, made if missing (default: a fresh "
+        "temporary directory)",
     )
     parser.add_argument("--receivers", help="comma-separated receiver names to run (default: all)")
     parser.add_argument(
@@ -954,6 +964,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in chosen
         if w in r.workloads and s in r.senders
     }
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dicom-inlet-peers-", dir=args.work))
     tls = make_certificates(work / "pki") if set(senders) & set(TLS_SENDERS) else {}
     pin = Pinning.halves() if args.pin else None
