@@ -4,14 +4,15 @@ DCMTK ``storescu``'s ceiling. Run as
 [--tls-ca CA --tls-cert CERT --tls-key KEY]`` (TLS when ``--tls-ca`` is given).
 
 Start-up (imports, listing the files) and exit stay off the clock: it prints ``READY``, waits
-for a line on stdin, sends every file below ``DIR``, prints ``DONE`` and exits non-zero unless
-all were stored.
+for a line on stdin, sends every file below ``DIR``, prints ``DONE`` and the CPU seconds it
+used since, and exits non-zero unless all were stored.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from dicom_inlet import send
@@ -34,6 +35,7 @@ def main() -> int:
     paths = files_in(args.directory)
     print("READY", flush=True)
     sys.stdin.readline()
+    cpu = time.process_time()
     result = send(
         args.host,
         args.port,
@@ -44,7 +46,7 @@ def main() -> int:
         async_window=args.window,
         tls=tls,
     )
-    print("DONE", flush=True)
+    print(f"DONE {time.process_time() - cpu:.6f}", flush=True)
     for failure in result.failures[:5]:
         print(f"{failure.path}: {failure.status} {failure.error_comment}", file=sys.stderr)
     return 1 if result.failed else 0

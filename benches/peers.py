@@ -7,11 +7,12 @@
 Builds (once, cached) the deterministic corpus of ``corpus.py``, then for every workload, sender
 and receiver starts the receiver on 127.0.0.1, sends the workload and measures files/s, MB/s
 (10^6 bytes of files sent per second of the sender's wall time), the receiver's peak RSS during
-the transfer (VmHWM, reset once the receiver is idle) and its CPU seconds (utime+stime, children
-included). Runs are interleaved (run 1 of every receiver, in an order shuffled with a fixed
-seed per run, then run 2...), each figure is the median of the runs, and each ratio is the
-median of per-run ratios to DCMTK ``storescp +B`` (``--fork +B`` for the concurrent workload)
-measured in the same run with the same sender.
+the transfer (VmHWM, reset once the receiver is idle), its CPU seconds (utime+stime, children
+included) and the sender's (as the Python senders report it for their sending; DCMTK's from
+its rusage, start-up included as it is on the clock). Runs are interleaved (run 1 of every
+receiver, in an order shuffled with a fixed seed per run, then run 2...), each figure is the
+median of the runs, and each ratio is the median of per-run ratios to DCMTK ``storescp +B``
+(``--fork +B`` for the concurrent workload) measured in the same run with the same sender.
 
 Senders: DCMTK ``/usr/bin/storescu`` (``TCP_NODELAY=1``: without it DCMTK stalls ~40 ms per
 response; one process per shard for the concurrent workload), and dicom-inlet's own SCU
@@ -28,7 +29,10 @@ Their ratios are to ``storescp +tls +B`` with the same sender; dicom-inlet's TLS
 divided by its plain TCP rows of the same runs (``dicom-inlet send --tls`` by ``dicom-inlet
 send``, ``storescu +tls`` by ``storescu``; the lowest and highest run's ratio beside the
 median, since these targets sit near it), and their files/s by those of ``storescp +tls
---ignore`` (receives over TLS, stores nothing): the TLS sender's own ceiling. A build added
+--ignore`` (receives over TLS, stores nothing): the TLS sender's own ceiling. For ``storescu
++tls``, one thread, the notes also give the most any receiver could reach against plain TCP and
+against ``storescp +tls +B``: a run takes at least the sender's CPU seconds, so no ratio can
+pass the other row's time divided by them, same run. A build added
 with ``--inlet LABEL=PYTHON`` has a ``LABEL TLS`` row too, to compare builds over TLS.
 
 Store handlers: dicom-inlet with a handler that only answers 0x0000 (``inlet_handler.py``,
@@ -66,6 +70,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import shutil
 import socket
 import statistics
@@ -159,6 +164,8 @@ class Sample:
     mb_per_s: float
     cpu_s: float
     cpu_us_per_file: float
+    # The senders' CPU over the run, start-up included where it is on the clock.
+    sender_cpu_s: float
     peak_rss_mib: float
     idle_rss_mib: float
     load1: float
@@ -487,6 +494,12 @@ def _cpu_ticks(pid: int) -> int:
     return sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
 
 
+def _reaped_cpu_seconds() -> float:
+    """The CPU of this process's children that have exited and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def tree_cpu_seconds(pid: int) -> float:
     ticks = _cpu_ticks(pid) + sum(_cpu_ticks(child) for child in _children(pid))
     return ticks / CLOCK_TICK
@@ -610,6 +623,7 @@ def measure(
         pipe = subprocess.PIPE if handshake else subprocess.DEVNULL
         if not handshake:  # a compiled sender's start-up is on the clock, as a user sees it
             cpu_before, started = tree_cpu_seconds(process.pid), time.perf_counter()
+            reaped_before = _reaped_cpu_seconds()
         senders = [
             subprocess.Popen(
                 c,
@@ -631,13 +645,16 @@ def measure(
                 assert s.stdin is not None and s.stdout is not None
                 s.stdin.write(b"go\n")
                 s.stdin.flush()
+            sender_cpu = 0.0
             for s in senders:
                 assert s.stdout is not None
-                s.stdout.readline()  # DONE, or nothing if it failed (its exit code says)
+                # DONE and its CPU seconds, or nothing if it failed (its exit code says).
+                sender_cpu += float((s.stdout.readline().split() or [b"", b"0"])[-1])
             finished = time.perf_counter()
         errors = [s.communicate()[1] for s in senders]
         if not handshake:
             finished = time.perf_counter()
+            sender_cpu = _reaped_cpu_seconds() - reaped_before
         if done is not None:
             if not done[0].wait(300):
                 raise RuntimeError("callbacks did not all run")
@@ -667,6 +684,7 @@ def measure(
         mb_per_s=workload.bytes / 1e6 / seconds,
         cpu_s=cpu,
         cpu_us_per_file=cpu * 1e6 / workload.files,
+        sender_cpu_s=sender_cpu,
         peak_rss_mib=peak_kib / 1024,
         idle_rss_mib=idle_kib / 1024,
         load1=load1,
@@ -706,7 +724,7 @@ def summarize(results: list[Result], inlet: str) -> list[dict]:
             "receiver": r.receiver,
             "runs": len(r.samples),
         }
-        for metric in (*METRICS, "idle_rss_mib", "seconds", "load1"):
+        for metric in (*METRICS, "idle_rss_mib", "seconds", "load1", "sender_cpu_s"):
             row[metric] = statistics.median(getattr(s, metric) for s in r.samples)
         # A receiver at a given max PDU is compared with DCMTK's at the same one.
         at = pdu_group(r.receiver)
@@ -724,6 +742,17 @@ def summarize(results: list[Result], inlet: str) -> list[dict]:
             others.append(("seed_pynetdicom", (r.sender, SEED_PYNETDICOM)))
         if r.receiver == f"{inlet} TLS":
             others.append(("plain", (TLS_SENDERS[r.sender], inlet)))
+            # storescu is one thread: a run over TLS takes at least its CPU seconds, so no
+            # receiver gets past the other row's time divided by them.
+            ceilings = {"plain": (TLS_SENDERS[r.sender], inlet), "dcmtk": (r.sender, STORESCP_TLS)}
+            for label, other in ceilings.items():
+                base = by_key.get((r.workload, *other))
+                if r.sender.startswith("storescu") and base is not None:
+                    row[f"ceiling_{label}_runs"] = [
+                        b.seconds / s.sender_cpu_s
+                        for s, b in zip(r.samples, base.samples, strict=True)
+                        if s.sender_cpu_s > 0
+                    ]
         if r.receiver == inlet:
             others.append((PACSANINI, (r.sender, PACSANINI)))
         # The journal's and durability's costs, each against the same receiver without it.
@@ -776,10 +805,10 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
             + (", MB/s to raw loopback TCP" if raw else ""),
             "",
             "| sender | receiver | files/s | MB/s | peak RSS MiB | idle RSS MiB | CPU s "
-            "| CPU µs/file | load |"
+            "| CPU µs/file | sender CPU s | load |"
             + (" files/s ÷ `--ignore` |" if single else "")
             + (" MB/s ÷ raw TCP |" if raw else ""),
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
             + ("---:|" if single else "")
             + ("---:|" if raw else ""),
         ]
@@ -794,6 +823,7 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
                 f"{r['idle_rss_mib']:.1f}",
                 _cell(r["cpu_s"], x.get("cpu_s"), 2),
                 _cell(r["cpu_us_per_file"], x.get("cpu_us_per_file")),
+                f"{r['sender_cpu_s']:.2f}",
                 f"{r['load1']:.2f}",
             ]
             for shown, label, metric in (
@@ -820,6 +850,14 @@ def table(rows: list[dict], workloads: dict[str, corpus.Workload]) -> str:
                     notes.append(
                         f"{r['receiver']} ÷ {other}, same runs, sender {r['sender']}: "
                         f"{ratio:.2f}x files/s{spread}"
+                    )
+            for label, other in (("plain", "its plain TCP"), ("dcmtk", f"`{STORESCP_TLS}`")):
+                if ceiling := r.get(f"ceiling_{label}_runs"):
+                    notes.append(
+                        f"the most {r['sender']}'s own CPU lets any receiver reach against "
+                        f"{other} (that run's time ÷ the sender's CPU seconds over TLS): "
+                        f"{statistics.median(ceiling):.2f}x "
+                        f"(runs {min(ceiling):.2f} to {max(ceiling):.2f}x)"
                     )
         lines += ["", *(f"{n}  " for n in notes), *([""] if notes else [])]
     return "\n".join(lines)

@@ -10,8 +10,8 @@ for a full chunk (``MSG_WAITALL``: reads returning whatever little has arrived w
 per packet and, on loopback, halve the throughput). At end of stream it answers the byte count,
 so the source exits only once every byte has arrived (as a C-STORE-RSP follows the last
 fragment). Like ``inlet_send.py``, the source prints ``READY`` once connected, waits for a line
-on stdin, sends, and prints ``DONE`` once the sink has answered; it exits non-zero when the
-counts differ.
+on stdin, sends, and prints ``DONE`` and the CPU seconds it used since once the sink has
+answered; it exits non-zero when the counts differ.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import socket
 import sys
+import time
 from pathlib import Path
 
 CHUNK = 256 * 1024
@@ -44,13 +45,14 @@ def source(host: str, port: int, directory: Path) -> int:
     with socket.create_connection((host, port)) as connection:
         print("READY", flush=True)
         sys.stdin.readline()
+        cpu = time.process_time()
         sent = 0
         for path in paths:
             with path.open("rb") as f:
                 sent += connection.sendfile(f)
         connection.shutdown(socket.SHUT_WR)
         answer = connection.recv(8)
-    print("DONE", flush=True)
+    print(f"DONE {time.process_time() - cpu:.6f}", flush=True)
     received = int.from_bytes(answer, "big") if len(answer) == 8 else -1
     if received != sent:
         print(f"sent {sent} bytes, the sink received {received}", file=sys.stderr)
