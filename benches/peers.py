@@ -742,17 +742,9 @@ def summarize(results: list[Result], inlet: str) -> list[dict]:
             others.append(("seed_pynetdicom", (r.sender, SEED_PYNETDICOM)))
         if r.receiver == f"{inlet} TLS":
             others.append(("plain", (TLS_SENDERS[r.sender], inlet)))
-            # storescu is one thread: a run over TLS takes at least its CPU seconds, so no
-            # receiver gets past the other row's time divided by them.
-            ceilings = {"plain": (TLS_SENDERS[r.sender], inlet), "dcmtk": (r.sender, STORESCP_TLS)}
-            for label, other in ceilings.items():
-                base = by_key.get((r.workload, *other))
-                if r.sender.startswith("storescu") and base is not None:
-                    row[f"ceiling_{label}_runs"] = [
-                        b.seconds / s.sender_cpu_s
-                        for s, b in zip(r.samples, base.samples, strict=True)
-                        if s.sender_cpu_s > 0
-                    ]
+        # storescu is one thread: a run over TLS takes at least its CPU seconds, so no
+        # receiver gets past the plain or DCMTK row's time divided by them.
+        sender_bound = r.receiver == f"{inlet} TLS" and r.sender.startswith("storescu")
         if r.receiver == inlet:
             others.append((PACSANINI, (r.sender, PACSANINI)))
         # The journal's and durability's costs, each against the same receiver without it.
@@ -771,6 +763,12 @@ def summarize(results: list[Result], inlet: str) -> list[dict]:
             row[f"x_{label}"] = {m: _ratio(r.samples, base.samples, m) for m in METRICS}
             # The spread of the files/s ratio, for a target near its median.
             row[f"x_{label}_runs"] = _per_run(r.samples, base.samples, "files_per_s")
+            if sender_bound and label in ("plain", "dcmtk"):
+                row[f"ceiling_{label}_runs"] = [
+                    b.seconds / s.sender_cpu_s
+                    for s, b in zip(r.samples, base.samples, strict=True)
+                    if s.sender_cpu_s > 0
+                ]
         row["samples"] = [vars(s) for s in r.samples]
         rows.append(row)
     return rows
